@@ -1,0 +1,41 @@
+# `make demo` and `make test` do all set-up on a fresh machine: a venv, CPU-friendly torch first, then the project.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" on a CPU
+# machine whose default index would hand out a CUDA build.
+TORCH_PIP_ARGS ?=
+EXTRAS ?= dev,wandb
+STAMP := $(VENV)/.coldstart-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint typecheck clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/coldstart experiment=loading device=cpu
+	@echo "Latest run: $$(ls -td results/runs/loading/* | head -1)"
+	@cat "$$(ls -td results/runs/loading/* | head -1)/summary.csv"
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Checkpoint loaders: see base.py for the contract; one file per plug-in."""

@@ -1,0 +1,1 @@
+"""coldstart placement: see base.py for the contract; one file per plug-in."""

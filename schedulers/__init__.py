@@ -1,0 +1,1 @@
+"""coldstart schedulers: see base.py for the contract; one file per plug-in."""
