@@ -15,6 +15,8 @@ from harness.experiment import ExperimentResult
 from harness.results import write_result
 
 log = logging.getLogger("coldstart")
+# an absolute path: Hydra resolves a relative one as a Python package when started from a console script
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
@@ -37,7 +39,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     run_experiment(cfg, out_dir)

@@ -77,7 +77,7 @@ class ModelSpec:
         module, _, cls = self.arch.rpartition(".")
         config_cls = getattr(importlib.import_module(module), cls)
         cfg = config_cls(**self.hf_config)
-        cfg.torch_dtype = compute_dtype(dtype)
+        _set_dtype(cfg, compute_dtype(dtype))
         return cfg
 
     def meta_model(self, dtype: str = "fp16") -> torch.nn.Module:
@@ -127,6 +127,11 @@ class ModelSpec:
         return 2 * self.num_layers * kv_heads * head_dim * elem
 
 
+def _set_dtype(cfg: Any, dtype: torch.dtype) -> None:
+    # transformers 5 names the attribute ``dtype``; 4.x ``torch_dtype``
+    setattr(cfg, "dtype" if hasattr(cfg, "dtype") else "torch_dtype", dtype)
+
+
 def _layer_prefix(name: str) -> str | None:
     parts = name.split(".")
     for i, p in enumerate(parts[:-1]):
@@ -150,7 +155,7 @@ def _build(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> torch.n
     from transformers import AutoModelForCausalLM
 
     cfg = spec.config()
-    cfg.torch_dtype = dtype
+    _set_dtype(cfg, dtype)
     previous = torch.get_default_dtype()
     try:
         torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float16)
@@ -169,7 +174,7 @@ def _num_params(spec: ModelSpec) -> int:
 
 @lru_cache(maxsize=64)
 def _tensor_specs(spec: ModelSpec, dtype: str) -> tuple[TensorSpec, ...]:
-    stored, compute = DTYPES[dtype]
+    _stored, compute = DTYPES[dtype]
     model = _build(spec, compute, torch.device("meta"))
     first_name: dict[int, str] = {}
     aliases = set()

@@ -1,0 +1,370 @@
+"""The checkpoint store: seeded synthetic checkpoints of zoo models in each format, cached and verified by manifest."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+from tqdm import tqdm
+
+from harness.synthetic import iter_chunks
+from harness.zoo import ModelSpec, TensorSpec, check_dtype
+
+MANIFEST = "coldstart_manifest.json"
+MANIFEST_VERSION = 1
+ST_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+# safetensors header dtype codes (the format's spec)
+ST_DTYPES: dict[torch.dtype, str] = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8",
+    torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8",
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {d: str(d).removeprefix("torch.") for d in ST_DTYPES}
+
+
+class CheckpointError(Exception):
+    """Base of every checkpoint problem a user can cause."""
+
+
+class CheckpointMissingError(CheckpointError, FileNotFoundError):
+    """A checkpoint directory, manifest or data file does not exist."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint's files disagree with its manifest (size, truncation, unreadable header)."""
+
+
+class ChecksumMismatchError(CheckpointCorruptError):
+    """Loaded tensor bytes differ from the manifest's checksum."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (no space, bad format); nothing partial is left behind."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory on disk and its manifest (names, dtypes, shapes, checksums, file sizes)."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def format(self) -> str:
+        return str(self.manifest["format"])
+
+    @property
+    def model(self) -> str:
+        return str(self.manifest["model"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.manifest["dtype"])
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of tensor data (what a loader must deliver)."""
+        return int(self.manifest["total_bytes"])
+
+    @property
+    def files(self) -> list[Path]:
+        """The data files (shards), in order."""
+        return [self.path / name for name in self.manifest["files"]]
+
+    @property
+    def tensors(self) -> dict[str, dict[str, Any]]:
+        return dict(self.manifest["tensors"])
+
+    def check_files(self) -> None:
+        """Every data file exists with the manifest's size (cheap; full checksums happen after each load)."""
+        for name, size in self.manifest["files"].items():
+            path = self.path / name
+            if not path.exists():
+                raise CheckpointMissingError(f"{path} is missing (checkpoint {self.path}); delete the directory "
+                                             "to have it regenerated")
+            actual = path.stat().st_size
+            if actual != size:
+                raise CheckpointCorruptError(f"{path} has {actual} bytes, the manifest says {size} "
+                                             f"({'truncated' if actual < size else 'too long'}); delete "
+                                             f"{self.path} to have it regenerated")
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint directory's manifest and check its files."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointMissingError(f"{manifest_path} not found: not a coldstart checkpoint directory")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointCorruptError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise CheckpointCorruptError(f"{manifest_path}: manifest version {manifest.get('version')!r}, "
+                                     f"this coldstart reads version {MANIFEST_VERSION}")
+    ckpt = Checkpoint(path, manifest)
+    ckpt.check_files()
+    return ckpt
+
+
+def _bytes_view(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy (dtypes numpy lacks, such as bfloat16, viewed as uint8 first)."""
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """xxh3-64 of a tensor's bytes (C order, native little-endian), as hex."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return xxhash.xxh3_64_hexdigest(_bytes_view(t))
+
+
+def verify_state_dict(ckpt: Checkpoint, state_dict: dict[str, torch.Tensor]) -> int:
+    """Compare every tensor with the manifest (names, dtype, shape, checksum); return bytes verified."""
+    expected = ckpt.tensors
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        raise ChecksumMismatchError(f"{ckpt.path}: loaded tensors differ from the manifest: "
+                                    f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+                                    f"unexpected {extra[:5]}{'…' if len(extra) > 5 else ''}")
+    total = 0
+    for name, meta in expected.items():
+        t = state_dict[name]
+        if DTYPE_NAMES.get(t.dtype) != meta["dtype"] or list(t.shape) != meta["shape"]:
+            raise ChecksumMismatchError(f"{ckpt.path}: tensor {name!r} loaded as {t.dtype} {list(t.shape)}, "
+                                        f"the manifest says {meta['dtype']} {meta['shape']}")
+        digest = tensor_digest(t)
+        if digest != meta["xxh3_64"]:
+            raise ChecksumMismatchError(f"{ckpt.path}: tensor {name!r} checksum {digest} != manifest "
+                                        f"{meta['xxh3_64']}: the loaded bytes are wrong")
+        total += t.numel() * t.element_size()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writers: each streams tensors (chunk by chunk where the format allows) and returns the per-tensor manifest.
+
+
+@dataclass
+class _Entry:
+    spec: TensorSpec
+    file: str
+    digest: str = ""
+
+
+def _plan_shards(specs: tuple[TensorSpec, ...], shard_bytes: int) -> list[list[TensorSpec]]:
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for ts in specs:
+        if shards[-1] and size + ts.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(ts)
+        size += ts.nbytes
+    return shards
+
+
+def _shard_names(prefix: str, ext: str, n: int) -> list[str]:
+    if n == 1:
+        return [f"{prefix}.{ext}"]
+    return [f"{prefix}-{i + 1:05d}-of-{n:05d}.{ext}" for i in range(n)]
+
+
+def _write_bytes(f: Any, chunk: torch.Tensor) -> None:
+    f.write(_bytes_view(chunk))
+
+
+def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_bytes: int,
+                       bar: tqdm) -> tuple[list[_Entry], list[str]]:
+    shards = _plan_shards(specs, shard_bytes)
+    names = _shard_names("model", "safetensors", len(shards))
+    entries: list[_Entry] = []
+    for shard, fname in zip(shards, names, strict=True):
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for ts in shard:
+            header[ts.name] = {"dtype": ST_DTYPES[ts.dtype], "shape": list(ts.shape),
+                               "data_offsets": [offset, offset + ts.nbytes]}
+            offset += ts.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+        with _open_for_write(dst / fname) as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for ts in shard:
+                h = xxhash.xxh3_64()
+                for chunk in iter_chunks(ts, seed):
+                    h.update(_bytes_view(chunk))
+                    _write_bytes(f, chunk)
+                    bar.update(chunk.numel() * chunk.element_size())
+                entries.append(_Entry(ts, fname, h.hexdigest()))
+            _fsync(f)
+    index = {"metadata": {"total_size": sum(ts.nbytes for ts in specs)},
+             "weight_map": {e.spec.name: e.file for e in entries}}
+    if len(names) > 1:
+        (dst / ST_INDEX).write_text(json.dumps(index, indent=2))
+    return entries, names
+
+
+def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_bytes: int, bar: tqdm,
+                 single: bool) -> tuple[list[_Entry], list[str]]:
+    total = sum(ts.nbytes for ts in specs)
+    if single and total > shard_bytes:
+        raise CheckpointWriteError(f"format torch_pt writes one torch.save file and holds it in memory: "
+                                   f"{total} bytes exceeds the bound storage.torch_pt_max_bytes={shard_bytes}; "
+                                   "use format torch_bin (sharded) for this model")
+    shards = [list(specs)] if single else _plan_shards(specs, shard_bytes)
+    names = ["model.pt"] if single else _shard_names("pytorch_model", "bin", len(shards))
+    entries: list[_Entry] = []
+    for shard, fname in zip(shards, names, strict=True):
+        tensors: dict[str, torch.Tensor] = {}
+        for ts in shard:  # one shard in memory at a time: the bound on the writer's memory
+            t = torch.cat([c.reshape(-1) for c in iter_chunks(ts, seed)]).reshape(ts.shape)
+            tensors[ts.name] = t
+            entries.append(_Entry(ts, fname, tensor_digest(t)))
+            bar.update(ts.nbytes)
+        with _open_for_write(dst / fname) as f:
+            torch.save(tensors, f)
+            _fsync(f)
+        del tensors
+    if not single and len(names) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": {e.spec.name: e.file for e in entries}}
+        (dst / BIN_INDEX).write_text(json.dumps(index, indent=2))
+    return entries, names
+
+
+Writer = Callable[[tuple[TensorSpec, ...], Path, int, tqdm], tuple[list[_Entry], list[str]]]
+
+
+def _open_for_write(path: Path) -> Any:
+    """Open a data file for writing (a seam tests use to simulate a full disk)."""
+    return open(path, "wb")
+
+
+def _fsync(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class CheckpointStore:
+    """Generated checkpoints cached under ``root`` keyed by model, dtype, format and seed; written atomically."""
+
+    FORMATS = ("safetensors", "torch_bin", "torch_pt")
+
+    def __init__(self, root: str | Path, safetensors_shard_bytes: int = 4 << 30,
+                 torch_shard_bytes: int = 1 << 30, torch_pt_max_bytes: int = 4 << 30) -> None:
+        for key, value in (("safetensors_shard_bytes", safetensors_shard_bytes),
+                           ("torch_shard_bytes", torch_shard_bytes), ("torch_pt_max_bytes", torch_pt_max_bytes)):
+            if value <= 0:
+                raise ValueError(f"storage.{key} must be > 0, got {value}")
+        self.root = Path(os.path.expanduser(str(root)))
+        self.safetensors_shard_bytes = int(safetensors_shard_bytes)
+        self.torch_shard_bytes = int(torch_shard_bytes)
+        self.torch_pt_max_bytes = int(torch_pt_max_bytes)
+
+    def _writer(self, fmt: str) -> Writer:
+        st, pt, single = self.safetensors_shard_bytes, self.torch_shard_bytes, self.torch_pt_max_bytes
+        writers: dict[str, Writer] = {
+            "safetensors": lambda specs, dst, seed, bar: _write_safetensors(specs, dst, seed, st, bar),
+            "torch_bin": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, pt, bar, single=False),
+            "torch_pt": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, single, bar, single=True),
+        }
+        if fmt not in writers:
+            raise ValueError(f"checkpoint format {fmt!r} is not supported; choose one of {sorted(writers)}")
+        return writers[fmt]
+
+    def path_for(self, spec: ModelSpec, dtype: str, fmt: str, seed: int) -> Path:
+        return self.root / f"{spec.name}-{check_dtype(dtype)}-{fmt}-seed{seed}"
+
+    def ensure(self, spec: ModelSpec, dtype: str, fmt: str, seed: int = 0, progress: bool = True) -> Checkpoint:
+        """The cached checkpoint if it is intact, else a freshly written one."""
+        path = self.path_for(spec, dtype, fmt, seed)
+        if path.exists():
+            try:
+                return open_checkpoint(path)
+            except CheckpointError as exc:
+                tqdm.write(f"[coldstart] cached checkpoint unusable ({exc}); regenerating {path}")
+                shutil.rmtree(path)
+        return self.write(spec, dtype, fmt, seed, path, progress=progress)
+
+    def write(self, spec: ModelSpec, dtype: str, fmt: str, seed: int, dst: Path,
+              progress: bool = True) -> Checkpoint:
+        """Write a checkpoint to ``dst`` through a temp directory, fsync and rename; nothing partial survives."""
+        writer = self._writer(fmt)
+        specs = spec.tensor_specs(dtype)
+        total = sum(ts.nbytes for ts in specs)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dst.parent).free
+        if free < total * 1.02 + (64 << 20):
+            raise CheckpointWriteError(f"not enough disk space for {spec.name} {dtype} {fmt}: needs {total / 1e9:.2f} "
+                                       f"GB, {free / 1e9:.2f} GB free under {dst.parent}; free space or point "
+                                       "storage.root (COLDSTART_CACHE) elsewhere")
+        tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            with tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
+                      desc=f"writing {spec.name} {dtype} {fmt}") as bar:
+                entries, files = writer(specs, tmp, seed, bar)
+            spec.config(dtype).to_json_file(str(tmp / "config.json"))
+            manifest = {
+                "version": MANIFEST_VERSION, "model": spec.name, "dtype": dtype, "format": fmt, "seed": seed,
+                "total_bytes": total,
+                "files": {name: (tmp / name).stat().st_size for name in files},
+                "tensors": {e.spec.name: {"dtype": DTYPE_NAMES[e.spec.dtype], "shape": list(e.spec.shape),
+                                          "nbytes": e.spec.nbytes, "file": e.file, "xxh3_64": e.digest}
+                            for e in entries},
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            _fsync_dir(tmp)
+            try:
+                tmp.rename(dst)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                shutil.rmtree(tmp)  # another process finished the same checkpoint first; use theirs
+            _fsync_dir(dst.parent)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if _is_enospc(exc):
+                raise CheckpointWriteError(f"no space left on device while writing {dst}; the partial checkpoint "
+                                           "was removed. Free space or point storage.root elsewhere") from exc
+            raise
+        return open_checkpoint(dst)
+
+
+def _is_enospc(exc: BaseException | None) -> bool:
+    """A full disk, also when a library (torch.save's zip writer) re-raised it as another error."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_file():
+            fd = os.open(child, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

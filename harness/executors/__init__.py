@@ -1,0 +1,1 @@
+"""Where trials run: ``local`` subprocesses (the default); later, Ray actors."""

@@ -1,0 +1,56 @@
+"""Trials as fresh subprocesses on this machine (each cold start pays the interpreter start, as a real one does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.executors.base import TrialError
+
+STDERR_TAIL = 2000
+
+
+class LocalExecutor:
+    """Spawn ``python -m harness.trial`` per trial, in its own process group so a hang is killed whole."""
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.python = python or sys.executable
+        self.env = dict(env or {})
+
+    def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if timeout_s <= 0:
+            raise ValueError(f"trial_timeout_s must be > 0, got {timeout_s}")
+        with tempfile.TemporaryDirectory(prefix="coldstart-trial-") as tmp:
+            spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+            spec_path.write_text(json.dumps(spec))
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+            spawn_ts = time.time()
+            proc = subprocess.Popen(
+                [self.python, "-m", "harness.trial", str(spec_path), str(out_path), repr(spawn_ts)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
+            )
+            try:
+                _, stderr = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, stderr = proc.communicate()
+                raise TrialError(f"trial timed out after {timeout_s:g} s; stderr: {_tail(stderr)}") from None
+            if proc.returncode != 0:
+                raise TrialError(f"trial process exited with code {proc.returncode}; stderr: {_tail(stderr)}")
+            if not out_path.exists():
+                raise TrialError(f"trial process wrote no result; stderr: {_tail(stderr)}")
+            return dict(json.loads(out_path.read_text()))
+
+
+def _tail(stderr: bytes) -> str:
+    text = stderr.decode(errors="replace").strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # the exception line is the most useful part; keep the end of the traceback
+    return "\n".join(lines)[-STDERR_TAIL:] or "(empty)"

@@ -1,0 +1,200 @@
+"""The loading experiment: loaders × cache states × trials, each a fresh process, bounded by same-run ceilings."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness import environment
+from harness.ceilings import STATE_CEILING, bounding_ceiling, measure_ceilings
+from harness.checkpoints import Checkpoint, CheckpointError, CheckpointStore
+from harness.config import load_option
+from harness.executors.base import TrialError
+from harness.experiment import ExperimentResult
+from harness.metrics import PHASES, summarize_trials
+from harness.pagecache import evict, make_copies, warm
+
+log = logging.getLogger("coldstart.loading")
+
+COLD_METHODS = ("auto", "fadvise", "copies")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"device={name!r}; choose auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+@dataclass
+class _LoaderCell:
+    name: str
+    cfg: dict[str, Any]
+    fmt: str | None
+    unavailable: str | None
+
+
+def _loader_cells(names: list[str]) -> list[_LoaderCell]:
+    cells = []
+    for name in names:
+        cfg = load_option("loader", name)
+        loader = instantiate(cfg)
+        try:
+            loader.check_available()
+            reason = None
+        except Exception as exc:  # LoaderUnavailableError: recorded as an unavailable cell, never dropped
+            reason = str(exc)
+        cells.append(_LoaderCell(name, cfg, loader.formats[0] if loader.formats else None, reason))
+    return cells
+
+
+class _ColdSource:
+    """Hands out the directory a cold trial loads from: the evicted original, or a never-read distinct copy."""
+
+    def __init__(self, method: str, max_resident: float, copies_root: Path) -> None:
+        if method not in COLD_METHODS:
+            raise ValueError(f"cold_method={method!r}; choose one of {COLD_METHODS}")
+        self.method = method
+        self.max_resident = max_resident
+        self.copies_root = copies_root
+        self.fallback_reason: str | None = None
+        self._copies: dict[str, list[Path]] = {}
+
+    def prepare(self, ckpt: Checkpoint, copies_needed: int, rng: random.Random) -> tuple[Path, float, str]:
+        if self.method != "copies":
+            resident = evict(ckpt.files)
+            if self.method == "fadvise" or resident <= self.max_resident:
+                return ckpt.path, resident, "fadvise"
+            self.method = "copies"
+            self.fallback_reason = (f"posix_fadvise left {resident:.1%} of {ckpt.path.name} resident "
+                                    f"(> {self.max_resident:.1%}); falling back to distinct copies")
+            log.warning(self.fallback_reason)
+        key = ckpt.path.name
+        if key not in self._copies:
+            made = make_copies(ckpt.path, self.copies_root / key, copies_needed)
+            rng.shuffle(made)
+            self._copies[key] = made
+        if not self._copies[key]:
+            raise RuntimeError(f"no unused copy of {key} left for a cold trial")
+        path = self._copies[key].pop()
+        resident = evict(p for p in path.iterdir() if p.is_file())
+        return path, resident, "copies"
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.copies_root, ignore_errors=True)
+
+
+def _row_base(cfg: DictConfig, device: torch.device, cell: _LoaderCell, state: str, trial: int) -> dict[str, Any]:
+    return {"model": cfg.model.name, "dtype": cfg.dtype, "device": device.type, "loader": cell.name,
+            "format": cell.fmt, "cache_state": state, "trial": trial}
+
+
+def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceiling: tuple[str, float | None],
+               resident: float | None, cold_method: str | None) -> dict[str, Any]:
+    m = out["marks"]
+    load_s = m["weights"] - m["device_init"]
+    row = {**base, "ok": True, "status": "ok", "error": "", "bytes": ckpt.total_bytes, "load_s": load_s,
+           "throughput_gbps": ckpt.total_bytes / load_s / 1e9 if load_s > 0 else np.nan,
+           "ceiling_name": ceiling[0], "ceiling_gbps": ceiling[1] if ceiling[1] is not None else np.nan,
+           "resident_fraction": resident if resident is not None else np.nan, "cold_method": cold_method or "",
+           "t_imports_s": m["imports"] - m["spawn"], "t_device_init_s": m["device_init"] - m["imports"],
+           "t_weights_s": load_s, "t_model_build_s": m["model_build"] - m["weights"],
+           "t_first_token_s": m["first_token"] - m["model_build"], "cold_start_s": m["first_token"] - m["spawn"],
+           "t_python_start_s": m["python"] - m["spawn"], "first_token_id": out["first_token_id"],
+           "verified_bytes": out.get("verified_bytes", np.nan), "peak_rss_bytes": out.get("peak_rss_bytes", np.nan)}
+    row["ceiling_fraction"] = row["throughput_gbps"] / row["ceiling_gbps"] if row["ceiling_gbps"] else np.nan
+    for k, v in out.get("loader_phases_s", {}).items():
+        row[f"loader_{k}"] = v
+    for k, v in out.get("bytes_by_tier", {}).items():
+        row[f"bytes_{k}"] = v
+    return row
+
+
+def _failed_row(base: dict[str, Any], status: str, error: str) -> dict[str, Any]:
+    return {**base, "ok": False, "status": status, "error": error}
+
+
+def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """Run the loading experiment described by ``cfg`` (see conf/experiment/loading.yaml)."""
+    device = resolve_device(cfg.device)
+    trials = 1 if cfg.smoke else int(cfg.trials)
+    if trials < 1:
+        raise ValueError(f"trials={trials}; need at least 1")
+    states = list(cfg.cache_states)
+    for s in states:
+        if s not in ("cold", "warm"):
+            raise ValueError(f"cache_states contains {s!r}; this experiment supports cold and warm")
+    spec = instantiate(cfg.model)
+    store: CheckpointStore = instantiate(cfg.storage)
+    executor = instantiate(cfg.executor)
+    cells = _loader_cells(list(cfg.loaders))
+    rng = random.Random(cfg.seed)
+
+    ckpts: dict[str, Checkpoint] = {}
+    for fmt in sorted({c.fmt for c in cells if c.fmt and not c.unavailable}):
+        ckpts[fmt] = store.ensure(spec, cfg.dtype, fmt, cfg.seed, progress=cfg.progress)
+    if not ckpts:
+        raise ValueError(f"none of loaders={list(cfg.loaders)} is available: "
+                         + "; ".join(f"{c.name}: {c.unavailable}" for c in cells))
+
+    ceiling_files = max(ckpts.values(), key=lambda c: c.total_bytes).files
+    log.info("measuring ceilings on %s", ceiling_files[0].parent)
+    ceilings = measure_ceilings(ceiling_files, device, threads=int(cfg.ceiling_threads),
+                                max_bytes=int(cfg.ceiling_max_bytes))
+    log.info("ceilings (GB/s): %s", {k: round(v, 2) if v else v for k, v in ceilings["gbps"].items()})
+
+    cold = _ColdSource(cfg.cold_method, float(cfg.max_resident_fraction), store.root / "copies" / out_dir.name)
+    copies_needed = trials * max(1, sum(1 for c in cells if not c.unavailable))
+    plan = [(t, s, c) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))]
+    rows: list[dict[str, Any]] = []
+    try:
+        for trial, state, cell in tqdm(plan, desc=f"loading {spec.name} {cfg.dtype}", disable=not cfg.progress):
+            base = _row_base(cfg, device, cell, state, trial)
+            if cell.unavailable or cell.fmt is None:
+                rows.append(_failed_row(base, "unavailable", cell.unavailable or "no checkpoint format"))
+                continue
+            ckpt = ckpts[cell.fmt]
+            cold_method = None
+            if state == "cold":
+                path, resident, cold_method = cold.prepare(ckpt, copies_needed, rng)
+            else:
+                path, resident = ckpt.path, warm(ckpt.files)
+            trial_spec = {"loader": cell.cfg, "model": OmegaConf.to_container(cfg.model, resolve=True),
+                          "checkpoint": str(path), "dtype": cfg.dtype, "device": str(device),
+                          "prompt_tokens": int(cfg.prompt_tokens), "verify": bool(cfg.verify),
+                          "threads": cfg.get("trial_threads")}
+            try:
+                out = executor.run_trial(trial_spec, float(cfg.trial_timeout_s))
+            except (TrialError, CheckpointError) as exc:
+                rows.append(_failed_row(base, "failed", str(exc)))
+                log.error("%s %s trial %d failed: %s", cell.name, state, trial, str(exc).splitlines()[-1])
+                continue
+            ceiling = bounding_ceiling(state, device, ceilings["gbps"])
+            rows.append(_trial_row(base, out, ckpt, ceiling, resident, cold_method))
+    finally:
+        cold.cleanup()
+
+    trials_df = pd.DataFrame(rows)
+    for col in ("bytes", "load_s", "throughput_gbps", "ceiling_fraction", *PHASES):
+        if col not in trials_df:
+            trials_df[col] = np.nan
+    env = environment.collect(store.root)
+    env["cold_method_fallback"] = cold.fallback_reason
+    env["state_ceilings"] = {s: STATE_CEILING[s] for s in states}
+    return ExperimentResult(tables={"trials": trials_df, "summary": summarize_trials(trials_df)},
+                            documents={"ceilings": ceilings, "environment": env})

@@ -1,0 +1,1 @@
+"""Result sinks: ``none`` (default) and ``wandb``; each reads a finished run directory."""

@@ -1,0 +1,36 @@
+"""Metric names of the loading experiment and how trials are summarized (one place for both)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state"]
+PHASES = ["t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]
+MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "cold_start_s", "resident_fraction", *PHASES]
+
+
+def _iqr(s: pd.Series) -> float:
+    return float(s.quantile(0.75) - s.quantile(0.25)) if len(s) else np.nan
+
+
+def summarize_trials(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+    """One row per cell: n ok, n failed, status, median/IQR/min/max of load time, medians of the rest."""
+    keys = [k for k in (keys or CELL_KEYS) if k in trials]
+    rows = []
+    for cell, group in trials.groupby(keys, dropna=False, sort=True):
+        ok = group[group["ok"].astype(bool)]
+        statuses = set(group["status"])
+        status = "ok" if statuses == {"ok"} else "unavailable" if statuses == {"unavailable"} else \
+            "failed" if ok.empty else "partial"
+        row = dict(zip(keys, cell if isinstance(cell, tuple) else (cell,), strict=True))
+        errors = group.loc[~group["ok"].astype(bool), "error"]
+        row.update({"n": len(ok), "n_failed": int((~group["ok"].astype(bool)).sum()), "status": status,
+                    "error": errors.iloc[0] if len(errors) else "",
+                    "bytes": ok["bytes"].iloc[0] if len(ok) else np.nan,
+                    "load_s_median": ok["load_s"].median(), "load_s_iqr": _iqr(ok["load_s"]),
+                    "load_s_min": ok["load_s"].min(), "load_s_max": ok["load_s"].max()})
+        for col in MEDIAN_COLUMNS:
+            row[f"{col}_median"] = ok[col].median() if col in ok else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,98 @@
+"""Building a zoo model from a loaded state dict (meta construction + assign) and producing its first token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.zoo import ModelSpec, dequantize
+
+PAGE = 4096
+
+
+def materialize(state_dict: dict[str, torch.Tensor], device: torch.device) -> int:
+    """Make a load real: on CUDA wait for every copy; on CPU touch every page of every tensor's storage.
+
+    An mmap that read nothing is not a load (DESIGN.md, measurement protocol). Returns the bytes covered.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return sum(t.numel() * t.element_size() for t in state_dict.values())
+    seen: set[int] = set()
+    covered = 0
+    acc = 0
+    for t in state_dict.values():
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in seen or storage.nbytes() == 0:
+            continue
+        seen.add(key)
+        raw = torch.empty(0, dtype=torch.uint8).set_(storage)  # the whole storage as bytes
+        acc += int(raw[::PAGE].sum()) + int(raw[-1])  # one read per page faults every page in
+        covered += storage.nbytes()
+    return covered if acc >= 0 else 0
+
+
+def import_model_class(spec: ModelSpec) -> type:
+    """Import the architecture's modeling module (transformers loads it lazily on first use)."""
+    from transformers import AutoModelForCausalLM
+
+    cls: type = AutoModelForCausalLM._model_mapping[type(spec.config())]  # type: ignore[assignment]
+    return cls
+
+
+class ModelBuildError(RuntimeError):
+    """The loaded tensors do not fit the model (names or shapes), or a buffer could not be rebuilt."""
+
+
+def build_model(spec: ModelSpec, dtype: str, state_dict: dict[str, torch.Tensor],
+                device: torch.device) -> torch.nn.Module:
+    """Construct on the meta device, ``load_state_dict(assign=True)``, re-tie, rebuild non-persistent buffers."""
+    model = spec.meta_model(dtype)
+    weights = dequantize(state_dict) if dtype == "int8" else state_dict
+    result = model.load_state_dict(weights, strict=False, assign=True)
+    tie: Any = model.tie_weights
+    if result.unexpected_keys:
+        raise ModelBuildError(f"{spec.name}: tensors the model does not have: {result.unexpected_keys[:5]}")
+    tie()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:
+        raise ModelBuildError(f"{spec.name}: the checkpoint lacks {len(still_meta)} parameters, e.g. {still_meta[:3]}")
+    _rebuild_buffers(model, device)
+    return model
+
+
+def _rebuild_buffers(model: torch.nn.Module, device: torch.device) -> None:
+    """Non-persistent buffers (rotary ``inv_freq``) are not in checkpoints: rebuild their modules on the device.
+
+    Such modules are small and built from the model config alone, so a fresh one replaces the meta one.
+    """
+    stale = [name for name, module in model.named_modules()
+             if any(b.is_meta for b in module.buffers(recurse=False))]
+    for name in stale:
+        module = model.get_submodule(name)
+        config = getattr(module, "config", None)
+        try:
+            with device:
+                fresh = type(module)(config)
+        except Exception as exc:
+            raise ModelBuildError(f"module {name} ({type(module).__name__}) keeps buffers on the meta device and "
+                                  f"cannot be rebuilt from its config: {exc}") from exc
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, fresh)
+
+
+def prompt_ids(vocab_size: int, tokens: int) -> torch.Tensor:
+    """The fixed prompt: token ids 1..tokens (mod vocabulary), batch of one. No tokenizer needed."""
+    return (torch.arange(tokens) % (vocab_size - 1) + 1).unsqueeze(0)
+
+
+@torch.inference_mode()
+def first_token(model: torch.nn.Module, device: torch.device, tokens: int = 16) -> int:
+    """Prefill the fixed prompt and return the greedy next token (``.item()`` waits for the device)."""
+    config: Any = model.config
+    vocab = int(config.vocab_size)
+    ids = prompt_ids(vocab, tokens).to(device)
+    logits = model(input_ids=ids).logits
+    return int(logits[0, -1].argmax().item())

@@ -1,0 +1,124 @@
+"""Page-cache control: evict files (posix_fadvise DONTNEED), warm them, and measure residency with mincore."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import shutil
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class ResidencyError(OSError):
+    """mincore could not report a file's page-cache residency."""
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(resident pages, total pages) of one file in the page cache, via mmap + mincore (maps nothing in)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, 0
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            raise ResidencyError(ctypes.get_errno(), f"mmap failed for {path}")
+    finally:
+        os.close(fd)
+    try:
+        n = (size + PAGE - 1) // PAGE
+        vec = (ctypes.c_ubyte * n)()
+        if _libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
+            raise ResidencyError(ctypes.get_errno(), f"mincore failed for {path}")
+        resident = sum(1 for v in bytes(vec) if v & 1)
+    finally:
+        _libc.munmap(ctypes.c_void_p(addr), size)
+    return resident, n
+
+
+def resident_fraction(paths: Iterable[Path]) -> float:
+    """Fraction of the files' pages that sit in the page cache (weighted by pages)."""
+    resident = total = 0
+    for p in paths:
+        r, n = resident_pages(p)
+        resident += r
+        total += n
+    return resident / total if total else 0.0
+
+
+def evict(paths: Iterable[Path]) -> float:
+    """Drop the files' clean pages from the page cache; return the resident fraction measured afterwards.
+
+    Works without root, but not for pages still mapped by a live process (so callers close every mapping
+    first) and not for a hypervisor's cache beneath a VM (see ``make_copies`` for that case).
+    """
+    paths = list(paths)
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)  # dirty pages cannot be dropped; make them clean first
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return resident_fraction(paths)
+
+
+def warm(paths: Iterable[Path], threads: int = 4, block_bytes: int = 16 << 20) -> float:
+    """Read the files fully so they sit in the page cache; return the resident fraction afterwards."""
+    paths = list(paths)
+
+    def read_all(p: Path) -> None:
+        buf = bytearray(block_bytes)
+        view = memoryview(buf)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            off = 0
+            while n := os.preadv(fd, [view], off):
+                off += n
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        list(pool.map(read_all, paths))
+    return resident_fraction(paths)
+
+
+def make_copies(src_dir: Path, dst_root: Path, n: int) -> list[Path]:
+    """``n`` distinct copies of a checkpoint directory (distinct disk blocks, no reflinks), each evicted.
+
+    The fallback where eviction cannot be trusted: loading copies in random order, each only once, means no
+    cache smaller than the copies together can serve a load.
+    """
+    dst_root.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for i in range(n):
+        dst = dst_root / f"copy{i:03d}"
+        if not dst.exists():
+            tmp = dst_root / f".copy{i:03d}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src_dir, tmp, copy_function=_plain_copy)
+            tmp.rename(dst)
+        evict(p for p in dst.iterdir() if p.is_file())
+        copies.append(dst)
+    return copies
+
+
+def _plain_copy(src: str, dst: str) -> str:
+    # byte copy through user space: never a reflink or server-side copy that would share blocks
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while chunk := fi.read(16 << 20):
+            fo.write(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+    return dst

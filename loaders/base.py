@@ -1,0 +1,77 @@
+"""The loader contract: build from config, load one checkpoint directory onto one device, report phase timings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+
+
+class LoaderError(Exception):
+    """Base of loader failures a user can cause."""
+
+
+class LoaderUnavailableError(LoaderError):
+    """The loader's optional package is not installed (names the extra to install)."""
+
+
+class UnsupportedCheckpointError(LoaderError):
+    """The checkpoint's format or dtype is one this loader cannot read."""
+
+
+@dataclass
+class LoadResult:
+    """A loaded state dict plus what the loader itself measured.
+
+    ``phases_s``: the loader's own sub-phases (e.g. ``read_s``, ``h2d_s``, ``wait_s``), seconds.
+    ``bytes_by_tier``: which storage tier served how many bytes (``ssd``, ``dram``, ``remote``, ``page_cache``).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    phases_s: dict[str, float] = field(default_factory=dict)
+    bytes_by_tier: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What every ``conf/loader/<name>.yaml`` ``_target_`` builds."""
+
+    formats: ClassVar[tuple[str, ...]]  # checkpoint formats it reads (coldstart format names), preferred first
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult: ...
+
+    def check_available(self) -> None: ...
+
+
+class BaseLoader:
+    """Shared helpers: optional-package checks and shard discovery."""
+
+    formats: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules this loader needs
+    extra: ClassVar[str] = ""  # the pyproject extra that installs them
+
+    def check_available(self) -> None:
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f"pip install 'coldstart[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
+            raise LoaderUnavailableError(f"{type(self).__name__} needs {', '.join(missing)}: {hint}")
+
+
+def shard_files(checkpoint_dir: Path, index_name: str, single_names: tuple[str, ...], suffix: str) -> list[Path]:
+    """The data files of an HF-style checkpoint: from its index if present, else the single file."""
+    index = checkpoint_dir / index_name
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+        return [checkpoint_dir / n for n in names]
+    for name in single_names:
+        if (checkpoint_dir / name).exists():
+            return [checkpoint_dir / name]
+    found = sorted(checkpoint_dir.glob(f"*{suffix}"))
+    if not found:
+        raise UnsupportedCheckpointError(f"no {suffix} files (nor {index_name}) in {checkpoint_dir}")
+    return found

@@ -1,0 +1,65 @@
+"""Hand-written fake loaders for failure tests (importable by trial subprocesses via ``_target_``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from loaders.base import BaseLoader, LoadResult
+from loaders.safetensors import SafetensorsLoader
+
+
+class CrashingLoader(BaseLoader):
+    """Raises inside the trial process."""
+
+    formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        raise RuntimeError("fake loader exploded on purpose")
+
+
+class DyingLoader(BaseLoader):
+    """Kills its own process without a Python traceback (like a segfault)."""
+
+    formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        os.write(2, b"native crash in fake loader\n")
+        os._exit(139)
+
+
+class HangingLoader(BaseLoader):
+    """Never finishes."""
+
+    formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        time.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+class CorruptingLoader(SafetensorsLoader):
+    """Loads correctly, then flips one byte of one tensor: the checksum verification must catch it."""
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        result = super().load(checkpoint_dir, device)
+        name = sorted(result.state_dict)[0]
+        t = result.state_dict[name].clone()
+        t.view(-1).view(torch.uint8)[0] ^= 0xFF
+        result.state_dict[name] = t
+        return result
+
+
+class MissingPackageLoader(BaseLoader):
+    """Needs a package that is not installed."""
+
+    formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+    requires: ClassVar[tuple[str, ...]] = ("coldstart_no_such_package",)
+    extra: ClassVar[str] = "peers"
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        raise AssertionError("never called: unavailable")

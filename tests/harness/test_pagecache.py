@@ -1,0 +1,52 @@
+"""Eviction, warming and residency measurement against the real page cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.pagecache import evict, make_copies, resident_fraction, resident_pages, warm
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    path = tmp_path / "src" / "data.bin"
+    path.write_bytes(os.urandom(8 << 20))
+    return path
+
+
+def test_evict_then_warm(data_file: Path) -> None:
+    warm([data_file])
+    assert resident_fraction([data_file]) > 0.99
+    after = evict([data_file])
+    assert after < 0.05, f"posix_fadvise left {after:.1%} resident"
+    assert warm([data_file]) > 0.99
+
+
+def test_partial_residency_is_measured(data_file: Path) -> None:
+    evict([data_file])
+    with open(data_file, "rb") as f:
+        f.read(2 << 20)  # a quarter of the file (plus readahead)
+    frac = resident_fraction([data_file])
+    assert 0.2 <= frac < 1.0
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.touch()
+    assert resident_pages(empty) == (0, 0)
+    assert resident_fraction([empty]) == 0.0
+
+
+def test_copies_are_distinct_files_and_cold(tmp_path: Path, data_file: Path) -> None:
+    src = data_file.parent
+    copies = make_copies(src, tmp_path / "copies", 3)
+    inodes = {(c / "data.bin").stat().st_ino for c in copies} | {data_file.stat().st_ino}
+    assert len(inodes) == 4
+    for c in copies:
+        assert (c / "data.bin").read_bytes() == data_file.read_bytes()
+    evict(c / "data.bin" for c in copies)
+    assert resident_fraction([c / "data.bin" for c in copies]) < 0.05
