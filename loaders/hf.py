@@ -25,8 +25,9 @@ class HfLoader(BaseLoader):
         stored: set[str] = set()
         for path in files:
             with safe_open(str(path), framework="pt") as f:
-                stored.update(f.keys())
-                dtypes = {f.get_slice(k).get_dtype() for k in f}  # header only, no data read
+                names = list(f.keys())  # safe_open is not iterable
+                stored.update(names)
+                dtypes = {f.get_slice(k).get_dtype() for k in names}  # header only, no data read
             if "I8" in dtypes:
                 raise UnsupportedCheckpointError(
                     f"{checkpoint_dir}: int8 weight-only tensors; from_pretrained would cast them silently. "
