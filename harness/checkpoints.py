@@ -16,7 +16,7 @@ import torch
 import xxhash
 from tqdm import tqdm
 
-from harness.synthetic import iter_chunks
+from harness.synthetic import iter_chunks, synthetic_tensor
 from harness.zoo import ModelSpec, TensorSpec, check_dtype
 
 MANIFEST = "coldstart_manifest.json"
@@ -231,7 +231,7 @@ def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_byte
     for shard, fname in zip(shards, names, strict=True):
         tensors: dict[str, torch.Tensor] = {}
         for ts in shard:  # one shard in memory at a time: the bound on the writer's memory
-            t = torch.cat([c.reshape(-1) for c in iter_chunks(ts, seed)]).reshape(ts.shape)
+            t = synthetic_tensor(ts, seed)
             tensors[ts.name] = t
             entries.append(_Entry(ts, fname, tensor_digest(t)))
             bar.update(ts.nbytes)

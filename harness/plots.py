@@ -28,7 +28,7 @@ def _breakdown(ax: plt.Axes, ok: pd.DataFrame) -> None:
     ax.set_ylabel("median time (s)")
     ax.set_title("cold-start breakdown (fresh process → first token)")
     ax.legend(fontsize=8)
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=8, labelrotation=30)
 
 
 def plot_loading(run_dir: Path) -> list[Path]:

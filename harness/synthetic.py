@@ -10,7 +10,7 @@ import torch
 
 from harness.zoo import INT8_SCALE_SUFFIX, TensorSpec
 
-CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements (64 MiB of float32 scratch) per generated chunk
+CHUNK_ELEMENTS = 1 << 23  # 8 Mi elements (32 MiB of float32 scratch) per generated chunk
 WEIGHT_STD = 0.02  # the usual init scale: keeps activations finite through the real forward pass
 
 
@@ -51,5 +51,11 @@ def iter_chunks(ts: TensorSpec, seed: int) -> Iterator[torch.Tensor]:
 
 
 def synthetic_tensor(ts: TensorSpec, seed: int) -> torch.Tensor:
-    """The whole tensor (for tests and small models)."""
-    return torch.cat([c.reshape(-1) for c in iter_chunks(ts, seed)]).reshape(ts.shape)
+    """The whole tensor, filled chunk by chunk in place (peak memory: the tensor plus one chunk)."""
+    out = torch.empty(ts.numel, dtype=ts.dtype)
+    offset = 0
+    for chunk in iter_chunks(ts, seed):
+        n = chunk.numel()
+        out[offset : offset + n].copy_(chunk.reshape(-1))
+        offset += n
+    return out.reshape(ts.shape)
