@@ -16,7 +16,7 @@ import torch
 import xxhash
 from tqdm import tqdm
 
-from harness.synthetic import iter_chunks, synthetic_tensor
+from harness.synthetic import GENERATOR_VERSION, iter_chunks, synthetic_tensor
 from harness.zoo import ModelSpec, TensorSpec, check_dtype
 
 MANIFEST = "coldstart_manifest.json"
@@ -245,6 +245,32 @@ def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_byte
     return entries, names
 
 
+def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, partition_bytes: int,
+                  bar: tqdm) -> tuple[list[_Entry], list[str]]:
+    """The native format (loaders/native/format.py), streamed chunk by chunk through its partition writer."""
+    from loaders.native.convert import _PartitionWriter, _Source
+
+    writer = _PartitionWriter(dst, partition_bytes, 16 << 20, bar)
+    entries: list[_Entry] = []
+    for ts in specs:
+        h = xxhash.xxh3_64()
+
+        def hashed(ts: TensorSpec = ts, h: Any = h) -> Any:
+            for chunk in iter_chunks(ts, seed):
+                h.update(_bytes_view(chunk))
+                yield chunk
+
+        writer.add(_Source(ts.name, ts.dtype, ts.shape, ts.nbytes, chunks=hashed()))
+        entries.append(_Entry(ts, writer.tensors[-1].name))
+        entries[-1].digest = h.hexdigest()
+    index = writer.finish({"source": "coldstart synthetic", "seed": seed})
+    (dst / "index.json").write_text(json.dumps(index.to_json(), indent=1))
+    names = [p.name for p in index.partitions]
+    for e, t in zip(entries, index.tensors, strict=True):
+        e.file = names[t.partition]
+    return entries, names
+
+
 Writer = Callable[[tuple[TensorSpec, ...], Path, int, tqdm], tuple[list[_Entry], list[str]]]
 
 
@@ -261,7 +287,7 @@ def _fsync(f: Any) -> None:
 class CheckpointStore:
     """Generated checkpoints cached under ``root`` keyed by model, dtype, format and seed; written atomically."""
 
-    FORMATS = ("safetensors", "torch_bin", "torch_pt")
+    FORMATS = ("safetensors", "torch_bin", "torch_pt", "native")
 
     def __init__(self, root: str | Path, safetensors_shard_bytes: int = 4 << 30,
                  torch_shard_bytes: int = 1 << 30, torch_pt_max_bytes: int = 4 << 30) -> None:
@@ -280,6 +306,7 @@ class CheckpointStore:
             "safetensors": lambda specs, dst, seed, bar: _write_safetensors(specs, dst, seed, st, bar),
             "torch_bin": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, pt, bar, single=False),
             "torch_pt": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, single, bar, single=True),
+            "native": lambda specs, dst, seed, bar: _write_native(specs, dst, seed, st, bar),
         }
         if fmt not in writers:
             raise ValueError(f"checkpoint format {fmt!r} is not supported; choose one of {sorted(writers)}")
@@ -293,7 +320,11 @@ class CheckpointStore:
         path = self.path_for(spec, dtype, fmt, seed)
         if path.exists():
             try:
-                return open_checkpoint(path)
+                ckpt = open_checkpoint(path)
+                if ckpt.manifest.get("generator") != GENERATOR_VERSION:
+                    raise CheckpointCorruptError(f"written by synthetic generator {ckpt.manifest.get('generator')}, "
+                                                 f"this coldstart writes version {GENERATOR_VERSION}")
+                return ckpt
             except CheckpointError as exc:
                 tqdm.write(f"[coldstart] cached checkpoint unusable ({exc}); regenerating {path}")
                 shutil.rmtree(path)
@@ -319,7 +350,8 @@ class CheckpointStore:
                 entries, files = writer(specs, tmp, seed, bar)
             spec.config(dtype).to_json_file(str(tmp / "config.json"))
             manifest = {
-                "version": MANIFEST_VERSION, "model": spec.name, "dtype": dtype, "format": fmt, "seed": seed,
+                "version": MANIFEST_VERSION, "generator": GENERATOR_VERSION, "model": spec.name, "dtype": dtype,
+                "format": fmt, "seed": seed,
                 "total_bytes": total,
                 "files": {name: (tmp / name).stat().st_size for name in files},
                 "tensors": {e.spec.name: {"dtype": DTYPE_NAMES[e.spec.dtype], "shape": list(e.spec.shape),

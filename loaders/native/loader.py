@@ -1,0 +1,170 @@
+"""``loader=native``: one destination allocation, tensors as views, threaded chunked reads, DRAM tier."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from harness.pagecache import resident_fraction
+from loaders.base import BaseLoader, LoadResult, UnsupportedCheckpointError
+from loaders.native.convert import ST_CODES
+from loaders.native.format import (
+    ALIGNMENT,
+    DTYPES,
+    INDEX,
+    TensorBoundsError,
+    align_up,
+    check_partitions,
+    read_index,
+)
+from loaders.native.pipeline import CudaCopyEngine, Segment, ThreadCopyEngine, aligned_empty, run_pipeline
+from loaders.native.tiers import DramTier
+
+FORMATS = ("auto", "native", "safetensors")
+DIRECT_IO = ("auto", "on", "off")
+STAGING = ("auto", "direct", "ring")
+
+
+@dataclass(frozen=True)
+class _View:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    segments: list[Segment]
+    views: list[_View]
+    total_bytes: int
+    files: list[Path]
+
+
+def detect_format(directory: Path) -> str:
+    if (directory / INDEX).exists():
+        return "native"
+    if any(directory.glob("*.safetensors")):
+        return "safetensors"
+    raise UnsupportedCheckpointError(f"{directory}: neither a native checkpoint ({INDEX}) nor safetensors files")
+
+
+def _native_plan(directory: Path, verify: bool) -> _Plan:
+    index = read_index(directory)
+    check_partitions(directory, index)
+    segments, bases = [], index.bases
+    for base, part in zip(bases, index.partitions, strict=True):
+        path = directory / part.name
+        for i, off in enumerate(range(0, part.size, index.chunk_bytes)):
+            n = min(index.chunk_bytes, part.size - off)
+            segments.append(Segment(path, off, n, base + off, part.chunks[i] if verify else None,
+                                    f"{part.name} chunk {i}"))
+    views = [_View(t.name, t.dtype, t.shape, bases[t.partition] + t.offset, t.nbytes) for t in index.tensors]
+    return _Plan(segments, views, index.total_bytes, [directory / p.name for p in index.partitions])
+
+
+def _safetensors_plan(directory: Path, chunk_bytes: int) -> _Plan:
+    """Read whole safetensors files into aligned places of one buffer; tensors are views past each header."""
+    segments, views, base, files = [], [], 0, sorted(directory.glob("*.safetensors"))
+    for path in files:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for off in range(0, size, chunk_bytes):
+            segments.append(Segment(path, off, min(chunk_bytes, size - off), base + off, None, path.name))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            if meta["dtype"] not in ST_CODES:
+                raise UnsupportedCheckpointError(f"{path}: tensor {name!r} has dtype {meta['dtype']}")
+            start, end = meta["data_offsets"]
+            if 8 + n + end > size:
+                raise TensorBoundsError(f"{path}: tensor {name!r} ends beyond the file: truncated")
+            views.append(_View(name, DTYPES[ST_CODES[meta["dtype"]]], tuple(meta["shape"]), base + 8 + n + start,
+                               end - start))
+        base += align_up(size)
+    return _Plan(segments, views, base, files)
+
+
+class NativeLoader(BaseLoader):
+    """Our loader: reads native (or safetensors) checkpoints with parallel chunked preads into one buffer."""
+
+    formats: ClassVar[tuple[str, ...]] = ("native", "safetensors")
+
+    def __init__(self, format: str = "auto", threads: int = 4, chunk_bytes: int = 16 << 20, direct_io: str = "auto",
+                 staging: str = "auto", ring_bytes: int = 256 << 20, copy_streams: int = 4, verify: bool = True,
+                 dram_dir: str | None = None, dram_capacity_bytes: int = 8 << 30) -> None:
+        for key, value, allowed in (("format", format, FORMATS), ("direct_io", direct_io, DIRECT_IO),
+                                    ("staging", staging, STAGING)):
+            if value not in allowed:
+                raise ValueError(f"loader.{key}={value!r}; choose one of {allowed}")
+        if threads < 1 or chunk_bytes < ALIGNMENT or chunk_bytes % ALIGNMENT:
+            raise ValueError(f"loader.threads={threads} must be ≥ 1 and loader.chunk_bytes={chunk_bytes} a multiple "
+                             f"of {ALIGNMENT}")
+        if ring_bytes < chunk_bytes:
+            raise ValueError(f"loader.ring_bytes={ring_bytes} must hold at least one chunk ({chunk_bytes} bytes)")
+        self.format, self.threads, self.chunk_bytes = format, threads, chunk_bytes
+        self.direct_io, self.staging, self.ring_bytes = direct_io, staging, ring_bytes
+        self.copy_streams, self.verify = copy_streams, verify
+        self.dram = DramTier(dram_dir, dram_capacity_bytes) if dram_dir else None
+
+    # -- tiers -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def tier_key(checkpoint_dir: Path) -> str:
+        return Path(checkpoint_dir).resolve().name
+
+    def stage_in_dram(self, checkpoint_dir: Path) -> Path:
+        """Put a checkpoint in the DRAM tier (the ``hot`` state)."""
+        if self.dram is None:
+            raise UnsupportedCheckpointError("the DRAM tier is off: set loader.dram_dir")
+        return self.dram.insert(self.tier_key(checkpoint_dir), Path(checkpoint_dir))
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    def _plan(self, directory: Path) -> _Plan:
+        fmt = detect_format(directory) if self.format == "auto" else self.format
+        if fmt == "native":
+            return _native_plan(directory, self.verify)
+        return _safetensors_plan(directory, self.chunk_bytes)
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        checkpoint_dir = Path(checkpoint_dir)
+        key = self.tier_key(checkpoint_dir)
+        if self.dram is not None:
+            with self.dram.reading(key) as hot:
+                if hot is not None:
+                    return self._load_from(hot, device, "dram", direct=False)
+        return self._load_from(checkpoint_dir, device, "ssd", direct=None)
+
+    def _load_from(self, directory: Path, device: torch.device, tier: str, direct: bool | None) -> LoadResult:
+        t0 = time.perf_counter()
+        plan = self._plan(directory)
+        if direct is None:  # O_DIRECT only when reading cold from the SSD tier
+            direct = self.direct_io == "on" or (self.direct_io == "auto" and resident_fraction(plan.files) < 0.5)
+        ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
+        if device.type == "cuda":
+            dest = torch.empty(plan.total_bytes, dtype=torch.uint8, device=device)
+            engine: CudaCopyEngine | ThreadCopyEngine | None = CudaCopyEngine(device, self.copy_streams)
+        else:
+            dest = aligned_empty(plan.total_bytes)
+            engine = ThreadCopyEngine(self.copy_streams) if ring else None
+        t_alloc = time.perf_counter()
+        seg_max = max((s.length for s in plan.segments), default=1)
+        stats = run_pipeline(plan.segments, dest, self.threads, direct, engine if ring else None,
+                             ring_buffers=max(1, self.ring_bytes // seg_max))
+        t_read = time.perf_counter()
+        state_dict = {}
+        for v in plan.views:
+            raw = dest[v.offset : v.offset + v.nbytes]
+            state_dict[v.name] = raw.view(v.dtype).view(v.shape) if v.nbytes else torch.empty(v.shape, dtype=v.dtype)
+        phases = {"plan_alloc_s": t_alloc - t0, "pipeline_s": t_read - t_alloc, "read_s": stats.read_s,
+                  "copy_s": stats.copy_s, "wait_s": stats.wait_s, "verify_s": stats.verify_s,
+                  "direct_io": float(stats.direct_io), "max_in_flight": float(stats.max_in_flight)}
+        return LoadResult(state_dict, phases, {tier: stats.bytes_read})

@@ -1,0 +1,241 @@
+"""The read pipeline: reader threads pread large chunks into one destination buffer, directly or through a ring.
+
+``direct`` mode (CPU): each chunk is read straight into its place in the destination (one copy, kernel → user).
+``ring`` mode (CUDA, and CPU tests of the same logic): each reader owns a few staging buffers; it reads a chunk
+into one, starts an asynchronous copy to the destination on its own stream, and reuses the buffer only after that
+copy's event completed, so memory stays bounded by the ring however large the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import xxhash
+
+from loaders.native.format import ALIGNMENT, ChunkChecksumError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Copy ``length`` bytes of ``path`` at ``file_offset`` to ``dest_offset``; ``digest`` checks them if set."""
+
+    path: Path
+    file_offset: int
+    length: int
+    dest_offset: int
+    digest: str | None = None
+    label: str = ""
+
+
+@dataclass
+class PipelineStats:
+    read_s: float = 0.0  # summed over threads: time inside pread
+    copy_s: float = 0.0  # summed over threads: time issuing/doing staging → destination copies
+    wait_s: float = 0.0  # summed over threads: time waiting for a staging buffer to come back
+    verify_s: float = 0.0
+    bytes_read: int = 0
+    max_in_flight: int = 0
+    direct_io: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: float) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+class CopyEngine(Protocol):
+    """Asynchronous staging-buffer → destination copies (CUDA streams, or threads in CPU tests)."""
+
+    def make_buffer(self, nbytes: int) -> torch.Tensor: ...
+
+    def copy_async(self, worker: int, dest: torch.Tensor, src: torch.Tensor) -> Any: ...
+
+    def wait(self, handle: Any) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class CudaCopyEngine:
+    """Pinned staging buffers; ``non_blocking`` copies on one CUDA stream per reader; events for reuse."""
+
+    def __init__(self, device: torch.device, streams: int) -> None:
+        self.device = device
+        self.streams = [torch.cuda.Stream(device=device) for _ in range(max(1, streams))]
+
+    def make_buffer(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    def copy_async(self, worker: int, dest: torch.Tensor, src: torch.Tensor) -> Any:
+        stream = self.streams[worker % len(self.streams)]
+        with torch.cuda.stream(stream):
+            dest.copy_(src, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        return event
+
+    def wait(self, handle: Any) -> None:
+        handle.synchronize()
+
+    def finish(self) -> None:
+        for s in self.streams:
+            s.synchronize()
+
+
+class ThreadCopyEngine:
+    """The same contract on CPU: copies run on a separate thread pool (exercises the ring logic without a GPU)."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="coldstart-copy")
+
+    def make_buffer(self, nbytes: int) -> torch.Tensor:
+        return aligned_empty(nbytes)
+
+    def copy_async(self, worker: int, dest: torch.Tensor, src: torch.Tensor) -> Future[torch.Tensor]:
+        return self.pool.submit(dest.copy_, src)
+
+    def wait(self, handle: Any) -> None:
+        handle.result()
+
+    def finish(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def aligned_empty(nbytes: int) -> torch.Tensor:
+    """A page-aligned uint8 CPU tensor backed by an anonymous mapping (huge pages when the kernel allows)."""
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):  # fewer page faults when transparent huge pages are enabled
+            mm.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(mm, dtype=torch.uint8)  # the tensor keeps the mapping alive
+
+
+def as_memoryview(t: torch.Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU uint8 tensor (no copy)."""
+    return memoryview(t.numpy())  # type: ignore[arg-type]
+
+
+def _open(path: Path, direct: bool, cache: dict[tuple[Path, bool], int], lock: threading.Lock) -> int:
+    key = (path, direct)
+    with lock:
+        fd = cache.get(key)
+        if fd is None:
+            fd = cache[key] = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+        return fd
+
+
+def _pread_full(fd: int, view: memoryview, offset: int, want: int, direct: bool, path: Path) -> None:
+    done = 0
+    while done < want:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            from loaders.native.format import PartitionSizeError
+
+            raise PartitionSizeError(f"{path}: unexpected end of file at byte {offset + done} (wanted {want} bytes "
+                                     f"from {offset}); the file is truncated")
+        done += n
+        if direct and n % ALIGNMENT and done < want:
+            break  # O_DIRECT short read past EOF: the caller sized the request, anything else is truncation
+
+
+def _verify(view: memoryview, seg: Segment) -> None:
+    if seg.digest is not None and xxhash.xxh3_64_hexdigest(view) != seg.digest:
+        raise ChunkChecksumError(f"{seg.label or seg.path}: bytes [{seg.file_offset}, {seg.file_offset + seg.length}) "
+                                 f"of {seg.path.name} fail their checksum: the file is corrupted; re-convert or "
+                                 "re-download the checkpoint")
+
+
+def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, direct: bool,
+                 engine: CopyEngine | None = None, ring_buffers: int = 0,
+                 on_segment: Callable[[Segment, memoryview], None] | None = None) -> PipelineStats:
+    """Fill ``dest`` (a flat uint8 tensor) from the segments with ``threads`` readers.
+
+    Without ``engine`` the readers pread straight into ``dest`` (which must be a CPU tensor). With an engine,
+    ``ring_buffers`` staging buffers (≥ 1 per reader) of the largest segment size are reused round-robin.
+    ``on_segment`` sees each segment's verified bytes (used to write a tier through while loading).
+    """
+    stats = PipelineStats(direct_io=direct)
+    threads = max(1, min(threads, len(segments) or 1))
+    fds: dict[tuple[Path, bool], int] = {}
+    lock = threading.Lock()
+    next_item = iter(range(len(segments)))
+    errors: list[BaseException] = []
+    seg_max = max((s.length for s in segments), default=0)
+    per_thread = max(1, ring_buffers // threads) if engine is not None else 0
+    in_flight = [0]
+
+    def reader(worker: int) -> None:
+        bufs: list[torch.Tensor] = []
+        pending: list[Any] = []
+        if engine is not None:
+            bufs = [engine.make_buffer(-(-seg_max // ALIGNMENT) * ALIGNMENT) for _ in range(per_thread)]
+            pending = [None] * per_thread
+        k = 0
+        try:
+            while not errors:
+                with lock:
+                    i = next(next_item, None)
+                if i is None:
+                    break
+                seg = segments[i]
+                use_direct = direct and seg.file_offset % ALIGNMENT == 0 and seg.length % ALIGNMENT == 0
+                fd = _open(seg.path, use_direct, fds, lock)
+                if engine is None:
+                    view = as_memoryview(dest[seg.dest_offset : seg.dest_offset + seg.length])
+                else:
+                    slot = k % per_thread
+                    k += 1
+                    if pending[slot] is not None:
+                        t0 = time.perf_counter()
+                        engine.wait(pending[slot])
+                        with lock:
+                            in_flight[0] -= 1
+                        stats.add(wait_s=time.perf_counter() - t0)
+                    view = as_memoryview(bufs[slot][: seg.length])
+                t0 = time.perf_counter()
+                _pread_full(fd, view, seg.file_offset, seg.length, use_direct, seg.path)
+                t1 = time.perf_counter()
+                _verify(view, seg)
+                if on_segment is not None:
+                    on_segment(seg, view)
+                t2 = time.perf_counter()
+                stats.add(read_s=t1 - t0, verify_s=t2 - t1, bytes_read=seg.length)
+                if engine is not None:
+                    pending[slot] = engine.copy_async(worker, dest[seg.dest_offset : seg.dest_offset + seg.length],
+                                                      bufs[slot][: seg.length])
+                    with lock:
+                        in_flight[0] += 1
+                        stats.max_in_flight = max(stats.max_in_flight, in_flight[0])
+                    stats.add(copy_s=time.perf_counter() - t2)
+            for handle in pending:
+                if handle is not None:
+                    engine.wait(handle)  # type: ignore[union-attr]
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        workers = [threading.Thread(target=reader, args=(w,), name=f"coldstart-read-{w}") for w in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        if engine is not None:
+            engine.finish()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if errors:
+        raise errors[0]
+    return stats
