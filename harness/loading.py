@@ -23,7 +23,8 @@ from harness.config import load_option
 from harness.executors.base import TrialError
 from harness.experiment import ExperimentResult
 from harness.metrics import PHASES, summarize_trials
-from harness.pagecache import evict, make_copies, warm
+from harness.pagecache import evict, make_copies, resident_fraction, warm
+from loaders.base import TieredLoader
 
 log = logging.getLogger("coldstart.loading")
 
@@ -41,12 +42,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+STATES = ("cold", "warm", "hot")
+DEFAULT_TIER = {"cold": "ssd", "warm": "page_cache", "hot": "dram"}
+
+
 @dataclass
 class _LoaderCell:
     name: str
     cfg: dict[str, Any]
     fmt: str | None
     unavailable: str | None
+    loader: Any = None
 
 
 def _loader_cells(names: list[str]) -> list[_LoaderCell]:
@@ -59,7 +65,7 @@ def _loader_cells(names: list[str]) -> list[_LoaderCell]:
             reason = None
         except Exception as exc:  # LoaderUnavailableError: recorded as an unavailable cell, never dropped
             reason = str(exc)
-        cells.append(_LoaderCell(name, cfg, loader.formats[0] if loader.formats else None, reason))
+        cells.append(_LoaderCell(name, cfg, loader.formats[0] if loader.formats else None, reason, loader))
     return cells
 
 
@@ -137,8 +143,8 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         raise ValueError(f"trials={trials}; need at least 1")
     states = list(cfg.cache_states)
     for s in states:
-        if s not in ("cold", "warm"):
-            raise ValueError(f"cache_states contains {s!r}; this experiment supports cold and warm")
+        if s not in STATES:
+            raise ValueError(f"cache_states contains {s!r}; this experiment supports {', '.join(STATES)}")
     spec = instantiate(cfg.model)
     store: CheckpointStore = instantiate(cfg.storage)
     executor = instantiate(cfg.executor)
@@ -169,11 +175,20 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                 rows.append(_failed_row(base, "unavailable", cell.unavailable or "no checkpoint format"))
                 continue
             ckpt = ckpts[cell.fmt]
+            tiered = isinstance(cell.loader, TieredLoader)
+            if state == "hot" and not tiered:
+                rows.append(_failed_row(base, "unavailable", f"loader {cell.name} has no DRAM tier (hot state)"))
+                continue
             cold_method = None
             if state == "cold":
                 path, resident, cold_method = cold.prepare(ckpt, copies_needed, rng)
-            else:
+            elif state == "warm":
                 path, resident = ckpt.path, warm(ckpt.files)
+            else:
+                path, resident = ckpt.path, resident_fraction(ckpt.files)
+                cell.loader.stage_in_dram(ckpt.path)
+            if tiered and state != "hot":
+                cell.loader.unstage_from_dram(path)
             trial_spec = {"loader": cell.cfg, "model": OmegaConf.to_container(cfg.model, resolve=True),
                           "checkpoint": str(path), "dtype": cfg.dtype, "device": str(device),
                           "prompt_tokens": int(cfg.prompt_tokens), "verify": bool(cfg.verify),
@@ -185,9 +200,15 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                 log.error("%s %s trial %d failed: %s", cell.name, state, trial, str(exc).splitlines()[-1])
                 continue
             ceiling = bounding_ceiling(state, device, ceilings["gbps"])
-            rows.append(_trial_row(base, out, ckpt, ceiling, resident, cold_method))
+            row = _trial_row(base, out, ckpt, ceiling, resident, cold_method)
+            by_tier: dict[str, int] = out.get("bytes_by_tier") or {}
+            row["tier"] = max(by_tier, key=lambda k: by_tier[k]) if by_tier else DEFAULT_TIER[state]
+            rows.append(row)
     finally:
         cold.cleanup()
+        for cell in cells:  # leave no staged copy behind in a shared DRAM tier
+            if isinstance(cell.loader, TieredLoader) and cell.fmt in ckpts:
+                cell.loader.unstage_from_dram(ckpts[cell.fmt].path)
 
     trials_df = pd.DataFrame(rows)
     for col in ("bytes", "load_s", "throughput_gbps", "ceiling_fraction", *PHASES):

@@ -32,5 +32,9 @@ def summarize_trials(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.
                     "load_s_min": ok["load_s"].min(), "load_s_max": ok["load_s"].max()})
         for col in MEDIAN_COLUMNS:
             row[f"{col}_median"] = ok[col].median() if col in ok else np.nan
+        if "tier" in ok and len(ok):
+            row["tier"] = ok["tier"].mode().iloc[0]
+        for col in sorted(str(c) for c in group.columns if str(c).startswith("bytes_")):
+            row[f"{col}_median"] = ok[col].median() if len(ok) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)

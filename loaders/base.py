@@ -47,6 +47,15 @@ class Loader(Protocol):
     def check_available(self) -> None: ...
 
 
+@runtime_checkable
+class TieredLoader(Protocol):
+    """A loader with its own DRAM tier: the ``hot`` cache state stages the checkpoint there first."""
+
+    def stage_in_dram(self, checkpoint_dir: Path) -> Path: ...
+
+    def unstage_from_dram(self, checkpoint_dir: Path) -> None: ...
+
+
 class BaseLoader:
     """Shared helpers: optional-package checks and shard discovery."""
 

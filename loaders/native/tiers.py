@@ -132,6 +132,17 @@ class DramTier:
                                     f"{(self.capacity_bytes - used) / 1e9:.2f} GB free after evicting every entry "
                                     "not being read; raise dram_capacity_bytes or wait")
 
+    def remove(self, key: str) -> bool:
+        """Drop one entry (waits for its readers); True if it was there."""
+        with self._lock(".tier.lock", exclusive=True), self._lock(f"{key}.lock", exclusive=True):
+            path = self.path(key)
+            if not path.exists():
+                return False
+            victim = self.root / f".{key}.evicting-{uuid.uuid4().hex[:8]}"
+            path.rename(victim)
+            shutil.rmtree(victim, ignore_errors=True)
+            return True
+
     def clear(self) -> None:
         for _, key, _ in self.entries():
             with self._lock(f"{key}.lock", exclusive=True):

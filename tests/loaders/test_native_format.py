@@ -83,7 +83,19 @@ def test_flipped_byte_fails_its_chunk_checksum(tmp_path: Path, direct_io: str) -
         f.write(bytes([b[0] ^ 0x01]))
     with pytest.raises(fmt.ChunkChecksumError, match=part.name):
         _load(path, direct_io=direct_io)
-    assert _load(path, verify=False)  # with verification off it loads (the user asked for it)
+    assert _load(path, verify="never")  # with verification off it loads (the user asked for it)
+
+
+def test_verify_auto_rechecks_changed_partitions(tmp_path: Path) -> None:
+    path = make_native(tmp_path)
+    assert NativeLoader(dram_dir=None).load(path, CPU).phases_s["verified"] == 1.0
+    assert NativeLoader(dram_dir=None).load(path, CPU).phases_s["verified"] == 0.0  # unchanged: not rehashed
+    part = sorted(path.glob("part-*.bin"))[0]
+    raw = bytearray(part.read_bytes())
+    raw[5] ^= 0x10
+    part.write_bytes(bytes(raw))  # a rewrite changes the file's mtime: verified again, and caught
+    with pytest.raises(fmt.ChunkChecksumError):
+        _load(path)
 
 
 def test_not_a_native_checkpoint(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ def test_hot_load_comes_from_the_dram_tier(shared_store: CheckpointStore, tmp_pa
     loader.stage_in_dram(ckpt.path)
     hot = loader.load(ckpt.path, CPU)
     assert set(hot.bytes_by_tier) == {"dram"}
+    assert hot.phases_s["verified"] == 0.0  # the tier copy of a verified checkpoint is not hashed again
     assert verify_state_dict(ckpt, hot.state_dict) == ckpt.total_bytes
 
 
