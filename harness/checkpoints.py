@@ -245,6 +245,12 @@ def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_byte
     return entries, names
 
 
+def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm) -> tuple[list[_Entry], list[str]]:
+    from harness.tensorizer_format import write_tensorizer  # its own module: an optional package, ~400-line limit
+
+    return write_tensorizer(specs, dst, seed, bar)
+
+
 Writer = Callable[[tuple[TensorSpec, ...], Path, int, tqdm], tuple[list[_Entry], list[str]]]
 
 
@@ -280,6 +286,7 @@ class CheckpointStore:
             "safetensors": lambda specs, dst, seed, bar: _write_safetensors(specs, dst, seed, st, bar),
             "torch_bin": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, pt, bar, single=False),
             "torch_pt": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, single, bar, single=True),
+            "tensorizer": _write_tensorizer,
         }
         if fmt not in writers:
             raise ValueError(f"checkpoint format {fmt!r} is not supported; choose one of {sorted(writers)}")
