@@ -18,13 +18,14 @@ from tests.conftest import model_spec
 CPU = torch.device("cpu")
 
 
-def assert_loads_manifest(loader: Loader, store: CheckpointStore, dtype: str, model: str = "tiny-llama") -> None:
-    """The loader delivers exactly the manifest's tensors (names, dtypes, shapes, xxh3) on CPU, materialized."""
+def assert_loads_manifest(loader: Loader, store: CheckpointStore, dtype: str, model: str = "tiny-llama",
+                          device: torch.device = CPU) -> None:
+    """The loader delivers exactly the manifest's tensors (names, dtypes, shapes, xxh3) on the device, materialized."""
     ckpt = store.ensure(model_spec(model), dtype, loader.formats[0], progress=False)
-    result = loader.load(ckpt.path, CPU)
-    assert materialize(result.state_dict, CPU) >= ckpt.total_bytes
+    result = loader.load(ckpt.path, device)
+    assert materialize(result.state_dict, device) >= ckpt.total_bytes
     assert verify_state_dict(ckpt, result.state_dict) == ckpt.total_bytes
-    assert all(t.device == CPU for t in result.state_dict.values())
+    assert all(t.device.type == device.type for t in result.state_dict.values())
     assert all(not t.requires_grad for t in result.state_dict.values())
     assert result.phases_s["read_s"] > 0
 

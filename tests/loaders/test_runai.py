@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from harness.checkpoints import CheckpointStore
@@ -73,6 +74,13 @@ def test_environment_is_set_for_the_load_only(shared_store: CheckpointStore, mon
 def test_bad_settings_are_named(key: str, value: object) -> None:
     with pytest.raises(ValueError, match=key):
         RunaiLoader(**{key: value})  # type: ignore[arg-type]
+
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_loads_the_manifest_onto_the_gpu(shared_store: CheckpointStore, dtype: str) -> None:
+    assert_loads_manifest(RunaiLoader(), shared_store, dtype, device=torch.device("cuda"))
 
 
 def test_missing_package_names_the_extra() -> None:

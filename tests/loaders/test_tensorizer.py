@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from harness.checkpoints import CheckpointStore
@@ -52,6 +53,13 @@ def test_wrong_directory_is_a_named_error(tmp_path: Path) -> None:
 def test_bad_settings_are_named(key: str, value: object) -> None:
     with pytest.raises(ValueError, match=key):
         TensorizerLoader(**{key: value})  # type: ignore[arg-type]
+
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_loads_the_manifest_onto_the_gpu(shared_store: CheckpointStore, dtype: str) -> None:
+    assert_loads_manifest(TensorizerLoader(), shared_store, dtype, device=torch.device("cuda"))
 
 
 def test_missing_package_names_the_extra() -> None:
