@@ -271,6 +271,12 @@ def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, partition
     return entries, names
 
 
+def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm) -> tuple[list[_Entry], list[str]]:
+    from harness.tensorizer_format import write_tensorizer  # its own module: an optional package, ~400-line limit
+
+    return write_tensorizer(specs, dst, seed, bar)
+
+
 Writer = Callable[[tuple[TensorSpec, ...], Path, int, tqdm], tuple[list[_Entry], list[str]]]
 
 
@@ -307,6 +313,7 @@ class CheckpointStore:
             "torch_bin": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, pt, bar, single=False),
             "torch_pt": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, single, bar, single=True),
             "native": lambda specs, dst, seed, bar: _write_native(specs, dst, seed, st, bar),
+            "tensorizer": _write_tensorizer,
         }
         if fmt not in writers:
             raise ValueError(f"checkpoint format {fmt!r} is not supported; choose one of {sorted(writers)}")

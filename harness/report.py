@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coldstart-report", description=__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <first path>/report)")
+    parser.add_argument("--sllm-reference", action="store_true",
+                        help="also write sllm_comparison.csv: our loaders beside sllm-store's published results")
     args = parser.parse_args(argv)
     try:
         trials, summary = aggregate(args.paths)
@@ -67,6 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary[cols].to_string(index=False))
     print(f"\n{len(trials)} trials from {trials['run'].nunique()} runs → {out}/report.csv, {out}/report.png")
+    if args.sllm_reference:
+        from harness.reference import sllm_comparison  # builds zoo models for their byte counts: only when asked
+
+        comparison = sllm_comparison(trials)
+        comparison.to_csv(out / "sllm_comparison.csv", index=False)
+        cols = ["source", "model", "cache_state", "loader", "load_s", "throughput_gbps", "speedup_vs_safetensors",
+                "speedup_vs_torch", "ceiling_name", "ceiling_fraction"]
+        with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
+            print("\n" + comparison[cols].to_string(index=False))
+        print(f"sllm-store comparison → {out}/sllm_comparison.csv")
     return 0
 
 

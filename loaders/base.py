@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -65,9 +66,15 @@ class BaseLoader:
 
     def check_available(self) -> None:
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        hint = f"pip install 'coldstart[{self.extra}]'" if self.extra else f"pip install {' '.join(self.requires)}"
         if missing:
-            hint = f"pip install 'coldstart[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
             raise LoaderUnavailableError(f"{type(self).__name__} needs {', '.join(missing)}: {hint}")
+        for module in self.requires:  # installed is not enough: a native extension may fail to load
+            try:
+                importlib.import_module(module)
+            except (ImportError, OSError) as exc:
+                raise LoaderUnavailableError(f"{type(self).__name__}: {module} is installed but does not import "
+                                             f"({exc}); reinstall it: {hint}") from exc
 
 
 def shard_files(checkpoint_dir: Path, index_name: str, single_names: tuple[str, ...], suffix: str) -> list[Path]:
