@@ -56,7 +56,7 @@ def p99_vs_rps(summary: pd.DataFrame, path: Path) -> Path:
 
 def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> Path:
     """Mean queueing, migration wait, loading and prefill of cold starts, stacked per policy."""
-    cold = requests[requests["cold_start"] & ~requests["timed_out"]].copy()
+    cold = requests[requests["cold_start"].astype(bool) & ~requests["timed_out"].astype(bool)].copy()
     cold["prefill_s"] = (cold["ttft_s"] - cold["queue_s"] - cold["migration_s"] - cold["load_s"]).clip(
         lower=0
     )
