@@ -106,7 +106,8 @@ def simulate_grid(
                 rows[-1]["ttft_s_p99"],
                 wall,
             )
-    requests = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    nonempty = [f for f in frames if len(f)] or frames[:1]
+    requests = pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame()
     meta = {
         "cluster": cluster.name,
         "servers": cluster.servers,
@@ -131,7 +132,7 @@ def run_sllm_scheduler(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     s, smoke = cfg.experiment.sweep, bool(cfg.smoke)
     rps_list, cv_list, tokens = list(s.rps), list(s.cv), dict(s.tokens)
     if smoke:
-        rps_list, cv_list, tokens = rps_list[:2], cv_list[:1], dict(list(tokens.items())[:1])
+        rps_list, cv_list, tokens = rps_list[-2:], cv_list[:1], dict(list(tokens.items())[:1])
 
     def scenarios() -> Iterable[tuple[dict[str, Any], DictConfig]]:
         for tname, tok in tokens.items():

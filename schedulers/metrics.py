@@ -27,6 +27,18 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "migrated",
     "preempted",
 )
+REQUEST_DTYPES: dict[str, str] = {
+    "request_id": "int64",
+    "model": "str",
+    "input_tokens": "int64",
+    "output_tokens": "int64",
+    "server": "int64",
+    "tier": "str",
+    "timed_out": "bool",
+    "cold_start": "bool",
+    "migrated": "int64",
+    "preempted": "int64",
+}
 # summary.csv: one row per policy (and scenario).
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "requests",

@@ -18,7 +18,7 @@ from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Reques
 from schedulers.cluster import Cluster
 from schedulers.errors import SimulatorInvariantError
 from schedulers.links import FairShareLink
-from schedulers.metrics import REQUEST_COLUMNS
+from schedulers.metrics import REQUEST_COLUMNS, REQUEST_DTYPES
 from schedulers.state import Instance, LoadJob, Server
 from schedulers.workload import RequestArrays
 
@@ -149,6 +149,7 @@ class Simulator:
                 **{c: self.r[c] for c in REQUEST_COLUMNS if c in self.r},
             }
         )
+        df = df.astype(REQUEST_DTYPES)
         return SimResult(df[[c for c in REQUEST_COLUMNS if c in df.columns]], self.events, self.stats)
 
     def _preload(self, models: tuple[str, ...]) -> None:
