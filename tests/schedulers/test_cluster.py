@@ -32,8 +32,10 @@ def test_calibration_missing_tier(tmp_path: Path) -> None:
         calibrated(str(path))
 
 
-@pytest.mark.parametrize(("key", "value"), [("servers", 0), ("gpu_mem_gb", 0.0), ("ssd_gbps", -1.0),
-                                            ("dram_gb", -5.0), ("load_slots", 0)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("servers", 0), ("gpu_mem_gb", 0.0), ("ssd_gbps", -1.0), ("dram_gb", -5.0), ("load_slots", 0)],
+)
 def test_bad_cluster_values(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"cluster.{key}"):
         Cluster(**{key: value})  # type: ignore[arg-type]

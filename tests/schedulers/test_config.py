@@ -37,15 +37,25 @@ def test_experiment_files_are_deltas() -> None:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_smoke_runs_and_plots(compose_cfg: Callable[..., DictConfig], tmp_path: Path, name: str) -> None:
+def test_experiment_smoke_runs_and_plots(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, name: str
+) -> None:
     cfg = compose_cfg(f"experiment={name}", "smoke=true")
     result = instantiate(cfg.experiment.run)(cfg, tmp_path)
     write_result(tmp_path, result)
     requests = pd.read_parquet(tmp_path / "requests.parquet")
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(requests) > 0
-    assert {"ttft_s_p50", "ttft_s_p99", "e2e_s_mean", "e2e_s_p99", "cold_start_rate", "migrations", "timeouts",
-            "gpu_seconds"} <= set(summary.columns)
+    assert {
+        "ttft_s_p50",
+        "ttft_s_p99",
+        "e2e_s_mean",
+        "e2e_s_p99",
+        "cold_start_rate",
+        "migrations",
+        "timeouts",
+        "gpu_seconds",
+    } <= set(summary.columns)
     figures = instantiate(cfg.experiment.plot)(tmp_path)
     assert figures
     assert all(p.exists() and p.suffix == ".png" for p in figures)

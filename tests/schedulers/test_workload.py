@@ -43,8 +43,15 @@ def test_zipf_shares() -> None:
     assert s[0] / s[1] == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"rps": 0.0}, "rps"), ({"rps": -1.0}, "rps"),
-                                               ({"duration_s": 0.0}, "duration_s"), ({"models": []}, "models")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rps": 0.0}, "rps"),
+        ({"rps": -1.0}, "rps"),
+        ({"duration_s": 0.0}, "duration_s"),
+        ({"models": []}, "models"),
+    ],
+)
 def test_bad_workload_values(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(WorkloadConfigError, match=match):
         Workload(**{"models": ["tiny-opt"], **kwargs})  # type: ignore[arg-type]
@@ -68,8 +75,9 @@ def test_model_larger_than_a_server() -> None:
 
 def test_trace_bad_row_names_the_row(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
-    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\n"
-                    "2023-11-16 18:17:04.00,ten,3\n")
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\n2023-11-16 18:17:04.00,ten,3\n"
+    )
     with pytest.raises(TraceFormatError, match="row 3"):
         load_trace(str(path))
 
