@@ -188,7 +188,10 @@ class KeepAlive(Protocol):
     """A keep-alive policy: learns from idle times per model, decides windows, and names the demotion
     tiers."""
 
-    demote_to: tuple[Tier, ...]
+    @property
+    def demote_to(self) -> tuple[Tier, ...]:
+        """Tiers an evicted instance's checkpoint is demoted to, in order (a subsequence of DRAM → SSD)."""
+        ...
 
     def observe_idle(self, model: str, idle_s: float) -> None: ...
 

@@ -17,7 +17,7 @@ class Flow:
 
     remaining: float
     cap_bps: float
-    on_done: Callable[[], None]
+    on_done: Callable[[], object]
     rate_bps: float = 0.0
 
 
@@ -36,7 +36,7 @@ class FairShareLink:
         self._last = 0.0
         self._version = 0
 
-    def start(self, nbytes: float, cap_bps: float, on_done: Callable[[], None]) -> None:
+    def start(self, nbytes: float, cap_bps: float, on_done: Callable[[], object]) -> None:
         """Begin moving ``nbytes``; ``on_done`` runs at the simulated time the last byte arrives."""
         self._advance()
         self.flows.append(Flow(float(nbytes), cap_bps, on_done))
