@@ -149,6 +149,7 @@ class Placement:
     ``migrations`` move running instances away first; ``preemptions`` kill them (their requests restart).
     ``loader_gbps`` caps the loading speed (None: the tier's bandwidth, i.e. a fast loader);
     ``download_then_load`` downloads the whole checkpoint over the link before loading (KServe, Ray Serve).
+    ``cache_to``: tiers that keep a copy once loaded (ServerlessLLM's store: pinned DRAM and SSD).
     """
 
     server: int
@@ -158,6 +159,7 @@ class Placement:
     preemptions: tuple[int, ...] = ()
     loader_gbps: float | None = None
     download_then_load: bool = False
+    cache_to: tuple[Tier, ...] = ("dram", "ssd")
 
 
 @dataclass(frozen=True)

@@ -28,4 +28,6 @@ class KServeScheduler:
         if not ok:
             return Wait()
         s = max(ok, key=lambda s: (s.available_gpus, -s.server_id))
-        return Placement(s.server_id, "remote", loader_gbps=self.torch_load_gbps, download_then_load=True)
+        return Placement(
+            s.server_id, "remote", loader_gbps=self.torch_load_gbps, download_then_load=True, cache_to=()
+        )

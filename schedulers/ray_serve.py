@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedulers.base import ClusterView, Decision, Placement, Request, Wait
+from schedulers.base import ClusterView, Decision, Placement, Request, Tier, Wait
 
 # torch.load effective speed: ServerlessLLM loads 6–8.2× faster than torch.load on ~12 GB/s NVMe RAID0
 # (ANCHORS.md §1), i.e. torch.load reaches about 1.5–2 GB/s.
@@ -38,5 +38,8 @@ class RayServeScheduler:
             return Wait()
         s = max(ok, key=lambda s: (s.available_gpus, -s.server_id))
         if self.ssd_cache and info.name in s.ssd_models:
-            return Placement(s.server_id, "ssd", loader_gbps=self.torch_load_gbps)
-        return Placement(s.server_id, "remote", loader_gbps=self.torch_load_gbps, download_then_load=True)
+            return Placement(s.server_id, "ssd", loader_gbps=self.torch_load_gbps, cache_to=("ssd",))
+        cache: tuple[Tier, ...] = ("ssd",) if self.ssd_cache else ()
+        return Placement(
+            s.server_id, "remote", loader_gbps=self.torch_load_gbps, download_then_load=True, cache_to=cache
+        )

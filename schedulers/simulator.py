@@ -23,6 +23,7 @@ from schedulers.state import Instance, LoadJob, Server
 from schedulers.workload import RequestArrays
 
 NEW, WAITING, ASSIGNED, RUNNING, DONE, TIMED_OUT = range(6)
+TIER_ORDER: tuple[Tier, ...] = ("dram", "ssd", "remote")
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ class Simulator:
         if inst.state != "pending":
             return  # a preemption already handed over the last GPUs and started the load
         if inst.have >= inst.gpus:
-            self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load)
+            self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
         elif not any(x.handoff_to is inst for x in server.instances.values()):
             raise SimulatorInvariantError(
                 f"infeasible placement {d} for request {i}: {inst.have}/{inst.gpus} GPUs"
@@ -341,9 +342,16 @@ class Simulator:
         """``inst`` received all its GPUs from migrations or preemptions: start its load."""
         d = inst.decision
         assert d is not None
-        self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load)
+        self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
 
-    def _enqueue(self, inst: Instance, tier: Tier, loader_gbps: float | None, dtl: bool) -> None:
+    def _enqueue(
+        self,
+        inst: Instance,
+        tier: Tier,
+        loader_gbps: float | None,
+        dtl: bool,
+        cache_to: tuple[Tier, ...] = ("dram", "ssd"),
+    ) -> None:
         server, n = inst.server, inst.info.size_bytes
         bw = min(server.gbps[tier], loader_gbps or math.inf)
         est = (
@@ -358,7 +366,7 @@ class Simulator:
         inst.state = "loading"
         if inst.request >= 0 and inst.migration_src is None:
             self.r["enq_s"][inst.request] = self.env.now
-        server.queue.append(LoadJob(inst, tier, loader_gbps, dtl, est))
+        server.queue.append(LoadJob(inst, tier, loader_gbps, dtl, est, cache_to))
         self._pump(server)
 
     def _pump(self, server: Server) -> None:
@@ -377,8 +385,11 @@ class Simulator:
 
     def _start_load(self, job: LoadJob, start: float) -> None:
         inst, server, n = job.instance, job.instance.server, job.instance.info.size_bytes
+        if not job.download_then_load:
+            self._upgrade_tier(job)
         if inst.request >= 0 and inst.migration_src is None:
             self.r["load_start_s"][inst.request] = start
+            self.r["tier"][inst.request] = job.tier
 
         def done() -> None:
             self._load_done(job, start)
@@ -393,6 +404,37 @@ class Simulator:
         else:
             cap = min(server.gbps[job.tier], job.loader_gbps or math.inf) * 1e9
             self._link(server, job.tier).start(n, cap, done)
+
+    def _upgrade_tier(self, job: LoadJob) -> None:
+        """A fast loader reads the fastest copy present when the load starts (an earlier load may have cached
+        it)."""
+        server, m = job.instance.server, job.instance.info.name
+        best: Tier = "dram" if m in server.dram else "ssd" if m in server.ssd else "remote"
+        if TIER_ORDER.index(best) >= TIER_ORDER.index(job.tier):
+            return
+        if job.tier in ("dram", "ssd"):
+            old = server.dram if job.tier == "dram" else server.ssd
+            old.pinned[m] -= 1
+        new = server.dram if best == "dram" else server.ssd
+        new.pinned[m] = new.pinned.get(m, 0) + 1
+        self.log("tier_upgrade", instance=job.instance.id, model=m, server=server.id, old=job.tier, new=best)
+        job.tier = best
+
+    def store_checkpoint(self, server: Server, model: str, tiers: tuple[Tier, ...]) -> list[tuple[str, str]]:
+        """Put ``model`` into ``tiers`` in order; a tier's LRU victims fall to the next tier of the chain."""
+        stored: list[tuple[str, str]] = []
+        pending = [model]
+        for tier in tiers:
+            store = server.dram if tier == "dram" else server.ssd
+            spill: list[str] = []
+            for name in pending:
+                evicted = store.insert(name, self.models[name].size_bytes)
+                if evicted is not None:
+                    stored.append((name, tier))
+                    spill.extend(evicted)
+            pending = spill
+        server.dirty()
+        return stored
 
     def _load_done(self, job: LoadJob, start: float) -> None:
         self.stats["events"] += 1
@@ -409,6 +451,8 @@ class Simulator:
             store = server.dram if job.tier == "dram" else server.ssd
             store.pinned[m] -= 1
             store.touch(m)
+        if job.cache_to:
+            self.store_checkpoint(server, m, job.cache_to)
         self.log(
             "load",
             instance=inst.id,
@@ -553,17 +597,7 @@ class Simulator:
                 inst.gpus * self.cluster.gpu_mem_gb * (self.env.now - inst.idle_since)
             )
         self.release(inst)
-        demoted = []
-        pending = [m]
-        for tier in self.keepalive.demote_to:
-            store = server.dram if tier == "dram" else server.ssd
-            spill: list[str] = []
-            for name in pending:
-                evicted = store.insert(name, self.models[name].size_bytes)
-                if evicted is not None:
-                    demoted.append((name, tier))
-                    spill.extend(evicted)
-            pending = spill
+        demoted = self.store_checkpoint(server, m, self.keepalive.demote_to)
         self.log("evict", instance=inst.id, model=m, server=server.id, demoted=demoted)
         server.dirty()
         self._retry_flag = True

@@ -73,6 +73,7 @@ class LoadJob:
     loader_gbps: float | None
     download_then_load: bool
     est_s: float
+    cache_to: tuple[Tier, ...] = ("dram", "ssd")
 
 
 class TierStore:

@@ -159,10 +159,18 @@ def test_fair_sharing_of_concurrent_reads() -> None:
     assert [e["duration_s"] for e in loads] == pytest.approx([4.0, 4.0])  # two flows share 5 GB/s
 
 
+class NoCacheScheduler:
+    """A fake that loads from the best tier on server 0 and keeps no copy, so only demotion fills the
+    tiers."""
+
+    def schedule(self, request: Request, view: ClusterView) -> Decision:
+        return Placement(0, view.servers[0].best_tier(request.model), cache_to=())
+
+
 def test_keepalive_demotes_gpu_to_dram_to_ssd() -> None:
     m = {f"m{k}": fake_model(f"m{k}", size_gb=10) for k in range(3)}
     cluster = small_cluster(servers=1, gpus_per_server=4, dram_gb=15, ssd_gb=100, ssd_replicas=0)
-    sim = Simulator(cluster, m, ServerlessLLMScheduler(), FixedKeepAlive(5), SimConfig(record_events=True))
+    sim = Simulator(cluster, m, NoCacheScheduler(), FixedKeepAlive(5), SimConfig(record_events=True))
     sim.run(requests_of([0.0, 100.0], [0, 1], tuple(m), out=1))
     evicts = [e for e in sim.events if e["kind"] == "evict"]
     assert [e["model"] for e in evicts] == ["m0", "m1"]
@@ -237,6 +245,17 @@ def test_timeout_when_no_gpu_frees() -> None:
     df = sim.run(requests_of([0.0, 0.5], [0, 1], ("a", "b"), out=[5000, 1])).requests
     assert df["timed_out"].tolist() == [False, True]
     assert df.loc[1, "e2e_s"] == 10
+
+
+def test_loads_cache_the_checkpoint_and_later_loads_read_it() -> None:
+    m = {"a": fake_model("a", size_gb=10)}
+    cluster = small_cluster(servers=1, gpus_per_server=2, dram_gb=100, ssd_replicas=0)
+    sim = Simulator(cluster, m, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig(record_events=True))
+    df = sim.run(requests_of([0.0, 0.0], [0, 0], ("a",), out=1)).requests
+    # Both placed from remote at t=0; the second starts after the first cached it in DRAM.
+    assert df["tier"].tolist() == ["remote", "dram"]
+    assert any(e["kind"] == "tier_upgrade" for e in sim.events)
+    assert df.loc[1, "load_s"] == pytest.approx(0.5)
 
 
 def test_same_input_same_table() -> None:
