@@ -49,11 +49,20 @@ class ServerlessLLMScheduler:
         info, now = view.models[request.model], view.now_s
         best: tuple[float, int, Placement] | None = None
         busy: list[tuple[float, ServerView, Tier]] = []
-        for server in view.servers:
-            est, tier = self.estimate(server, info, now)
-            if self.local_only and tier == "remote":
+        size, build, local = info.size_bytes, info.build_s, self.local_gbps
+        for server in view.servers:  # q + n / b inlined: this loop runs for every cold start on every server
+            if info.name in server.dram_models:
+                tier: Tier = "dram"
+                bw = server.dram_gbps if local is None else local
+            elif info.name in server.ssd_models:
+                tier, bw = "ssd", server.ssd_gbps if local is None else local
+            elif self.local_only:
                 continue
-            if server.available_gpus >= info.gpus:
+            else:
+                tier, bw = "remote", server.remote_gbps
+            q = server.queue_free_at_s - now
+            est = (q if q > 0 else 0.0) + size / (bw * 1e9) + build
+            if server.free_gpus + server.idle_gpus >= info.gpus:
                 if best is None or (est, server.server_id) < best[:2]:
                     best = (est, server.server_id, Placement(server.server_id, tier, est))
             elif self.migration:

@@ -100,6 +100,7 @@ class Simulator:
         self._next_id = 0
         self._retry_flag = False
         self._retry_times: set[float] = set()
+        self._n_waiting = 0
 
     # ------------------------------------------------------------------ running
     def run(self, reqs: RequestArrays) -> SimResult:
@@ -175,7 +176,7 @@ class Simulator:
         """The read-only cluster view handed to the scheduler."""
         now = self.env.now
         waiting = {}
-        for m, c in self.wait_count.items():
+        for m, c in (self.wait_count.items() if self._n_waiting else ()):
             if c:
                 q = self.wait_model[m]
                 while q and self.state[q[0]] != WAITING:
@@ -238,9 +239,11 @@ class Simulator:
             self.wait_global.append(i)
             self.wait_model[m].append(i)
         self.wait_count[m] += 1
+        self._n_waiting += 1
 
     def _unwait(self, i: int, new_state: int) -> None:
         self.wait_count[self.model_of[i]] -= 1
+        self._n_waiting -= 1
         self.state[i] = new_state
 
     def _expired(self, i: int) -> bool:
@@ -251,6 +254,7 @@ class Simulator:
             raise SimulatorInvariantError(f"request {i} finished twice")
         if self.state[i] == WAITING:
             self.wait_count[self.model_of[i]] -= 1
+            self._n_waiting -= 1
         self.state[i] = TIMED_OUT
         self.r["timed_out"][i] = True
         self.r["ttft_s"][i] = self.r["e2e_s"][i] = self.cfg.timeout_s
@@ -424,16 +428,20 @@ class Simulator:
         """Put ``model`` into ``tiers`` in order; a tier's LRU victims fall to the next tier of the chain."""
         stored: list[tuple[str, str]] = []
         pending = [model]
+        changed = False
         for tier in tiers:
             store = server.dram if tier == "dram" else server.ssd
             spill: list[str] = []
             for name in pending:
+                new = name not in store
                 evicted = store.insert(name, self.models[name].size_bytes)
                 if evicted is not None:
                     stored.append((name, tier))
                     spill.extend(evicted)
+                    changed = changed or new or bool(evicted)
             pending = spill
-        server.dirty()
+        if changed:
+            server.dirty()
         return stored
 
     def _load_done(self, job: LoadJob, start: float) -> None:
