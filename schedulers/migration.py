@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from schedulers import idle, loading
 from schedulers.errors import SimulatorInvariantError
 from schedulers.state import Instance, Server, generated_tokens
 
@@ -27,7 +28,7 @@ def preempt(sim: Simulator, victim: Instance, target: Instance) -> None:
     victim.request = -1
     victim.handoff_to = target
     sim.log("preempt", instance=victim.id, request=i, server=victim.server.id)
-    sim.release(victim)
+    idle.release(sim, victim)
     sim._add_waiting(i, front=True)
 
 
@@ -52,7 +53,7 @@ def migrate(sim: Simulator, src: Instance, dst: Server, target: Instance) -> Non
         dst=dst.id,
         model=src.info.name,
     )
-    sim._enqueue(dest, dst.view().best_tier(src.info.name), None, False)
+    loading.enqueue(sim, dest, dst.view().best_tier(src.info.name), None, False)
 
 
 def migration_loaded(sim: Simulator, dest: Instance) -> None:
@@ -61,7 +62,7 @@ def migration_loaded(sim: Simulator, dest: Instance) -> None:
     src = dest.migration_src
     assert src is not None
     if dest.abort or src.state != "busy" or src.migrating_to is not dest:
-        sim.go_idle(dest)
+        idle.go_idle(sim, dest)
         return
     info, d = src.info, src.info.decode_s_per_token
     gen = lambda t: generated_tokens(t, src.first_token_s, d, src.done_s)  # noqa: E731
@@ -115,7 +116,7 @@ def _migration_stop(sim: Simulator, src: Instance, dest: Instance, version: int,
         dst=dest.server.id,
         pause_s=resume - sim.env.now,
     )
-    sim.release(src)  # hands the GPUs to the waiting placement
+    idle.release(sim, src)  # hands the GPUs to the waiting placement
     dest.server.dirty()
     sim.schedule_completion(dest)
     sim._after()
@@ -129,7 +130,7 @@ def source_finished(sim: Simulator, src: Instance) -> None:
         sim.log("migration_aborted", instance=src.id, dst_instance=dest.id)
         src.migrating_to = None
         if dest.state == "syncing":
-            sim.go_idle(dest)
+            idle.go_idle(sim, dest)
         else:
             dest.abort = True
-    sim.release(src)
+    idle.release(sim, src)

@@ -13,17 +13,16 @@ from typing import Any
 import pandas as pd
 import simpy
 
-from schedulers import migration
-from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler, Tier
+from schedulers import idle, loading, migration
+from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler
 from schedulers.cluster import Cluster
 from schedulers.errors import SimulatorInvariantError
 from schedulers.links import FairShareLink
 from schedulers.metrics import REQUEST_COLUMNS, REQUEST_DTYPES
-from schedulers.state import Instance, LoadJob, Server
+from schedulers.state import Instance, Server
 from schedulers.workload import RequestArrays
 
 NEW, WAITING, ASSIGNED, RUNNING, DONE, TIMED_OUT = range(6)
-TIER_ORDER: tuple[Tier, ...] = ("dram", "ssd", "remote")
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ class Simulator:
         """The read-only cluster view handed to the scheduler."""
         now = self.env.now
         waiting = {}
-        for m, c in (self.wait_count.items() if self._n_waiting else ()):
+        for m, c in self.wait_count.items() if self._n_waiting else ():
             if c:
                 q = self.wait_model[m]
                 while q and self.state[q[0]] != WAITING:
@@ -302,13 +301,13 @@ class Simulator:
         server.take_gpus(take)
         inst.have += take
         if inst.have < inst.gpus:
-            idle = sorted(
+            victims = sorted(
                 (x for x in server.instances.values() if x.state == "idle"), key=lambda x: x.idle_since
             )
-            for victim in idle:
+            for victim in victims:
                 if inst.have >= inst.gpus:
                     break
-                self.evict(victim)
+                idle.evict(self, victim)
                 take = min(server.free_gpus, inst.gpus - inst.have)
                 server.take_gpus(take)
                 inst.have += take
@@ -336,7 +335,7 @@ class Simulator:
         if inst.state != "pending":
             return  # a preemption already handed over the last GPUs and started the load
         if inst.have >= inst.gpus:
-            self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
+            loading.enqueue(self, inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
         elif not any(x.handoff_to is inst for x in server.instances.values()):
             raise SimulatorInvariantError(
                 f"infeasible placement {d} for request {i}: {inst.have}/{inst.gpus} GPUs"
@@ -346,144 +345,14 @@ class Simulator:
         """``inst`` received all its GPUs from migrations or preemptions: start its load."""
         d = inst.decision
         assert d is not None
-        self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
+        loading.enqueue(self, inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
 
-    def _enqueue(
-        self,
-        inst: Instance,
-        tier: Tier,
-        loader_gbps: float | None,
-        dtl: bool,
-        cache_to: tuple[Tier, ...] = ("dram", "ssd"),
-    ) -> None:
-        server, n = inst.server, inst.info.size_bytes
-        bw = min(server.gbps[tier], loader_gbps or math.inf)
-        est = (
-            n / (server.gbps["remote"] * 1e9) + n / (loader_gbps * 1e9)
-            if dtl and loader_gbps
-            else n / (bw * 1e9)
-        )
-        server.reserve_slot(self.env.now, est)
-        if tier in ("dram", "ssd"):
-            store = server.dram if tier == "dram" else server.ssd
-            store.pinned[inst.info.name] = store.pinned.get(inst.info.name, 0) + 1
-        inst.state = "loading"
-        if inst.request >= 0 and inst.migration_src is None:
-            self.r["enq_s"][inst.request] = self.env.now
-        server.queue.append(LoadJob(inst, tier, loader_gbps, dtl, est, cache_to))
-        self._pump(server)
-
-    def _pump(self, server: Server) -> None:
-        while server.active_loads < len(server.slot_free_at) and server.queue:
-            job = server.queue.popleft()
-            server.active_loads += 1
-            self._start_load(job, self.env.now)
-
-    def _link(self, server: Server, tier: str) -> FairShareLink:
-        if tier == "remote" and self.store_link is not None:
-            return self.store_link
-        if tier not in server.links:
-            server.links[tier] = FairShareLink(self.env, server.gbps[tier] * 1e9)
-        link: FairShareLink = server.links[tier]
-        return link
-
-    def _start_load(self, job: LoadJob, start: float) -> None:
-        inst, server, n = job.instance, job.instance.server, job.instance.info.size_bytes
-        if not job.download_then_load:
-            self._upgrade_tier(job)
-        if inst.request >= 0 and inst.migration_src is None:
-            self.r["load_start_s"][inst.request] = start
-            self.r["tier"][inst.request] = job.tier
-
-        def done() -> None:
-            self._load_done(job, start)
-
-        loader_gbps = job.loader_gbps
-        if job.download_then_load and loader_gbps:
-            # KServe / Ray Serve: the whole checkpoint lands on local disk first, then torch.load reads it.
-            def second() -> None:
-                self._at(self.env.now + n / (loader_gbps * 1e9), done)
-
-            self._link(server, "remote").start(n, server.gbps["remote"] * 1e9, second)
-        else:
-            cap = min(server.gbps[job.tier], job.loader_gbps or math.inf) * 1e9
-            self._link(server, job.tier).start(n, cap, done)
-
-    def _upgrade_tier(self, job: LoadJob) -> None:
-        """A fast loader reads the fastest copy present when the load starts (an earlier load may have cached
-        it)."""
-        server, m = job.instance.server, job.instance.info.name
-        best: Tier = "dram" if m in server.dram else "ssd" if m in server.ssd else "remote"
-        if TIER_ORDER.index(best) >= TIER_ORDER.index(job.tier):
-            return
-        if job.tier in ("dram", "ssd"):
-            old = server.dram if job.tier == "dram" else server.ssd
-            old.pinned[m] -= 1
-        new = server.dram if best == "dram" else server.ssd
-        new.pinned[m] = new.pinned.get(m, 0) + 1
-        self.log("tier_upgrade", instance=job.instance.id, model=m, server=server.id, old=job.tier, new=best)
-        job.tier = best
-
-    def store_checkpoint(self, server: Server, model: str, tiers: tuple[Tier, ...]) -> list[tuple[str, str]]:
-        """Put ``model`` into ``tiers`` in order; a tier's LRU victims fall to the next tier of the chain."""
-        stored: list[tuple[str, str]] = []
-        pending = [model]
-        changed = False
-        for tier in tiers:
-            store = server.dram if tier == "dram" else server.ssd
-            spill: list[str] = []
-            for name in pending:
-                new = name not in store
-                evicted = store.insert(name, self.models[name].size_bytes)
-                if evicted is not None:
-                    stored.append((name, tier))
-                    spill.extend(evicted)
-                    changed = changed or new or bool(evicted)
-            pending = spill
-        if changed:
-            server.dirty()
-        return stored
-
-    def _load_done(self, job: LoadJob, start: float) -> None:
-        self.stats["events"] += 1
-        self.stats["loads"] += 1
-        inst, server = job.instance, job.instance.server
-        server.active_loads -= 1
-        m, dur = inst.info.name, self.env.now - start
-        floor_s = inst.info.size_bytes / (server.gbps[job.tier] * 1e9)
-        if dur < floor_s * (1 - 1e-9):
-            raise SimulatorInvariantError(
-                f"load of {m} from {job.tier} took {dur} s < bytes/bandwidth {floor_s} s"
-            )
-        if job.tier in ("dram", "ssd"):
-            store = server.dram if job.tier == "dram" else server.ssd
-            store.pinned[m] -= 1
-            store.touch(m)
-        if job.cache_to:
-            self.store_checkpoint(server, m, job.cache_to)
-        self.log(
-            "load",
-            instance=inst.id,
-            model=m,
-            server=server.id,
-            tier=job.tier,
-            bytes=inst.info.size_bytes,
-            start=start,
-            duration_s=dur,
-            gbps=server.gbps[job.tier],
-        )
-        self._pump(server)
-        if inst.info.build_s > 0:
-            self._at(self.env.now + inst.info.build_s, self._ready, inst)
-        else:
-            self._ready(inst)
-
-    def _ready(self, inst: Instance) -> None:
+    def ready(self, inst: Instance) -> None:
         self.stats["events"] += 1
         if inst.migration_src is not None:
             migration.migration_loaded(self, inst)
         elif inst.abort or inst.request < 0:
-            self.go_idle(inst, inst.prewarm_keep_s)
+            idle.go_idle(self, inst, inst.prewarm_keep_s)
         else:
             i = inst.request
             self.r["load_s"][i] = self.env.now - self.r["load_start_s"][i]
@@ -551,83 +420,4 @@ class Simulator:
             self.r["tier"][j] = "gpu"
             self._run(inst, j)
             return
-        self.go_idle(inst)
-
-    def go_idle(self, inst: Instance, keep_s: float | None = None) -> None:
-        """Park ``inst`` on its GPUs for the keep-alive window (or unload it now and pre-warm it later)."""
-        m = inst.info.name
-        inst.state, inst.idle_since, inst.abort = "idle", self.env.now, False
-        inst.migration_src = None
-        inst.server.dirty()
-        self._retry_flag = True
-        if keep_s is None:
-            kd = self.keepalive.decide(m)
-            if kd.prewarm_s > 0:
-                self.evict(inst)
-                self._at(
-                    self.env.now + kd.prewarm_s,
-                    self._prewarm,
-                    m,
-                    inst.server,
-                    max(kd.keep_alive_s - kd.prewarm_s, 0.0),
-                )
-                return
-            keep_s = kd.keep_alive_s
-        self.idle_by_model[m][inst.id] = inst
-        inst.version += 1
-        if math.isfinite(keep_s):
-            self._at(self.env.now + keep_s, self._expire, inst, inst.version)
-
-    def _prewarm(self, m: str, server: Server, keep_s: float) -> None:
-        self.stats["events"] += 1
-        info = self.models[m]
-        if self.idle_by_model[m] or server.free_gpus < info.gpus:
-            return
-        inst = self._new_instance(info, server)
-        inst.prewarm_keep_s = keep_s
-        self.gather(inst, server)
-        self.log("prewarm", instance=inst.id, model=m, server=server.id)
-        self._enqueue(inst, server.view().best_tier(m), None, False)
-
-    def _expire(self, inst: Instance, version: int) -> None:
-        if version != inst.version or inst.state != "idle":
-            return
-        self.stats["events"] += 1
-        self.evict(inst)
-        self._after()
-
-    def evict(self, inst: Instance) -> None:
-        """Take an idle instance off its GPUs and demote its checkpoint (GPU → DRAM → SSD, as the policy
-        says)."""
-        m, server = inst.info.name, inst.server
-        if self.idle_by_model[m].pop(inst.id, None) is not None:
-            self.stats["idle_gpu_gb_s"] += (
-                inst.gpus * self.cluster.gpu_mem_gb * (self.env.now - inst.idle_since)
-            )
-        self.release(inst)
-        demoted = self.store_checkpoint(server, m, self.keepalive.demote_to)
-        self.log("evict", instance=inst.id, model=m, server=server.id, demoted=demoted)
-        server.dirty()
-        self._retry_flag = True
-
-    def release(self, inst: Instance) -> None:
-        """Free ``inst``'s GPUs (or hand them to the pending instance waiting for them)."""
-        server = inst.server
-        self.stats["gpu_seconds"] += inst.gpus * (self.env.now - inst.acquired_s)
-        self.instances.pop(inst.id, None)
-        server.instances.pop(inst.id, None)
-        self.inst_count[inst.info.name] -= 1
-        inst.version += 1
-        inst.state = "gone"
-        target, inst.handoff_to = inst.handoff_to, None
-        if target is not None and target.state == "pending":
-            take = min(inst.gpus, target.gpus - target.have)
-            target.have += take
-            if inst.gpus - take:
-                server.give_gpus(inst.gpus - take)
-            if target.have >= target.gpus:
-                self.handoff(target)
-        else:
-            server.give_gpus(inst.gpus)
-        server.dirty()
-        self._retry_flag = True
+        idle.go_idle(self, inst)
