@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 # Where a checkpoint is read from when an instance starts. "gpu" means a warm instance served the request.
 Tier = Literal["gpu", "dram", "ssd", "remote"]
@@ -41,9 +41,10 @@ class ModelInfo:
         return self.prefill_base_s + tokens * self.prefill_s_per_token
 
 
-@dataclass(frozen=True)
-class InstanceView:
-    """A model instance on a server's GPUs. ``busy`` instances are decoding ``request_id``; their progress is
+class InstanceView(NamedTuple):
+    """Immutable like the other views; a NamedTuple because the simulator rebuilds these on its hot path.
+
+    A model instance on a server's GPUs. ``busy`` instances are decoding ``request_id``; their progress is
     given by times, so a view stays exact while nothing changes (tokens at any moment via ``tokens_done``)."""
 
     instance_id: int
@@ -73,9 +74,10 @@ class InstanceView:
         return self.prompt_tokens + self.generated(now_s) if self.busy else 0
 
 
-@dataclass(frozen=True)
-class ServerView:
-    """One server as a policy sees it: free and idle GPUs, loading queue, where checkpoints sit, bandwidths.
+class ServerView(NamedTuple):
+    """(A NamedTuple for construction speed, read-only like the frozen dataclasses.)
+
+    One server as a policy sees it: free and idle GPUs, loading queue, where checkpoints sit, bandwidths.
 
     ``idle_gpus`` are held by idle (kept-alive) instances, which a placement may evict; ``queue_free_at_s``
     is when

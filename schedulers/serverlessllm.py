@@ -47,8 +47,9 @@ class ServerlessLLMScheduler:
 
     def schedule(self, request: Request, view: ClusterView) -> Decision:
         info, now = view.models[request.model], view.now_s
-        best: tuple[float, int, Placement] | None = None
+        best: tuple[float, int, Tier] | None = None
         busy: list[tuple[float, ServerView, Tier]] = []
+        plan_best: Placement | None = None
         size, build, local = info.size_bytes, info.build_s, self.local_gbps
         for server in view.servers:  # q + n / b inlined: this loop runs for every cold start on every server
             if info.name in server.dram_models:
@@ -64,7 +65,7 @@ class ServerlessLLMScheduler:
             est = (q if q > 0 else 0.0) + size / (bw * 1e9) + build
             if server.free_gpus + server.idle_gpus >= info.gpus:
                 if best is None or (est, server.server_id) < best[:2]:
-                    best = (est, server.server_id, Placement(server.server_id, tier, est))
+                    best = (est, server.server_id, tier)
             elif self.migration:
                 busy.append((est, server, tier))
         # Migration only pays where the plain estimate already beats the best free option (its cost is > 0).
@@ -73,14 +74,13 @@ class ServerlessLLMScheduler:
                 break
             plan = self._migrations(server, info, view)
             if plan is not None and (best is None or (est + plan[0], server.server_id) < best[:2]):
-                best = (
-                    est + plan[0],
-                    server.server_id,
-                    Placement(server.server_id, tier, est + plan[0], migrations=plan[1]),
-                )
+                best = (est + plan[0], server.server_id, tier)
+                plan_best = Placement(server.server_id, tier, est + plan[0], migrations=plan[1])
         if best is None and self.local_only:
             return self.fallback(request, view)
-        return best[2] if best is not None else Wait()
+        if best is None:
+            return Wait()
+        return plan_best if plan_best is not None else Placement(best[1], best[2], best[0])
 
     def fallback(self, request: Request, view: ClusterView) -> Decision:
         """No local copy anywhere (released code): the server with the most available GPUs, from remote."""
