@@ -60,7 +60,7 @@ def small_cluster(**kw: object) -> Cluster:
     return Cluster(**base)  # type: ignore[arg-type]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 60),
     seed=st.integers(0, 10_000),
