@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-# dtype axis → (stored weight dtype, compute dtype). int8 is weight-only: 2-D weights are stored as int8 with one
+# dtype axis → (stored weight dtype, compute dtype). int8 is weight-only: 2-D weights are stored as int8
+# with one
 # fp16 scale per output row (``<name>_scale``) and dequantized to fp16 when the model is built.
 DTYPES: dict[str, tuple[torch.dtype, torch.dtype]] = {
     "fp32": (torch.float32, torch.float32),
@@ -66,7 +67,8 @@ class ModelSpec:
         module, _, cls = self.arch.rpartition(".")
         if not module or not cls:
             raise ValueError(f"model {self.name!r}: arch={self.arch!r} must be a dotted class path")
-        # Hydra hands in an OmegaConf DictConfig; keep a plain dict so the spec is hashable-by-name and picklable.
+        # Hydra hands in an OmegaConf DictConfig; keep a plain dict so the spec is hashable-by-name and
+        # picklable.
         object.__setattr__(self, "hf_config", _plain(self.hf_config))
 
     def __hash__(self) -> int:
@@ -116,7 +118,8 @@ class ModelSpec:
                    and t.name.split(marker)[0].endswith(("layers", "h")))
 
     def kv_bytes_per_token(self, dtype: str = "fp16") -> int:
-        """KV-cache bytes per token over all layers: 2 (K, V) × layers × kv heads × head dim × element size."""
+        """KV-cache bytes per token over all layers: 2 (K, V) × layers × kv heads × head dim × element
+        size."""
         cfg = self.config(dtype)
         heads = int(getattr(cfg, "num_attention_heads", 0))
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_kv_heads", None) or heads)
@@ -197,7 +200,8 @@ def _tensor_specs(spec: ModelSpec, dtype: str) -> tuple[TensorSpec, ...]:
 
 
 def dequantize(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Turn an int8 weight-only state dict into fp16 weights (``w = q · scale[row]``); other tensors pass through."""
+    """Turn an int8 weight-only state dict into fp16 weights (``w = q · scale[row]``); other tensors pass
+    through."""
     out: dict[str, torch.Tensor] = {}
     for name, t in state_dict.items():
         if name.endswith(INT8_SCALE_SUFFIX):

@@ -1,0 +1,211 @@
+"""The scheduling contract: read-only cluster views in, decisions out (shared by the simulator and a real
+controller)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol
+
+# Where a checkpoint is read from when an instance starts. "gpu" means a warm instance served the request.
+Tier = Literal["gpu", "dram", "ssd", "remote"]
+LOCAL_TIERS: tuple[Tier, ...] = ("dram", "ssd")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One inference request: which model, when it arrived, and its prompt and output lengths in tokens."""
+
+    request_id: int
+    model: str
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a policy needs to know about a model: checkpoint size, GPUs per instance, and its speed on this
+    cluster."""
+
+    name: str
+    size_bytes: int
+    gpus: int
+    prefill_s_per_token: float
+    prefill_base_s: float
+    decode_s_per_token: float
+    build_s: float = 0.0
+
+    def prefill_s(self, tokens: int) -> float:
+        """Prefill time of ``tokens`` tokens (linear profile: base + per-token)."""
+        return self.prefill_base_s + tokens * self.prefill_s_per_token
+
+
+class InstanceView(NamedTuple):
+    """Immutable like the other views; a NamedTuple because the simulator rebuilds these on its hot path.
+
+    A model instance on a server's GPUs. ``busy`` instances are decoding ``request_id``; their progress is
+    given by times, so a view stays exact while nothing changes (tokens at any moment via ``tokens_done``)."""
+
+    instance_id: int
+    model: str
+    server: int
+    gpus: int
+    busy: bool
+    request_id: int | None = None
+    prompt_tokens: int = 0
+    first_token_s: float = 0.0
+    done_s: float = 0.0
+    decode_s_per_token: float = 0.0
+    idle_since_s: float | None = None
+    migrating: bool = False
+
+    def generated(self, now_s: float) -> int:
+        """Output tokens produced by ``now_s``: one at the first token, then one per decode step."""
+        if not self.busy or now_s < self.first_token_s:
+            return 0
+        d = self.decode_s_per_token
+        end = min(now_s, self.done_s)
+        return 1 + int((end - self.first_token_s) / d) if d > 0 else 1
+
+    def tokens_done(self, now_s: float) -> int:
+        """Prompt + generated tokens at ``now_s``: what a live migration must re-prefill at the
+        destination."""
+        return self.prompt_tokens + self.generated(now_s) if self.busy else 0
+
+
+class ServerView(NamedTuple):
+    """(A NamedTuple for construction speed, read-only like the frozen dataclasses.)
+
+    One server as a policy sees it: free and idle GPUs, loading queue, where checkpoints sit, bandwidths.
+
+    ``idle_gpus`` are held by idle (kept-alive) instances, which a placement may evict; ``queue_free_at_s``
+    is when
+    the server's loading queue is expected to drain (so the wait q at time t is ``queue_s(t)``).
+    """
+
+    server_id: int
+    num_gpus: int
+    free_gpus: int
+    idle_gpus: int
+    queue_free_at_s: float
+    dram_models: frozenset[str]
+    ssd_models: frozenset[str]
+    dram_gbps: float  # DRAM → GPU
+    ssd_gbps: float  # SSD → GPU (through DRAM)
+    remote_gbps: float  # remote store → GPU, the network link
+    instances: tuple[InstanceView, ...] = ()
+
+    @property
+    def available_gpus(self) -> int:
+        """GPUs a placement can have right away: free ones plus those of idle instances."""
+        return self.free_gpus + self.idle_gpus
+
+    def queue_s(self, now_s: float) -> float:
+        """Estimated wait before a load enqueued at ``now_s`` starts (q in q + n/b)."""
+        return max(0.0, self.queue_free_at_s - now_s)
+
+    def best_tier(self, model: str) -> Tier:
+        """The fastest tier on this server that holds ``model``'s checkpoint."""
+        if model in self.dram_models:
+            return "dram"
+        if model in self.ssd_models:
+            return "ssd"
+        return "remote"
+
+    def tier_gbps(self, tier: Tier) -> float:
+        """Bandwidth of ``tier`` towards this server's GPUs, in GB/s."""
+        if tier == "ssd":
+            return self.ssd_gbps
+        if tier == "remote":
+            return self.remote_gbps
+        return self.dram_gbps
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The whole cluster at ``now_s``: servers, model facts, and requests waiting per model (count, oldest
+    arrival)."""
+
+    now_s: float
+    servers: tuple[ServerView, ...]
+    models: Mapping[str, ModelInfo]
+    waiting: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    instances_per_model: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Live-migrate the running ``instance_id`` to ``dst_server`` (ServerlessLLM §5: token-based, in
+    rounds)."""
+
+    instance_id: int
+    dst_server: int
+    estimated_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Start an instance of the request's model on ``server``, reading its checkpoint from ``tier``.
+
+    ``migrations`` move running instances away first; ``preemptions`` kill them (their requests restart).
+    ``loader_gbps`` caps the loading speed (None: the tier's bandwidth, i.e. a fast loader);
+    ``download_then_load`` downloads the whole checkpoint over the link before loading (KServe, Ray Serve).
+    ``cache_to``: tiers that keep a copy once loaded (ServerlessLLM's store: pinned DRAM and SSD).
+    """
+
+    server: int
+    tier: Tier
+    estimated_startup_s: float = 0.0
+    migrations: tuple[Migration, ...] = ()
+    preemptions: tuple[int, ...] = ()
+    loader_gbps: float | None = None
+    download_then_load: bool = False
+    cache_to: tuple[Tier, ...] = ("dram", "ssd")
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No placement now; ask again when resources change, or at ``retry_at_s`` at the latest."""
+
+    retry_at_s: float | None = None
+
+
+Decision = Placement | Wait
+
+
+class Scheduler(Protocol):
+    """A pure policy: choose where a cold instance for ``request`` starts, from a read-only view."""
+
+    def schedule(self, request: Request, view: ClusterView) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class KeepAliveDecision:
+    """How long an idle instance stays on its GPUs, and whether it is unloaded now and pre-warmed later."""
+
+    keep_alive_s: float
+    prewarm_s: float = 0.0
+
+
+class KeepAlive(Protocol):
+    """A keep-alive policy: learns from idle times per model, decides windows, and names the demotion
+    tiers."""
+
+    @property
+    def demote_to(self) -> tuple[Tier, ...]:
+        """Tiers an evicted instance's checkpoint is demoted to, in order (a subsequence of DRAM → SSD)."""
+        ...
+
+    def observe_idle(self, model: str, idle_s: float) -> None: ...
+
+    def decide(self, model: str) -> KeepAliveDecision: ...
+
+
+def startup_estimate_s(
+    server: ServerView, model: ModelInfo, tier: Tier, now_s: float, gbps: float | None = None
+) -> float:
+    """ServerlessLLM's estimated startup on a server: q + n / b (paper §5.1; q: loading-queue wait,
+    n: checkpoint bytes, b: bandwidth of the tier holding it), plus the model's build time."""
+    bw = gbps if gbps is not None else server.tier_gbps(tier)
+    return server.queue_s(now_s) + model.size_bytes / (bw * 1e9) + model.build_s

@@ -1,0 +1,99 @@
+"""Figures of a serverless run, drawn from its files: latency CDF, P99 vs RPS, cold-start breakdown,
+keep-alive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+BREAKDOWN = ("queue_s", "migration_s", "load_s", "prefill_s")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def latency_cdf(requests: pd.DataFrame, path: Path) -> Path:
+    """ECDF of time to first token per policy (the scenario with the most requests)."""
+    df = requests
+    if "rps" in df.columns and df["rps"].nunique() > 1:
+        df = df[df["rps"] == df["rps"].max()]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.ecdfplot(data=df, x="ttft_s", hue="policy", ax=ax, log_scale=True)
+    ax.set_xlabel("time to first token (s)")
+    return _save(fig, path)
+
+
+def p99_vs_rps(summary: pd.DataFrame, path: Path) -> Path:
+    """P99 time to first token against request rate, one line per policy (one panel per token mix)."""
+    df = summary[summary["scenario"] == "rps"] if "scenario" in summary.columns else summary
+    col = "tokens" if "tokens" in df.columns else None
+    g = sns.relplot(
+        data=df,
+        x="rps",
+        y="ttft_s_p99",
+        hue="policy",
+        col=col,
+        kind="line",
+        marker="o",
+        height=3.5,
+        aspect=1.2,
+    )
+    g.set_axis_labels("requests per second", "P99 TTFT (s)")
+    g.savefig(path, dpi=120)
+    plt.close(g.figure)
+    return path
+
+
+def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> Path:
+    """Mean queueing, migration wait, loading and prefill of cold starts, stacked per policy."""
+    cold = requests[requests["cold_start"].astype(bool) & ~requests["timed_out"].astype(bool)].copy()
+    cold["prefill_s"] = (cold["ttft_s"] - cold["queue_s"] - cold["migration_s"] - cold["load_s"]).clip(
+        lower=0
+    )
+    means = cold.groupby("policy")[list(BREAKDOWN)].mean()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    means.plot.bar(stacked=True, ax=ax)
+    ax.set_ylabel("mean seconds per cold start")
+    return _save(fig, path)
+
+
+def keepalive_tradeoff(summary: pd.DataFrame, path: Path) -> Path:
+    """Cold-start rate against wasted GPU memory-time (idle instances), one point per keep-alive policy."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.scatterplot(data=summary, x="idle_gpu_gb_s", y="cold_start_rate", hue="policy", s=80, ax=ax)
+    ax.set_xlabel("idle GPU memory-time (GB·s)")
+    ax.set_ylabel("cold-start rate")
+    return _save(fig, path)
+
+
+def plot_serverless(run_dir: Path) -> list[Path]:
+    """Every figure that fits the run's tables (reads ``requests.parquet`` and ``summary.csv``)."""
+    run_dir = Path(run_dir)
+    requests = pd.read_parquet(run_dir / "requests.parquet")
+    summary = pd.read_csv(run_dir / "summary.csv")
+    out = [latency_cdf(requests, run_dir / "latency_cdf.png")]
+    if (
+        "rps" in summary.columns
+        and summary.get("scenario", pd.Series(["rps"])).eq("rps").any()
+        and summary["rps"].nunique() > 1
+    ):
+        out.append(p99_vs_rps(summary, run_dir / "p99_vs_rps.png"))
+    if requests["cold_start"].any():
+        out.append(cold_start_breakdown(requests, run_dir / "cold_start_breakdown.png"))
+    return out
+
+
+def plot_keepalive(run_dir: Path) -> list[Path]:
+    """The keep-alive trade-off plus the generic figures."""
+    summary = pd.read_csv(Path(run_dir) / "summary.csv")
+    return [*plot_serverless(run_dir), keepalive_tradeoff(summary, Path(run_dir) / "keepalive_tradeoff.png")]

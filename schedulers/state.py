@@ -1,0 +1,216 @@
+"""Mutable simulator state: servers with GPUs, checkpoint tiers (LRU) and loading queues, and model
+instances."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from schedulers.base import InstanceView, ModelInfo, Placement, ServerView, Tier
+from schedulers.cluster import Cluster
+from schedulers.errors import SimulatorInvariantError
+
+
+class Instance:
+    """One model instance on a server: pending (gathering GPUs), loading, busy (decoding a request) or
+    idle."""
+
+    __slots__ = (
+        "abort",
+        "acquired_s",
+        "decision",
+        "done_s",
+        "first_token_s",
+        "gpus",
+        "handoff_to",
+        "have",
+        "id",
+        "idle_since",
+        "info",
+        "loading_started",
+        "migrating_to",
+        "migration_src",
+        "prewarm_keep_s",
+        "prompt_tokens",
+        "request",
+        "server",
+        "state",
+        "version",
+    )
+
+    def __init__(self, iid: int, info: ModelInfo, server: Server, now: float) -> None:
+        self.id = iid
+        self.info = info
+        self.server = server
+        self.gpus = info.gpus
+        self.have = (
+            0  # GPUs gathered so far (a pending instance waits for migrations/preemptions to hand theirs)
+        )
+        self.state = "pending"
+        self.request = -1
+        self.prompt_tokens = 0
+        self.decision: Placement | None = None
+        self.version = 0  # bumped to invalidate scheduled completion/expiry events
+        self.acquired_s = now
+        self.idle_since = now
+        self.first_token_s = 0.0
+        self.done_s = 0.0
+        self.handoff_to: Instance | None = None  # pending instance that receives our GPUs when we stop
+        self.migrating_to: Instance | None = None
+        self.migration_src: Instance | None = None
+        self.abort = False  # migration target whose source finished first: become idle when loaded
+        self.loading_started = False
+        self.prewarm_keep_s: float | None = None
+
+
+@dataclass
+class LoadJob:
+    """A queued load: the instance, the tier to read, its rate caps, and the estimated duration."""
+
+    instance: Instance
+    tier: Tier
+    loader_gbps: float | None
+    download_then_load: bool
+    est_s: float
+    cache_to: tuple[Tier, ...] = ("dram", "ssd")
+
+
+class TierStore:
+    """A capacity-bounded checkpoint tier (DRAM or SSD) with LRU order; checkpoints being read are pinned."""
+
+    def __init__(self, name: str, capacity_bytes: int) -> None:
+        self.name = name
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self.items: OrderedDict[str, int] = OrderedDict()
+        self.pinned: dict[str, int] = {}
+
+    def __contains__(self, model: object) -> bool:
+        return model in self.items
+
+    def touch(self, model: str) -> None:
+        if model in self.items:
+            self.items.move_to_end(model)
+
+    def insert(self, model: str, nbytes: int) -> list[str] | None:
+        """Add ``model``, evicting unpinned LRU entries; returns the evicted names, or None if it cannot
+        fit."""
+        if model in self.items:
+            self.items.move_to_end(model)
+            return []
+        if nbytes > self.capacity_bytes:
+            return None
+        evicted: list[str] = []
+        for victim in list(self.items):
+            if self.used_bytes + nbytes <= self.capacity_bytes:
+                break
+            if self.pinned.get(victim, 0) == 0:
+                self.used_bytes -= self.items.pop(victim)
+                evicted.append(victim)
+        if self.used_bytes + nbytes > self.capacity_bytes:
+            return None
+        self.items[model] = nbytes
+        self.used_bytes += nbytes
+        if self.used_bytes > self.capacity_bytes:
+            raise SimulatorInvariantError(
+                f"{self.name} tier over capacity: {self.used_bytes} > {self.capacity_bytes}"
+            )
+        return evicted
+
+
+class Server:
+    """A server's mutable state; ``view()`` returns a cached read-only ``ServerView`` rebuilt after each
+    change."""
+
+    def __init__(self, sid: int, cluster: Cluster, dirty_set: set[int] | None = None) -> None:
+        self.id = sid
+        self._dirty_set = dirty_set if dirty_set is not None else set()
+        self.num_gpus = cluster.gpus_per_server
+        self.free_gpus = cluster.gpus_per_server
+        self.dram = TierStore(f"server {sid} DRAM", cluster.dram_bytes)
+        self.ssd = TierStore(f"server {sid} SSD", cluster.ssd_bytes)
+        self.gbps: dict[str, float] = {
+            "dram": cluster.dram_gbps,
+            "ssd": cluster.ssd_gbps,
+            "remote": cluster.remote_gbps,
+        }
+        self.instances: dict[int, Instance] = {}
+        self.queue: deque[LoadJob] = deque()
+        self.active_loads = 0
+        self.slot_free_at = [0.0] * cluster.load_slots  # estimated time each loading slot frees up
+        self.links: dict[str, Any] = {}
+        self._view: ServerView | None = None
+
+    def dirty(self) -> None:
+        self._view = None
+        self._dirty_set.add(self.id)
+
+    def take_gpus(self, n: int) -> None:
+        self.free_gpus -= n
+        if self.free_gpus < 0:
+            raise SimulatorInvariantError(f"server {self.id}: GPUs over-allocated (free {self.free_gpus})")
+        self.dirty()
+
+    def give_gpus(self, n: int) -> None:
+        self.free_gpus += n
+        if self.free_gpus > self.num_gpus:
+            raise SimulatorInvariantError(f"server {self.id}: more GPUs freed than it has ({self.free_gpus})")
+        self.dirty()
+
+    def queue_free_at(self) -> float:
+        """When the loading queue is expected to drain (estimates of the loads enqueued so far)."""
+        return min(self.slot_free_at)
+
+    def reserve_slot(self, now: float, est_s: float) -> None:
+        i = min(range(len(self.slot_free_at)), key=self.slot_free_at.__getitem__)
+        self.slot_free_at[i] = max(now, self.slot_free_at[i]) + est_s
+        self.dirty()
+
+    def view(self) -> ServerView:
+        """The read-only view policies see, cached until the server changes (it holds no clock-dependent
+        values)."""
+        if self._view is None:
+            insts = tuple(_instance_view(i) for i in self.instances.values() if i.state in ("busy", "idle"))
+            idle = sum(i.gpus for i in insts if not i.busy)
+            self._view = ServerView(
+                self.id,
+                self.num_gpus,
+                self.free_gpus,
+                idle,
+                self.queue_free_at(),
+                frozenset(self.dram.items),
+                frozenset(self.ssd.items),
+                self.gbps["dram"],
+                self.gbps["ssd"],
+                self.gbps["remote"],
+                insts,
+            )
+        return self._view
+
+
+def _instance_view(inst: Instance) -> InstanceView:
+    busy = inst.state == "busy"
+    return InstanceView(
+        inst.id,
+        inst.info.name,
+        inst.server.id,
+        inst.gpus,
+        busy,
+        inst.request if busy else None,
+        inst.prompt_tokens,
+        inst.first_token_s,
+        inst.done_s,
+        inst.info.decode_s_per_token,
+        None if busy else inst.idle_since,
+        inst.migrating_to is not None or inst.handoff_to is not None,
+    )
+
+
+def generated_tokens(t: float, first_token_s: float, decode_s: float, done_s: float) -> int:
+    """Output tokens produced by time ``t``: one at the first token, then one per ``decode_s``."""
+    if t < first_token_s:
+        return 0
+    if t >= done_s:
+        return 1 + round((done_s - first_token_s) / decode_s) if decode_s > 0 else 1
+    return 1 + int((t - first_token_s) / decode_s) if decode_s > 0 else 1

@@ -1,0 +1,74 @@
+"""Every option of every serverless group instantiates standalone; every experiment runs with smoke=true."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from harness.paths import repo_root
+from harness.results import write_result
+
+GROUPS = ("cluster", "workload", "scheduler", "keepalive")
+EXPERIMENTS = ("serverless", "sllm_scheduler", "sllm_e2e", "keepalive")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (repo_root() / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_option_instantiates(compose_cfg: Callable[..., DictConfig], group: str, option: str) -> None:
+    cfg = compose_cfg("experiment=serverless", f"{group}={option}")
+    obj = instantiate(cfg[group])
+    stem = option.replace("_", "").lower()
+    assert stem in type(obj).__name__.lower() or group in ("cluster", "workload")
+
+
+def test_experiment_files_are_deltas() -> None:
+    for name in EXPERIMENTS:
+        lines = (repo_root() / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()
+        assert lines[0] == "# @package _global_"
+        assert lines[1].startswith(f"# coldstart experiment={name}")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_smoke_runs_and_plots(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, name: str
+) -> None:
+    cfg = compose_cfg(f"experiment={name}", "smoke=true")
+    result = instantiate(cfg.experiment.run)(cfg, tmp_path)
+    write_result(tmp_path, result)
+    requests = pd.read_parquet(tmp_path / "requests.parquet")
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(requests) > 0
+    assert {
+        "ttft_s_p50",
+        "ttft_s_p99",
+        "e2e_s_mean",
+        "e2e_s_p99",
+        "cold_start_rate",
+        "migrations",
+        "timeouts",
+        "gpu_seconds",
+    } <= set(summary.columns)
+    figures = instantiate(cfg.experiment.plot)(tmp_path)
+    assert figures
+    assert all(p.exists() and p.suffix == ".png" for p in figures)
+
+
+def test_same_seed_same_requests(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    frames = []
+    for k in range(2):
+        cfg = compose_cfg("experiment=sllm_scheduler", "smoke=true", "seed=7")
+        out = tmp_path / str(k)
+        write_result(out, instantiate(cfg.experiment.run)(cfg, out))
+        frames.append(pd.read_parquet(out / "requests.parquet"))
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    cfg = compose_cfg("experiment=sllm_scheduler", "smoke=true", "seed=8")
+    other = instantiate(cfg.experiment.run)(cfg, tmp_path / "x").tables["requests"]
+    assert not other["arrival_s"].equals(frames[0]["arrival_s"])

@@ -1,0 +1,273 @@
+"""Simulator invariants and event logs, on hand-written models and small clusters."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schedulers.base import ClusterView, Decision, Placement, Request, Scheduler, startup_estimate_s
+from schedulers.cluster import Cluster
+from schedulers.fixed import FixedKeepAlive
+from schedulers.hybrid_histogram import HybridHistogramKeepAlive
+from schedulers.kserve import KServeScheduler
+from schedulers.locality import LocalityScheduler
+from schedulers.ray_serve import RayServeScheduler
+from schedulers.serverless import ServerlessScheduler
+from schedulers.serverlessllm import ServerlessLLMScheduler
+from schedulers.serverlessllm_released import ServerlessLLMReleasedScheduler
+from schedulers.shepherd import ShepherdScheduler
+from schedulers.simulator import SimConfig, Simulator
+from schedulers.workload import RequestArrays
+from tests.schedulers.conftest import fake_model
+
+POLICIES: list[Scheduler] = [
+    ServerlessLLMScheduler(),
+    ServerlessLLMReleasedScheduler(),
+    ServerlessScheduler(),
+    LocalityScheduler(),
+    ShepherdScheduler(),
+    RayServeScheduler(upscale_delay_s=5),
+    KServeScheduler(),
+]
+
+
+def requests_of(
+    times: list[float], models: list[int], names: tuple[str, ...], out: int | list[int] = 50, inp: int = 100
+) -> RequestArrays:
+    n = len(times)
+    outs = np.full(n, out) if isinstance(out, int) else np.asarray(out)
+    return RequestArrays(np.asarray(times, float), np.asarray(models, np.int32), names, np.full(n, inp), outs)
+
+
+def small_cluster(**kw: object) -> Cluster:
+    base = dict(
+        servers=2,
+        gpus_per_server=2,
+        gpu_mem_gb=40,
+        dram_gb=25,
+        ssd_gb=50,
+        dram_gbps=20,
+        ssd_gbps=5,
+        remote_gbps=1,
+        ssd_replicas=1,
+    )
+    base.update(kw)
+    return Cluster(**base)  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 60),
+    seed=st.integers(0, 10_000),
+    policy=st.sampled_from(range(len(POLICIES))),
+    hybrid=st.booleans(),
+    slots=st.integers(1, 2),
+    store=st.sampled_from([None, 1.5]),
+    timeout_s=st.sampled_from([5.0, 300.0]),
+)
+def test_invariants(
+    n: int, seed: int, policy: int, hybrid: bool, slots: int, store: float | None, timeout_s: float
+) -> None:
+    """Every request completes or times out exactly once; capacities hold (the simulator raises otherwise);
+    no load beats bytes / bandwidth of its tier."""
+    rng = np.random.default_rng(seed)
+    models = {
+        f"m{k}": fake_model(f"m{k}", size_gb=[8, 12, 30][k % 3], gpus=1 + (k % 3 == 2)) for k in range(5)
+    }
+    names = tuple(models)
+    times = np.sort(rng.uniform(0, 60, n)).tolist()
+    reqs = requests_of(times, rng.integers(0, 5, n).tolist(), names, out=rng.integers(1, 300, n).tolist())
+    keep = (
+        HybridHistogramKeepAlive(bin_s=1, range_s=60, min_samples=2, cv_threshold=0.0)
+        if hybrid
+        else FixedKeepAlive(float(rng.choice([0, 5, 30])))
+    )
+    cluster = small_cluster(load_slots=slots, store_gbps=store)
+    sim = Simulator(
+        cluster, models, POLICIES[policy], keep, SimConfig(timeout_s=timeout_s, record_events=True)
+    )
+    res = sim.run(reqs)
+    df = res.requests
+    assert len(df) == n
+    assert df["request_id"].is_unique
+    done = df["e2e_s"].notna()
+    assert done.all()
+    assert (df.loc[~df["timed_out"], "ttft_s"] <= timeout_s + 1e-9).all()
+    assert (df["ttft_s"] >= 0).all()
+    assert (df["e2e_s"] >= df["ttft_s"] - 1e-9).all()
+    timeouts = sum(1 for e in res.events if e["kind"] == "timeout")
+    assert timeouts == int(df["timed_out"].sum())
+    for e in res.events:
+        if e["kind"] == "load":
+            assert e["duration_s"] >= e["bytes"] / (e["gbps"] * 1e9) * (1 - 1e-9)
+    for s in sim.servers:
+        assert 0 <= s.free_gpus <= s.num_gpus
+        assert s.dram.used_bytes <= s.dram.capacity_bytes
+        assert s.ssd.used_bytes <= s.ssd.capacity_bytes
+
+
+@pytest.mark.parametrize("tier", ["dram", "ssd", "remote"])
+def test_estimate_equals_simulated_startup_on_idle_cluster(tier: str) -> None:
+    m = fake_model("m", size_gb=12, build_s=0.3)
+    cluster = small_cluster(servers=1, dram_gb=100, ssd_replicas=1 if tier == "ssd" else 0)
+    sim = Simulator(cluster, {"m": m}, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig())
+    if tier == "dram":
+        sim.servers[0].dram.insert("m", m.size_bytes)
+        sim.servers[0].dirty()
+    decisions: list[Decision] = []
+
+    class Spy:
+        def schedule(self, request: Request, view: ClusterView) -> Decision:
+            d = ServerlessLLMScheduler().schedule(request, view)
+            decisions.append(d)
+            return d
+
+    sim.scheduler = Spy()
+    df = sim.run(requests_of([1.0], [0], ("m",), out=1)).requests
+    d = decisions[0]
+    assert isinstance(d, Placement)
+    assert d.tier == tier
+    row = df.iloc[0]
+    simulated = row["queue_s"] + row["load_s"]
+    assert d.estimated_startup_s == pytest.approx(simulated, rel=1e-9)
+    view = sim.servers[0].view()
+    expected = m.size_bytes / (view.tier_gbps(tier) * 1e9) + 0.3  # q = 0 once the queue drained
+    assert startup_estimate_s(view, m, tier, 1e9) == pytest.approx(expected)
+
+
+def test_sequential_loading_queue() -> None:
+    m = {f"m{k}": fake_model(f"m{k}", size_gb=10) for k in range(2)}
+    cluster = small_cluster(servers=1, ssd_replicas=1, dram_gb=0)
+    sim = Simulator(cluster, m, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig(record_events=True))
+    df = sim.run(requests_of([0.0, 0.0], [0, 1], tuple(m), out=1)).requests
+    loads = [e for e in sim.events if e["kind"] == "load"]
+    assert loads[1]["start"] == pytest.approx(loads[0]["start"] + 2.0)  # 10 GB at 5 GB/s, one after the other
+    assert df["queue_s"].tolist() == pytest.approx([0.0, 2.0])
+
+
+def test_fair_sharing_of_concurrent_reads() -> None:
+    m = {f"m{k}": fake_model(f"m{k}", size_gb=10) for k in range(2)}
+    cluster = small_cluster(servers=1, ssd_replicas=1, dram_gb=0, load_slots=2)
+    sim = Simulator(cluster, m, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig(record_events=True))
+    sim.run(requests_of([0.0, 0.0], [0, 1], tuple(m), out=1))
+    loads = [e for e in sim.events if e["kind"] == "load"]
+    assert [e["duration_s"] for e in loads] == pytest.approx([4.0, 4.0])  # two flows share 5 GB/s
+
+
+class NoCacheScheduler:
+    """A fake that loads from the best tier on server 0 and keeps no copy, so only demotion fills the
+    tiers."""
+
+    def schedule(self, request: Request, view: ClusterView) -> Decision:
+        return Placement(0, view.servers[0].best_tier(request.model), cache_to=())
+
+
+def test_keepalive_demotes_gpu_to_dram_to_ssd() -> None:
+    m = {f"m{k}": fake_model(f"m{k}", size_gb=10) for k in range(3)}
+    cluster = small_cluster(servers=1, gpus_per_server=4, dram_gb=15, ssd_gb=100, ssd_replicas=0)
+    sim = Simulator(cluster, m, NoCacheScheduler(), FixedKeepAlive(5), SimConfig(record_events=True))
+    sim.run(requests_of([0.0, 100.0], [0, 1], tuple(m), out=1))
+    evicts = [e for e in sim.events if e["kind"] == "evict"]
+    assert [e["model"] for e in evicts] == ["m0", "m1"]
+    assert evicts[0]["demoted"] == [("m0", "dram")]
+    # DRAM holds one 10 GB checkpoint: m1 goes to DRAM and pushes m0 down to SSD.
+    assert evicts[1]["demoted"] == [("m1", "dram"), ("m0", "ssd")]
+    assert evicts[0]["t"] == pytest.approx(evicts[0]["t"])
+    assert "m0" in sim.servers[0].ssd
+    assert "m1" in sim.servers[0].dram
+
+
+def test_live_migration_rounds_and_handoff() -> None:
+    """A busy best-locality server: the long request of b migrates to server 1, a starts from DRAM on server
+    0."""
+    a = fake_model("a", size_gb=30, gpus=1)
+    b = fake_model("b", size_gb=2, gpus=1, decode_s=0.05, prefill_s=0.01)
+    cluster = small_cluster(
+        servers=2, gpus_per_server=1, dram_gb=40, ssd_gb=40, ssd_replicas=0, remote_gbps=0.5
+    )
+    sim = Simulator(
+        cluster,
+        {"a": a, "b": b},
+        ServerlessLLMScheduler(),
+        FixedKeepAlive(1000),
+        SimConfig(record_events=True),
+    )
+    sim.servers[0].dram.insert("a", a.size_bytes)
+    for s in sim.servers:
+        s.dram.insert("b", b.size_bytes)
+        s.dirty()
+    # The long b request lands on server 0 (tie → lowest id), a short one on server 1, which then idles.
+    reqs = requests_of([0.0, 0.0, 10.0], [1, 1, 0], ("a", "b"), out=[2000, 1, 1])
+    df = sim.run(reqs).requests
+    kinds = [e["kind"] for e in sim.events]
+    assert "migration_start" in kinds
+    assert "migration_done" in kinds
+    rounds = [e for e in sim.events if e["kind"] == "migration_round"]
+    assert len(rounds) >= 2
+    assert rounds[-1]["new_tokens"] < 20 <= rounds[0]["new_tokens"]
+    assert all(r2["start"] == pytest.approx(r1["end"]) for r1, r2 in itertools.pairwise(rounds))
+    migrated = df[df["migrated"] > 0]
+    assert len(migrated) == 1
+    assert migrated["migration_s"].iloc[0] > 0
+    assert df.loc[2, "tier"] == "dram"
+    assert df.loc[2, "server"] == 0
+    assert not df["timed_out"].any()
+
+
+def test_shepherd_preempts_and_restarts() -> None:
+    a = fake_model("a", size_gb=10)
+    b = fake_model("b", size_gb=10)
+    cluster = small_cluster(servers=1, gpus_per_server=1, ssd_replicas=1)
+    sim = Simulator(
+        cluster, {"a": a, "b": b}, ShepherdScheduler(), FixedKeepAlive(0), SimConfig(record_events=True)
+    )
+    df = sim.run(requests_of([0.0, 5.0], [0, 1], ("a", "b"), out=[1000, 1])).requests
+    assert df["preempted"].tolist() == [1, 0]
+    assert not df["timed_out"].any()
+    assert any(e["kind"] == "preempt" for e in sim.events)
+
+
+def test_timeout_when_no_gpu_frees() -> None:
+    a = fake_model("a", size_gb=10)
+    cluster = small_cluster(servers=1, gpus_per_server=1)
+    sim = Simulator(
+        cluster,
+        {"a": a, "b": fake_model("b")},
+        LocalityScheduler(),
+        FixedKeepAlive(0),
+        SimConfig(timeout_s=10),
+    )
+    df = sim.run(requests_of([0.0, 0.5], [0, 1], ("a", "b"), out=[5000, 1])).requests
+    assert df["timed_out"].tolist() == [False, True]
+    assert df.loc[1, "e2e_s"] == 10
+
+
+def test_loads_cache_the_checkpoint_and_later_loads_read_it() -> None:
+    m = {"a": fake_model("a", size_gb=10)}
+    cluster = small_cluster(servers=1, gpus_per_server=2, dram_gb=100, ssd_replicas=0)
+    sim = Simulator(cluster, m, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig(record_events=True))
+    df = sim.run(requests_of([0.0, 0.0], [0, 0], ("a",), out=1)).requests
+    # Both placed from remote at t=0; the second starts after the first cached it in DRAM.
+    assert df["tier"].tolist() == ["remote", "dram"]
+    assert any(e["kind"] == "tier_upgrade" for e in sim.events)
+    assert df.loc[1, "load_s"] == pytest.approx(0.5)
+
+
+def test_same_input_same_table() -> None:
+    models = {f"m{k}": fake_model(f"m{k}", size_gb=8) for k in range(3)}
+    rng = np.random.default_rng(0)
+    reqs = requests_of(
+        np.sort(rng.uniform(0, 50, 40)).tolist(), rng.integers(0, 3, 40).tolist(), tuple(models)
+    )
+    frames = [
+        Simulator(small_cluster(), models, ServerlessLLMScheduler(), HybridHistogramKeepAlive(), SimConfig())
+        .run(reqs)
+        .requests
+        for _ in range(2)
+    ]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
