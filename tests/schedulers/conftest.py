@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,25 +12,10 @@ from omegaconf import DictConfig
 from harness.paths import repo_root
 from schedulers.base import ModelInfo
 
-# Groups that config.yaml's defaults list names but that other issues add; stubbed in a copy of conf/ so that
-# the serverless options compose on this branch alone.
-STUBS = {
-    "loader/safetensors.yaml": "{}\n",
-    "experiment/loading.yaml": "# @package _global_\nexperiment: {name: x}\n",
-}
-
 
 @pytest.fixture(scope="session")
-def conf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of conf/ with stubs for option files other issues provide (only where they are missing)."""
-    dst = tmp_path_factory.mktemp("conf") / "conf"
-    shutil.copytree(repo_root() / "conf", dst)
-    for rel, text in STUBS.items():
-        path = dst / rel
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    return dst
+def conf_dir() -> Path:
+    return repo_root() / "conf"
 
 
 @pytest.fixture(scope="session")
