@@ -58,12 +58,15 @@ class BlockModel:
     weight_bits: float = 4.25
     metadata_overhead: float = 0.01
     cache_dtype_bytes: int = 2
+    reserve_gib: float | None = None  # None: PETALS' rule below; 0 for synthetic test models
 
     def __post_init__(self) -> None:
         _require(self.num_blocks >= 1, "num_blocks", self.num_blocks, ">= 1")
         _require(self.block_params >= 1, "block_params", self.block_params, ">= 1")
         _require(self.d_model >= 1, "d_model", self.d_model, ">= 1")
         _require(self.weight_bits > 0, "weight_bits", self.weight_bits, "> 0")
+        _require(self.reserve_gib is None or self.reserve_gib >= 0, "reserve_gib", self.reserve_gib,
+                 "null or >= 0")
         _require(self.metadata_overhead >= 0, "metadata_overhead", self.metadata_overhead, ">= 0")
 
     @property
@@ -79,6 +82,8 @@ class BlockModel:
     @property
     def reserve_gb(self) -> float:
         """PETALS' autograd reserve, 2 GiB × d_model / 14336 (ANCHORS §3), kept free on every server."""
+        if self.reserve_gib is not None:
+            return self.reserve_gib * GIB / GB
         return 2 * GIB * self.d_model / 14336 / GB
 
     @classmethod

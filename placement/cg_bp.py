@@ -24,13 +24,15 @@ def leftover_cache_slots(problem: Problem, j: int, count: int) -> int:
     return max(0, int(np.floor(free_gb / problem.cache_gb + 1e-9)))
 
 
-def greedy_assign(problem: Problem, counts: list[int], order: list[int]) -> list[int]:
-    """Step 2: each server in ``order`` takes a window; raises InfeasiblePlacementError if some C_b < |R|.
+def greedy_assign(problem: Problem, counts: list[int], order: list[int], caps: list[int] | None = None,
+                  strict: bool = True) -> list[int]:
+    """Step 2: each server in ``order`` takes a window; if ``strict``, InfeasiblePlacementError when some
+    C_b < |R|. ``caps`` overrides cap_j (sessions on all of j's blocks), e.g. for PETALS' fixed cache pool.
 
     Under-served blocks exist → the window containing one with the largest Σ T_b (ties: smallest start);
     else the window whose sorted capacity vector is lexicographically smallest. Then
-    T_b −= (t0 − t̃_j)·min((|R| − C_b)⁺, cap_j) and C_b += cap_j, with cap_j = ⌊(M_j − s_m m_j)/(s_c m_j)⌋ and a virtual server
-    t0 = max t̃ + 1.
+    T_b −= (t0 − t̃_j)·min((|R| − C_b)⁺, cap_j) and C_b += cap_j, with
+    cap_j = ⌊(M_j − s_m m_j)/(s_c m_j)⌋ and a virtual server t0 = max t̃ + 1.
     """
     L, R = problem.num_blocks, problem.design_concurrency
     used = [j for j in order if counts[j] > 0]
@@ -41,7 +43,7 @@ def greedy_assign(problem: Problem, counts: list[int], order: list[int]) -> list
     start = [0] * len(counts)
     for j in used:
         m = counts[j]
-        cap = leftover_cache_slots(problem, j, m) // m
+        cap = leftover_cache_slots(problem, j, m) // m if caps is None else caps[j]
         under = cap_blocks < R
         if under.any():
             window_time = np.convolve(time_blocks, np.ones(m), mode="valid")  # Σ T_b over each window
@@ -55,7 +57,7 @@ def greedy_assign(problem: Problem, counts: list[int], order: list[int]) -> list
         time_blocks[span] -= (t0 - t_tilde[j]) * np.minimum(np.maximum(R - cap_blocks[span], 0), cap)
         cap_blocks[span] += cap
     short = cap_blocks < R
-    if short.any():
+    if strict and short.any():
         missing = np.maximum(R - cap_blocks, 0)
         gb = float(missing.sum() * problem.cache_gb + (cap_blocks == 0).sum() * problem.model.block_gb)
         raise InfeasiblePlacementError(int(short.sum()), gb,
