@@ -142,7 +142,8 @@ def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0)
         routes.append(Route(tuple(hops)))
     bound = float(getattr(res, "mip_dual_bound", np.nan) or res.fun)
     gap = float(getattr(res, "mip_gap", 0.0) or 0.0)
-    return MilpSolution(placement, tuple(routes), float(res.fun), bound, gap, res.status == 0, str(res.message))
+    return MilpSolution(placement, tuple(routes), float(res.fun), bound, gap, res.status == 0,
+                        str(res.message))
 
 
 class MilpPlacement:
