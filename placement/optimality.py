@@ -25,7 +25,7 @@ def cg_bprr_objective_s(problem: Problem, rng: np.random.Generator) -> float:
 
 
 def run_bprr_optimality(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
-    """Per random instance: MILP objective, bound, gap, time; CG-BPRR objective and its excess over the MILP."""
+    """Per random instance: MILP objective, bound, gap, time; CG-BPRR objective and excess over it."""
     o = cfg.optimality
     n = int(o.smoke_instances if cfg.get("smoke", False) else o.instances)
     rows = []
@@ -34,7 +34,8 @@ def run_bprr_optimality(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         problem = random_problem(rng, int(rng.integers(o.min_servers, o.max_servers + 1)),
                                  int(rng.integers(o.min_blocks, o.max_blocks + 1)), int(o.num_clients),
                                  int(rng.integers(1, o.max_requests + 1)))
-        row: dict[str, object] = {"instance": i, "servers": len(problem.network.servers), "blocks": problem.num_blocks,
+        row: dict[str, object] = {"instance": i, "servers": len(problem.network.servers),
+                                  "blocks": problem.num_blocks,
                "requests": problem.design_concurrency}
         t0 = time.perf_counter()
         try:
