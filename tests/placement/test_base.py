@@ -52,7 +52,8 @@ def test_negative_server_numbers_are_rejected(field: str, value: float) -> None:
 
 
 def test_user_defined_server_type_from_config() -> None:
-    types = server_types({"h100": {"mem_gb": 80.0, "tau_s": 0.002, "tau_in_slope_s": 0.0, "tau_in_base_s": 0.02}})
+    h100 = {"mem_gb": 80.0, "tau_s": 0.002, "tau_in_slope_s": 0.0, "tau_in_base_s": 0.02}
+    types = server_types({"h100": h100})
     assert types["h100"].mem_gb == 80.0
     assert {"a100", "mig"} <= set(types)
 

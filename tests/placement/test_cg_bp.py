@@ -1,4 +1,4 @@
-"""CG-BP (CG-BPRR steps 1–2): the paper's block counts, coverage for |R|, memory, shortfall errors, ablations."""
+"""CG-BP (CG-BPRR steps 1–2): paper block counts, coverage for |R|, memory, shortfall errors, ablations."""
 
 from __future__ import annotations
 
@@ -33,18 +33,24 @@ def test_step1_formula_by_hand() -> None:
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), servers=st.integers(2, 12), blocks=st.integers(3, 20),
        requests=st.integers(1, 4))
-def test_feasible_placements_cover_every_block_for_r_sessions_within_memory(seed: int, servers: int, blocks: int,
-                                                                           requests: int) -> None:
+def test_feasible_placements_cover_every_block_for_r_sessions_within_memory(
+        seed: int, servers: int, blocks: int, requests: int) -> None:
     problem = random_problem(np.random.default_rng(seed), servers, blocks, 1, requests)
     try:
         placement = CgBpPlacement().place(problem, np.random.default_rng(seed))
     except InfeasiblePlacementError as exc:
-        assert exc.shortfall_blocks > 0 and exc.shortfall_gb > 0
+        shortfall = (exc.shortfall_blocks, exc.shortfall_gb)
+    else:
+        shortfall = None
+    if shortfall is not None:
+        assert shortfall[0] > 0
+        assert shortfall[1] > 0
         return
     capacity = np.zeros(blocks)
     for j, (a, m) in enumerate(zip(placement.start, placement.count, strict=True)):
         if m:
-            assert 0 <= a and a + m <= blocks
+            assert a >= 0
+            assert a + m <= blocks
             used = problem.model.block_gb * m + problem.cache_gb * requests * m
             assert used <= problem.usable_mem_gb(j) + 1e-9
             capacity[a:a + m] += placement.cache_slots[j] // m
@@ -66,4 +72,5 @@ def test_ablations_keep_their_block_counts() -> None:
     num = OptNumPlacement().place(problem, np.random.default_rng(0))
     assert sorted(set(order.count)) == [4, 53]
     assert sorted(set(num.count)) == [3, 41]
-    assert order.covered(70) and num.covered(70)
+    assert order.covered(70)
+    assert num.covered(70)

@@ -78,7 +78,8 @@ def test_milp_optimum_equals_exhaustive_enumeration(seed: int) -> None:
 
 def test_memory_coupling_forces_a_slower_route() -> None:
     # Server 0 is fast but only has room for 2 blocks + one session; the second request must detour.
-    problem = toy_problem([2.2, 2.2, 4.5], [0.001, 0.001, 0.05], [[0.0, 0.0, 0.0]], num_blocks=4, concurrency=2)
+    problem = toy_problem([2.2, 2.2, 4.5], [0.001, 0.001, 0.05], [[0.0, 0.0, 0.0]], num_blocks=4,
+                          concurrency=2)
     sol = solve_bprr(problem, [0, 0], time_limit_s=20)
     assert sol.objective_s == pytest.approx(brute_force(problem, [0, 0]))
 
