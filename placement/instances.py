@@ -13,10 +13,10 @@ TOY_MODEL_PARAMS = {"block_params": 10**9, "d_model": 12_500_000, "weight_bits":
 
 def random_problem(rng: np.random.Generator, num_servers: int, num_blocks: int, num_clients: int = 1,
                    num_requests: int = 1) -> Problem:
-    """Servers with 1.2–(L/2 + 1.5) GB, τ ∈ [2, 20] ms, RTT ∈ [0, 100] ms; |R| = ``num_requests``."""
+    """Servers with 1.2–(L/2 + 3) GB, τ ∈ [2, 20] ms, RTT ∈ [0, 100] ms; |R| = ``num_requests``."""
     model = BlockModel("toy", num_blocks=num_blocks, **TOY_MODEL_PARAMS)  # type: ignore[arg-type]
     servers = tuple(
-        ServerType(f"s{j}", mem_gb=float(rng.uniform(1.2, num_blocks / 2 + 1.5)),
+        ServerType(f"s{j}", mem_gb=float(rng.uniform(1.2, num_blocks / 2 + 3.0)),
                    tau_s=float(rng.uniform(0.002, 0.02)), tau_in_slope_s=0.0, tau_in_base_s=0.01)
         for j in range(num_servers))
     client_rtt = rng.uniform(0.0, 0.1, size=(num_clients, num_servers))
