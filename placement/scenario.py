@@ -75,6 +75,10 @@ def run_policy(
         "design_concurrency": problem.design_concurrency,
         **block_counts_by_type(problem, placement),
     }
+    solution = getattr(policy.placement, "last", None)  # the MILP reports objective, bound and gap
+    if solution is not None:
+        info.update(milp_objective_s=solution.objective_s, milp_bound_s=solution.bound_s,
+                    milp_gap=solution.gap)
     return df, info
 
 

@@ -106,3 +106,15 @@ def test_infeasible_milp_raises_named_error() -> None:
 def test_bad_time_limit_is_rejected() -> None:
     with pytest.raises(ValueError, match="time_limit_s"):
         MilpPlacement(time_limit_s=0)
+
+
+def test_milp_placement_reports_objective_bound_and_gap_in_the_run_tables() -> None:
+    from placement.scenario import Policy, run_policy
+    from placement.shortest_path import ShortestPathRouter
+
+    problem = random_problem(np.random.default_rng(0), 3, 4, 2, 2)
+    policy = Policy("milp", MilpPlacement(time_limit_s=10), ShortestPathRouter())
+    _, info = run_policy(problem, policy, [0, 1], 0.5, 5, (0,), {"scenario": "tiny"})
+    assert info["milp_gap"] == pytest.approx(0.0, abs=1e-6)
+    assert info["milp_bound_s"] == pytest.approx(info["milp_objective_s"], rel=1e-6)
+    assert info["milp_objective_s"] == pytest.approx(brute_force(problem, request_clients(problem)))
