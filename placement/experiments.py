@@ -84,6 +84,9 @@ def _sweep(
                         "arrival_rate_per_s": float(rate),
                         "max_tokens": int(l_max),
                         "allocation_delays": bool(delays_on),
+                        "num_servers": len(net.servers),
+                        "a100_share": sum(s.name == "a100" for s in net.servers) / len(net.servers),
+                        "design_concurrency": problem.design_concurrency,
                         "run": run,
                     }
                     for policy in _policies(b.policies, bool(delays_on), b):

@@ -15,7 +15,9 @@ from placement.dag import dag_shortest_route, link_costs
 from placement.perf import route_times
 from placement.simulator import poisson_arrivals, simulate
 
-SCENARIO_KEYS = ("scenario", "client_group", "arrival_rate_per_s", "max_tokens", "allocation_delays")
+# Sweep axes (the paper's Figs 7–10: C, η, λ, l_max) are columns too, so sweeps concatenate into one table.
+SCENARIO_KEYS = ("scenario", "client_group", "arrival_rate_per_s", "max_tokens", "allocation_delays",
+                 "num_servers", "a100_share")
 METRICS = ("per_token_s", "ttft_s", "wait_s")
 
 
