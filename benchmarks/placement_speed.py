@@ -58,12 +58,13 @@ def simulate_gtsce(num_requests: int = 10_000, num_servers: int = 30, rate_per_s
 
 
 def milp_gap(time_limit_s: float) -> None:
-    """The BPRR MILP for 2 requests on BLOOM-176B: clustered testbed (9 servers), GTS-CE with 26 servers."""
+    """The BPRR MILP on BLOOM-176B: clustered testbed (9 servers; |R| = 2 and 10), GTS-CE with 26 servers."""
     gts = TopologyZooTopology(file="GtsCe.graph", num_servers=26, a100_fraction=0.2, num_clients=2)
-    cases = [("clustered, 9 servers", ClusteredTopology().build(np.random.default_rng(0))),
-             ("GTS-CE, 26 servers", gts.build(np.random.default_rng(0)))]
-    for name, net in cases:
-        problem = Problem(BLOOM_176B, net, 20, 128, 2)
+    clustered = ClusteredTopology().build(np.random.default_rng(0))
+    cases = [("clustered, 9 servers", clustered, 2), ("clustered, 9 servers", clustered, 10),
+             ("GTS-CE, 26 servers", gts.build(np.random.default_rng(0)), 2)]
+    for name, net, concurrency in cases:
+        problem = Problem(BLOOM_176B, net, 20, 128, concurrency)
         t0 = time.perf_counter()
         try:
             sol = solve_bprr(problem, request_clients(problem), time_limit_s)
@@ -74,7 +75,7 @@ def milp_gap(time_limit_s: float) -> None:
         cg = CgBpPlacement().place(problem, np.random.default_rng(0))
         cg_obj = sum(dag_shortest_route(problem, cg, c, *link_costs(problem, c))[1]
                      for c in request_clients(problem))
-        print(f"MILP {name}, |R|=2: {dt:.1f} s, objective {sol.objective_s:.4f} s, "
+        print(f"MILP {name}, |R|={concurrency}: {dt:.1f} s, objective {sol.objective_s:.4f} s, "
               f"bound {sol.bound_s:.4f} s, "
               f"gap {100 * sol.gap:.1f}% ({'optimal' if sol.optimal else sol.status}); "
               f"CG-BPRR objective {cg_obj:.4f} s")
