@@ -90,6 +90,7 @@ def _sweep(
                         "run": run,
                     }
                     for policy in _policies(b.policies, bool(delays_on), b):
+                        # Common random numbers: every policy and group of a cell gets the same arrivals.
                         seed = (int(cfg.seed), run, ri, li)
                         try:
                             df, info = run_policy(
