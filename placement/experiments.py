@@ -1,0 +1,200 @@
+"""Experiments: Table III (clustered), scattered Topology Zoo runs and the generic placement experiment."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from harness.experiment import ExperimentResult
+from placement.base import InfeasiblePlacementError, Network, Problem
+from placement.catalog import block_model
+from placement.scenario import Policy, auto_concurrency, run_policy, summarize
+
+log = logging.getLogger("coldstart.placement")
+
+# Sun, He, Ji, Parag, Table III: (client cluster, λ/s, l_max) → (PETALS, proposed) mean per-token time (s).
+PAPER_TABLE3: dict[tuple[int, float, int], tuple[float, float]] = {
+    (0, 0.1, 64): (6.23, 1.92),
+    (0, 0.1, 128): (4.76, 1.43),
+    (0, 0.5, 64): (6.28, 2.00),
+    (0, 0.5, 128): (5.14, 1.34),
+    (1, 0.1, 64): (5.44, 1.78),
+    (1, 0.1, 128): (4.60, 1.04),
+    (1, 0.5, 64): (5.56, 1.88),
+    (1, 0.5, 128): (4.79, 1.11),
+    (2, 0.1, 64): (5.30, 1.79),
+    (2, 0.1, 128): (4.85, 1.31),
+    (2, 0.5, 64): (5.34, 1.94),
+    (2, 0.5, 128): (5.25, 1.37),
+}
+
+
+def _policies(spec: Any, delays_on: bool, b: DictConfig) -> list[Policy]:
+    out = []
+    for p in spec:
+        delay = float(b.allocation_delay_petals_s if p.delay == "petals" else b.allocation_delay_proposed_s)
+        out.append(
+            Policy(
+                str(p.name),
+                instantiate(p.placement),
+                instantiate(p.routing, allocation_delay_s=delay if delays_on else 0.0),
+            )
+        )
+    return out
+
+
+def _grid(cfg: DictConfig) -> DictConfig:
+    """``cfg.bprr`` with the smoke shrink applied (a copy: configs never change after start)."""
+    b = OmegaConf.create(OmegaConf.to_container(cfg.bprr, resolve=True))
+    assert isinstance(b, DictConfig)
+    if cfg.get("smoke", False):
+        b.merge_with(b.get("smoke_overrides") or {})
+    return b
+
+
+def _concurrency(b: DictConfig, problem: Problem, clients: list[int], rate: float) -> int:
+    if str(b.design_concurrency) == "auto":
+        return auto_concurrency(problem, clients, rate, int(b.r_max))
+    return int(b.design_concurrency)
+
+
+def _sweep(
+    cfg: DictConfig, b: DictConfig, networks: list[tuple[str, int, Network, list[int], int]]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Every (network, λ, l_max, delay mode, policy): simulate; returns requests, placements, failures."""
+    model = block_model(str(b.model))
+    frames, infos, failures = [], [], []
+    for scenario, group, net, clients, run in networks:
+        for ri, rate in enumerate(b.arrival_rates_per_s):
+            for li, l_max in enumerate(b.max_tokens):
+                base = Problem(model, net, int(b.input_tokens), int(l_max))
+                problem = Problem(
+                    model, net, int(b.input_tokens), int(l_max), _concurrency(b, base, clients, float(rate))
+                )
+                for delays_on in b.allocation_delay_modes:
+                    labels = {
+                        "scenario": scenario,
+                        "client_group": group,
+                        "arrival_rate_per_s": float(rate),
+                        "max_tokens": int(l_max),
+                        "allocation_delays": bool(delays_on),
+                        "num_servers": len(net.servers),
+                        "a100_share": sum(s.name == "a100" for s in net.servers) / len(net.servers),
+                        "design_concurrency": problem.design_concurrency,
+                        "run": run,
+                    }
+                    for policy in _policies(b.policies, bool(delays_on), b):
+                        # Common random numbers: every policy and group of a cell gets the same arrivals.
+                        seed = (int(cfg.seed), run, ri, li)
+                        try:
+                            df, info = run_policy(
+                                problem, policy, clients, float(rate), int(b.num_requests), seed, labels
+                            )
+                        except InfeasiblePlacementError as exc:
+                            log.warning("%s %s: %s", policy.name, labels, exc)
+                            failures.append({**labels, "policy": policy.name, "error": str(exc)})
+                            continue
+                        frames.append(df)
+                        infos.append(info)
+    requests = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return requests, pd.DataFrame(infos), pd.DataFrame(failures, columns=["policy", "scenario", "error"])
+
+
+def table3(summary: pd.DataFrame, petals: str, proposed: str) -> pd.DataFrame:
+    """Table III layout: per cell our PETALS and proposed per-token times and reduction %, paper beside."""
+    rows = []
+    keys = ["client_group", "arrival_rate_per_s", "max_tokens", "allocation_delays"]
+    pivot = summary.pivot_table(index=keys, columns="policy", values="per_token_s_mean").reset_index()
+    for _, r in pivot.iterrows():
+        paper = PAPER_TABLE3.get(
+            (int(r.client_group), float(r.arrival_rate_per_s), int(r.max_tokens)),
+            (float("nan"), float("nan")),
+        )
+        ours_p, ours_q = float(r.get(petals, float("nan"))), float(r.get(proposed, float("nan")))
+        rows.append(
+            {
+                **{k: r[k] for k in keys},
+                "petals_per_token_s": ours_p,
+                "proposed_per_token_s": ours_q,
+                "reduction_pct": 100 * (1 - ours_q / ours_p),
+                "paper_petals_per_token_s": paper[0],
+                "paper_proposed_per_token_s": paper[1],
+                "paper_reduction_pct": 100 * (1 - paper[1] / paper[0]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _result(
+    requests: pd.DataFrame,
+    infos: pd.DataFrame,
+    failures: pd.DataFrame,
+    b: DictConfig,
+    extra: dict[str, pd.DataFrame] | None = None,
+) -> ExperimentResult:
+    summary = summarize(requests, infos) if len(requests) else pd.DataFrame()
+    tables = {
+        "requests": requests,
+        "summary": summary,
+        "placements": infos,
+        "failures": failures,
+        **(extra or {}),
+    }
+    return ExperimentResult(tables=tables, documents={"bprr": OmegaConf.to_container(b)})  # type: ignore[dict-item]
+
+
+def run_bprr_clustered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """Table III: client cluster × λ × l_max, PETALS vs CG-BP + WS-RR, Monte Carlo runs (Sun et al. §VI)."""
+    b = _grid(cfg)
+    net = instantiate(cfg.topology).build(np.random.default_rng(int(cfg.seed)))
+    networks = []
+    for run in range(int(b.monte_carlo_runs)):
+        for group in b.client_clusters:
+            clients = [c for c, g in enumerate(net.client_groups) if g == int(group)]
+            networks.append((f"cluster{int(group)}", int(group), net, clients, run))
+    requests, infos, failures = _sweep(cfg, b, networks)
+    names = [str(p.name) for p in b.policies]
+    return _result(
+        requests, infos, failures, b, {"table3": table3(summarize(requests, infos), names[0], names[1])}
+    )
+
+
+def run_bprr_scattered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """Topology Zoo graphs: C random servers (fraction η A100), one random client, per Monte Carlo run."""
+    b = _grid(cfg)
+    networks = []
+    for name in b.topologies:
+        topo_cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "topology" / f"{name}.yaml")
+        topo = instantiate(topo_cfg, num_servers=int(b.num_servers), a100_fraction=float(b.a100_fraction))
+        for run in range(int(b.monte_carlo_runs)):
+            net = topo.build(np.random.default_rng([int(cfg.seed), run, 7]))
+            networks.append((str(name), 0, net, [0], run))
+    requests, infos, failures = _sweep(cfg, b, networks)
+    return _result(requests, infos, failures, b)
+
+
+def run_placement(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """Generic experiment: the selected ``topology``, ``placement``, ``routing`` options on one workload."""
+    b = _grid(cfg)
+    b.policies = [
+        {
+            "name": f"{cfg.placement._target_.rsplit('.', 1)[1]}+{cfg.routing._target_.rsplit('.', 1)[1]}",
+            "placement": OmegaConf.to_container(cfg.placement),
+            "routing": OmegaConf.to_container(cfg.routing),
+            "delay": str(b.delay),
+        }
+    ]
+    topo = instantiate(cfg.topology)
+    networks = []
+    for run in range(int(b.monte_carlo_runs)):
+        net = topo.build(np.random.default_rng([int(cfg.seed), run, 7]))
+        clients = [c for c, g in enumerate(net.client_groups) if g == int(b.client_group)] or [0]
+        networks.append(("placement", int(b.client_group), net, clients, run))
+    requests, infos, failures = _sweep(cfg, b, networks)
+    return _result(requests, infos, failures, b)
