@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -21,17 +20,8 @@ GROUPS = ["topology", "placement", "routing"]
 
 
 @pytest.fixture(scope="module")
-def conf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This branch's conf/ plus a stub for default groups that live on other branches (e.g. loader)."""
-    out = tmp_path_factory.mktemp("conf") / "conf"
-    shutil.copytree(repo_root() / "conf", out)
-    for group, option in (("loader", "safetensors"), ("storage", "local"), ("logger", "none"),
-                          ("executor", "local")):
-        path = out / group / f"{option}.yaml"
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            path.write_text("# stub for this branch's tests\n")
-    return out
+def conf_dir() -> Path:
+    return repo_root() / "conf"
 
 
 def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
