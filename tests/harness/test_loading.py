@@ -34,7 +34,11 @@ def test_loading_experiment(compose_cfg: Callable[..., Any], tmp_path: Path, fak
     run_experiment(cfg, out)
     trials = pd.read_parquet(out / "trials.parquet")
     summary = pd.read_csv(out / "summary.csv")
-    assert len(trials) == 2 * 2 * 4  # trials × cache states × loaders: nothing dropped
+    states = list(cfg.cache_states)
+    assert {"cold", "warm", "hot"} <= set(states)
+    assert len(trials) == 2 * len(states) * 4  # trials × cache states × loaders: nothing dropped
+    hot = summary[summary.cache_state == "hot"].set_index("loader")
+    assert hot.loc["safetensors", "status"] == "unavailable"  # no DRAM tier of its own: a visible row, not a drop
     ok = trials[trials.ok]
     assert set(ok.loader) == {"safetensors", "torch_mmap"}
     assert (ok.load_s > 0).all()
