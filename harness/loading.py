@@ -7,7 +7,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -55,10 +55,16 @@ class _LoaderCell:
     loader: Any = None
 
 
-def _loader_cells(names: list[str]) -> list[_LoaderCell]:
+def _loader_cells(names: list[str], variants: dict[str, Any] | None = None) -> list[_LoaderCell]:
+    """One cell per name: a ``conf/loader`` option, or a variant ``{base: option, overrides: {...}}`` (ablations)."""
     cells = []
+    variants = variants or {}
     for name in names:
-        cfg = load_option("loader", name)
+        if name in variants:
+            variant = variants[name]
+            cfg = {**load_option("loader", str(variant["base"])), **dict(variant.get("overrides") or {})}
+        else:
+            cfg = load_option("loader", name)
         loader = instantiate(cfg)
         try:
             loader.check_available()
@@ -148,7 +154,9 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     spec = instantiate(cfg.model)
     store: CheckpointStore = instantiate(cfg.storage)
     executor = instantiate(cfg.executor)
-    cells = _loader_cells(list(cfg.loaders))
+    variants = cfg.get("loader_variants")
+    cells = _loader_cells(list(cfg.loaders),
+                          cast(dict[str, Any], OmegaConf.to_container(variants, resolve=True)) if variants else None)
     rng = random.Random(cfg.seed)
 
     ckpts: dict[str, Checkpoint] = {}
@@ -165,7 +173,8 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     log.info("ceilings (GB/s): %s", {k: round(v, 2) if v else v for k, v in ceilings["gbps"].items()})
 
     cold = _ColdSource(cfg.cold_method, float(cfg.max_resident_fraction), store.root / "copies" / out_dir.name)
-    copies_needed = trials * max(1, sum(1 for c in cells if not c.unavailable))
+    # distinct copies per checkpoint format: one per cold trial of the loaders reading that format
+    copies_needed = {fmt: trials * sum(1 for c in cells if c.fmt == fmt and not c.unavailable) for fmt in ckpts}
     plan = [(t, s, c) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))]
     rows: list[dict[str, Any]] = []
     try:
@@ -181,7 +190,7 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                 continue
             cold_method = None
             if state == "cold":
-                path, resident, cold_method = cold.prepare(ckpt, copies_needed, rng)
+                path, resident, cold_method = cold.prepare(ckpt, copies_needed[cell.fmt], rng)
             elif state == "warm":
                 path, resident = ckpt.path, warm(ckpt.files)
             else:

@@ -8,9 +8,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from harness.experiment import ExperimentResult
 
+# documents also written as YAML, for files that configs read (cluster=calibrated cluster.calibration=...)
+YAML_DOCUMENTS = {"calibration"}
 TABLE_FILES = {"trials": "trials.parquet", "summary": "summary.csv", "requests": "requests.parquet"}
 
 
@@ -26,6 +29,13 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` as indented JSON, atomically (temp file + rename)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=_json_default, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def write_yaml(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as YAML (plain types only), atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(json.loads(json.dumps(doc, default=_json_default)), sort_keys=False))
     tmp.replace(path)
 
 
@@ -56,6 +66,8 @@ def write_result(out_dir: Path, result: ExperimentResult) -> list[Path]:
     for name, doc in result.documents.items():
         path = out_dir / f"{name}.json"
         write_json(path, doc)
+        if name in YAML_DOCUMENTS:
+            write_yaml(path.with_suffix(".yaml"), doc)
         written.append(path)
     return written
 

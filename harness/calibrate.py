@@ -1,0 +1,95 @@
+"""``experiment=calibrate``: measure this machine's tiers and per-model build / first-token times with real
+loads, and write the calibration YAML that ``cluster=calibrated cluster.calibration=PATH`` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, open_dict
+
+from harness import loading
+from harness.experiment import ExperimentResult
+from harness.loading_suite import copy_config, run_cells
+
+# simulator tier ← the loading experiment's cache state that reads from it
+TIER_STATE = {"ssd": "cold", "dram": "hot", "remote": "remote", "page_cache": "warm"}
+
+
+def _median(ok: pd.DataFrame, state: str, col: str) -> float | None:
+    rows = ok[ok["cache_state"] == state]
+    return float(rows[col].median()) if len(rows) else None
+
+
+def _gpu(env: dict[str, Any]) -> dict[str, Any] | None:
+    gpu = env.get("gpu")
+    if not gpu:
+        return None
+    return {"type": gpu["name"], "mem_gb": round(gpu["memory_bytes"] / 1e9, 1), "count": gpu["count"]}
+
+
+def _machine(env: dict[str, Any]) -> str:
+    gpu = env.get("gpu")
+    gpu_text = f"{gpu['count']}x {gpu['name']}" if gpu else "no GPU"
+    disk = env.get("disk") or {}
+    return (f"{env.get('cpu_model')} ({env.get('cpu_count')} cores), {env.get('memory_bytes', 0) / 2**30:.0f} GiB RAM, "
+            f"{gpu_text}, checkpoints on {disk.get('device')} ({disk.get('fstype')})")
+
+
+def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: dict[str, Any],
+                         loader_name: str, link_gbps: float | None) -> dict[str, Any]:
+    """The calibration file's content from one calibrate run's trials (schema in docs/serverless.md).
+
+    A tier's ``bw_gbps`` is the median throughput (GB/s) of ``loader_name`` loading the largest model from that
+    tier, to the device the run used: what a cold start from the tier really achieves, not a raw device number
+    (those are kept beside it as ``ceiling_gbps``). A tier the run could not exercise is ``absent`` with why.
+    """
+    ok = trials[trials["ok"].astype(bool) & (trials["loader"] == loader_name)]
+    largest = str(ok.sort_values("bytes")["model"].iloc[-1]) if len(ok) else None
+    big = ok[ok["model"] == largest]
+    cell: dict[str, Any] = next((v for k, v in ceilings.items() if k.split(" ")[0] == largest), {})
+    cell_ceilings = dict(cell.get("gbps", {}))
+    tiers: dict[str, Any] = {}
+    for tier, state in TIER_STATE.items():
+        bw = _median(big, state, "throughput_gbps")
+        if bw is not None and np.isfinite(bw):
+            ceiling = _median(big, state, "ceiling_gbps")
+            tiers[tier] = {"bw_gbps": round(bw, 4), "source": f"{loader_name} {state} loads of {largest}",
+                           "ceiling_gbps": round(ceiling, 4) if ceiling and np.isfinite(ceiling) else None}
+        elif tier == "remote" and link_gbps:
+            tiers[tier] = {"bw_gbps": float(link_gbps), "source": "configured link (link_gbps), not measured"}
+        else:
+            tiers[tier] = {"absent": True, "reason": f"no successful {state} load of {loader_name} in this run"}
+    h2d = cell_ceilings.get("h2d_pinned")
+    tiers["h2d"] = ({"bw_gbps": round(h2d, 4), "source": "pinned host→device copy ceiling"} if h2d
+                    else {"absent": True, "reason": "no CUDA device"})
+    models: dict[str, Any] = {}
+    for model, group in ok.groupby("model", sort=True):
+        memory = group[group["cache_state"].isin(["warm", "hot"])]
+        src = memory if len(memory) else group
+        models[str(model)] = {"build_s": round(float(src["t_model_build_s"].median()), 5),
+                              "first_token_s": round(float(src["t_first_token_s"].median()), 5),
+                              "bytes": int(group["bytes"].iloc[0])}
+    doc: dict[str, Any] = {"machine": _machine(env), "device": str(ok["device"].iloc[0]) if len(ok) else None,
+                           "tiers": tiers, "models": models, "ceilings_gbps": cell_ceilings}
+    gpu = _gpu(env)
+    if gpu:
+        doc["gpu"] = gpu
+    return doc
+
+
+def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """Real loads of each model from every tier this machine has; the calibration as ``calibration.yaml``."""
+    states = [s for s in cfg.cache_states if s in loading.STATES]
+    models = [str(cfg.model.name)] if cfg.smoke else [str(m) for m in cfg.models]
+    sub = copy_config(cfg)
+    with open_dict(sub):
+        sub.cache_states = states
+    result = run_cells(sub, out_dir, [(m, str(cfg.dtype)) for m in models])
+    env = result.documents.get("environment", {})
+    result.documents["calibration"] = calibration_document(
+        result.tables["trials"], result.documents.get("ceilings", {}), env, str(cfg.loaders[0]),
+        float(cfg.link_gbps) if cfg.get("link_gbps") else None)
+    return result

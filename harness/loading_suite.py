@@ -1,0 +1,130 @@
+"""Loading experiments over several cells (models × dtypes) in one run: the ServerlessLLM loading figure and the
+per-dtype cold start. Each cell is one loading experiment; all cells share this run's directory and tables."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from harness import loading
+from harness.checkpoints import CheckpointStore
+from harness.config import load_option
+from harness.experiment import ExperimentResult
+
+log = logging.getLogger("coldstart.loading_suite")
+
+# The loaders speedups are reported against, as ServerlessLLM does (Fig. 6 of the paper: vs safetensors, torch).
+SPEEDUP_BASELINES = ("safetensors", "torch")
+CellRunner = Callable[[DictConfig, Path], ExperimentResult]
+
+
+def copy_config(cfg: DictConfig) -> DictConfig:
+    """A resolved, writable copy of ``cfg`` (sub-runs change keys on it; the run's own config never changes)."""
+    sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    assert isinstance(sub, DictConfig)
+    return sub
+
+
+def cell_config(cfg: DictConfig, model: str, dtype: str) -> DictConfig:
+    """``cfg`` with ``model`` replaced by the named ``conf/model`` option and ``dtype`` set (a copy)."""
+    sub = copy_config(cfg)
+    with open_dict(sub):
+        sub.model = load_option("model", model)
+        sub.dtype = dtype
+    return sub
+
+
+def _formats(cfg: DictConfig) -> set[str]:
+    variants = cfg.get("loader_variants") or {}
+    names = [str(variants[n]["base"]) if n in variants else str(n) for n in cfg.loaders]
+    return {f for n in names for f in instantiate(load_option("loader", n)).formats[:1]}
+
+
+def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str, str]],
+              runner: CellRunner = loading.run) -> ExperimentResult:
+    """Run the loading experiment once per (model, dtype) cell and stack the tables.
+
+    With ``delete_checkpoints: true`` the checkpoints a cell generated are deleted before the next cell starts,
+    so a size ladder fits a disk that holds one model at a time (ServerlessLLM's evaluation does the same).
+    Ceilings are measured per cell on that cell's own files and kept per cell in ``ceilings.json``.
+    """
+    if not cells:
+        raise ValueError("no cells to run: set models=[...] and dtypes=[...] (or dtype=)")
+    trials, summaries = [], []
+    ceilings: dict[str, Any] = {}
+    environment: dict[str, Any] = {}
+    for i, (model, dtype) in enumerate(cells):
+        log.info("cell %d/%d: %s %s", i + 1, len(cells), model, dtype)
+        sub = cell_config(cfg, model, dtype)
+        store: CheckpointStore = instantiate(sub.storage)
+        spec = instantiate(sub.model)
+        paths = [store.path_for(spec, dtype, fmt, int(sub.seed)) for fmt in sorted(_formats(sub))]
+        existed = {p for p in paths if p.exists()}
+        try:
+            result = runner(sub, out_dir / f"{model}_{dtype}")
+        finally:
+            if cfg.get("delete_checkpoints"):
+                for p in paths:
+                    if p not in existed:  # never delete a checkpoint this run did not write
+                        shutil.rmtree(p, ignore_errors=True)
+        trials.append(result.tables["trials"])
+        summaries.append(result.tables["summary"])
+        ceilings[f"{model} {dtype}"] = result.documents.get("ceilings", {})
+        environment = result.documents.get("environment", environment)
+    trials_df = pd.concat(trials, ignore_index=True)
+    summary_df = pd.concat(summaries, ignore_index=True)
+    return ExperimentResult(tables={"trials": trials_df, "summary": summary_df},
+                            documents={"ceilings": ceilings, "environment": environment})
+
+
+def speedups(summary: pd.DataFrame, baselines: tuple[str, ...] = SPEEDUP_BASELINES) -> pd.DataFrame:
+    """Per (model, dtype, device, cache_state, loader): median load time and speedup over each baseline loader,
+    both medians from this run's summary (never from another run)."""
+    keys = ["model", "dtype", "device", "cache_state"]
+    ok = summary[summary["n"] > 0]
+    rows = []
+    for cell, group in ok.groupby(keys, sort=True):
+        by_loader = group.set_index("loader")["load_s_median"]
+        for loader_name, load_s in by_loader.items():
+            row: dict[str, Any] = dict(zip(keys, cell, strict=True))
+            row.update({"loader": loader_name, "load_s_median": load_s})
+            for base in baselines:
+                base_s = by_loader.get(base, np.nan)
+                row[f"speedup_vs_{base}"] = base_s / load_s if load_s > 0 else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _models(cfg: DictConfig) -> list[str]:
+    return [str(cfg.model.name)] if cfg.smoke else [str(m) for m in cfg.models]
+
+
+def run_sllm_loading(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """``experiment=sllm_loading``: loaders × a model size ladder × cache states, with speedups vs torch and
+    safetensors (the loading figure of ServerlessLLM, measured on this machine)."""
+    result = run_cells(cfg, out_dir, [(m, str(cfg.dtype)) for m in _models(cfg)])
+    result.tables["speedups"] = speedups(result.tables["summary"])
+    return result
+
+
+def run_dtype_coldstart(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """``experiment=dtype_coldstart``: cold-start time and bytes per dtype for one model."""
+    dtypes = [str(d) for d in cfg.dtypes][: 2 if cfg.smoke else None]
+    result = run_cells(cfg, out_dir, [(str(cfg.model.name), d) for d in dtypes])
+    summary = result.tables["summary"]
+    ref = summary[(summary["dtype"] == dtypes[0]) & (summary["n"] > 0)].set_index(["loader", "cache_state"])
+    ratio = []
+    for _, row in summary.iterrows():
+        key = (row["loader"], row["cache_state"])
+        base = ref["cold_start_s_median"].get(key, np.nan) if key in ref.index else np.nan
+        ratio.append(row["cold_start_s_median"] / base if base and base > 0 else np.nan)
+    summary["cold_start_vs_" + dtypes[0]] = ratio
+    return result
