@@ -28,6 +28,19 @@ class NoRouteError(RuntimeError):
     """No chain of servers covers blocks 0..L-1 for a client under the current placement."""
 
 
+class DisconnectedTopologyError(ValueError):
+    """A topology graph has nodes that cannot reach each other (RTTs would be infinite)."""
+
+    def __init__(self, path: str, unreachable: list[str], total: int) -> None:
+        self.path = path
+        self.unreachable = unreachable
+        shown = ", ".join(unreachable[:5]) + (" ..." if len(unreachable) > 5 else "")
+        super().__init__(
+            f"{path}: graph is disconnected: {len(unreachable)} of {total} nodes ({shown}) cannot reach or be "
+            f"reached from node 0. Fix: add the missing EDGES lines or pick a connected graph."
+        )
+
+
 class TopologyFormatError(ValueError):
     """A topology file is malformed; names the file and the 1-based line number."""
 

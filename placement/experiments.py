@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness.experiment import ExperimentResult
-from placement.base import InfeasiblePlacementError, Network, Problem
+from placement.base import InfeasiblePlacementError, Network, NoRouteError, Problem
 from placement.catalog import block_model
-from placement.scenario import Policy, auto_concurrency, run_policy, summarize
+from placement.scenario import SCENARIO_KEYS, Policy, auto_concurrency, run_policy, summarize
 
 log = logging.getLogger("coldstart.placement")
 
@@ -35,15 +35,25 @@ PAPER_TABLE3: dict[tuple[int, float, int], tuple[float, float]] = {
 }
 
 
+def option_name(target: str) -> str:
+    """The option name of a ``_target_`` (option name = file stem): ``placement.ws_rr.WsRrRouter`` → ``ws_rr``."""
+    parts = str(target).rsplit(".", 2)
+    return parts[-2] if len(parts) >= 2 else parts[-1]
+
+
 def _policies(spec: Any, delays_on: bool, b: DictConfig) -> list[Policy]:
     out = []
     for p in spec:
+        if p.delay not in ("petals", "proposed"):
+            raise ValueError(f"bprr.policies[{p.name}].delay={p.delay!r} is invalid; allowed: petals, proposed")
         delay = float(b.allocation_delay_petals_s if p.delay == "petals" else b.allocation_delay_proposed_s)
         out.append(
             Policy(
                 str(p.name),
                 instantiate(p.placement),
                 instantiate(p.routing, allocation_delay_s=delay if delays_on else 0.0),
+                option_name(p.placement._target_),
+                option_name(p.routing._target_),
             )
         )
     return out
@@ -96,14 +106,24 @@ def _sweep(
                             df, info = run_policy(
                                 problem, policy, clients, float(rate), int(b.num_requests), seed, labels
                             )
-                        except InfeasiblePlacementError as exc:
+                        except (InfeasiblePlacementError, NoRouteError) as exc:
+                            # A sweep point where a policy cannot serve (too few servers for |R|, or PETALS
+                            # leaving blocks uncovered) is a result, not a crash: it goes to failures.
                             log.warning("%s %s: %s", policy.name, labels, exc)
-                            failures.append({**labels, "policy": policy.name, "error": str(exc)})
+                            failures.append({**labels, "policy": policy.name, "placement": policy.placement_name,
+                                             "routing": policy.routing_name, "error_type": type(exc).__name__,
+                                             "error": str(exc)})
                             continue
                         frames.append(df)
                         infos.append(info)
     requests = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return requests, pd.DataFrame(infos), pd.DataFrame(failures, columns=["policy", "scenario", "error"])
+    failure_columns = ["policy", "placement", "routing", *labels_order(), "error_type", "error"]
+    return requests, pd.DataFrame(infos), pd.DataFrame(failures, columns=failure_columns)
+
+
+def labels_order() -> list[str]:
+    """Label columns of every request, placement and failure row, in table order."""
+    return [*SCENARIO_KEYS, "design_concurrency", "run"]
 
 
 def table3(summary: pd.DataFrame, petals: str, proposed: str) -> pd.DataFrame:
@@ -184,7 +204,7 @@ def run_placement(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     b = _grid(cfg)
     b.policies = [
         {
-            "name": f"{cfg.placement._target_.rsplit('.', 1)[1]}+{cfg.routing._target_.rsplit('.', 1)[1]}",
+            "name": f"{option_name(cfg.placement._target_)}+{option_name(cfg.routing._target_)}",
             "placement": OmegaConf.to_container(cfg.placement),
             "routing": OmegaConf.to_container(cfg.routing),
             "delay": str(b.delay),

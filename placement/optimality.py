@@ -57,7 +57,10 @@ def run_bprr_optimality(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     summary = pd.DataFrame([{
         "instances": n, "solved": len(ok), "gap_pct_mean": ok["gap_pct"].mean() if len(ok) else np.nan,
         "gap_pct_median": ok["gap_pct"].median() if len(ok) else np.nan,
+        "gap_pct_p90": float(ok["gap_pct"].quantile(0.9)) if len(ok) else np.nan,
         "gap_pct_max": ok["gap_pct"].max() if len(ok) else np.nan,
+        "milp_infeasible": int((df["status"] == "milp_infeasible").sum()),
+        "cg_bprr_infeasible": int((df["status"] == "cg_bprr_infeasible").sum()),
         "cg_bprr_optimal_share": float((ok["gap_pct"] < 1e-6).mean()) if len(ok) else np.nan,
         "milp_time_s_mean": ok["milp_time_s"].mean() if len(ok) else np.nan}])
     return ExperimentResult(tables={"instances": df, "summary": summary})

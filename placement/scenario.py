@@ -23,11 +23,13 @@ METRICS = ("per_token_s", "ttft_s", "wait_s")
 
 @dataclass(frozen=True)
 class Policy:
-    """A named (placement, routing) pair."""
+    """A named (placement, routing) pair; ``placement_name``/``routing_name`` are the option names."""
 
     name: str
     placement: PlacementPolicy
     router: Router
+    placement_name: str = ""
+    routing_name: str = ""
 
 
 def single_request_s(problem: Problem, clients: list[int]) -> float:
@@ -70,9 +72,12 @@ def run_policy(
     df = pd.DataFrame(rows)
     for key, value in labels.items():
         df[key] = value
-    df["policy"] = policy.name
+    names = {"policy": policy.name, "placement": policy.placement_name or placement.policy,
+             "routing": policy.routing_name or type(policy.router).__name__}
+    for key, value in names.items():
+        df[key] = value
     info = {
-        "policy": policy.name,
+        **names,
         **labels,
         "design_concurrency": problem.design_concurrency,
         **block_counts_by_type(problem, placement),
@@ -85,8 +90,9 @@ def run_policy(
 
 
 def summarize(requests: pd.DataFrame, placements: pd.DataFrame) -> pd.DataFrame:
-    """Per (policy, scenario keys): mean per-token time, TTFT, wait, over requests and Monte Carlo runs."""
-    keys = ["policy", *[k for k in SCENARIO_KEYS if k in requests.columns]]
+    """Per (policy = placement + routing, scenario keys): mean per-token time, TTFT, wait, over requests and
+    Monte Carlo runs."""
+    keys = [k for k in ("policy", "placement", "routing", *SCENARIO_KEYS) if k in requests.columns]
     agg = (
         requests.groupby(keys, dropna=False)
         .agg(

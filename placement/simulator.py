@@ -91,15 +91,17 @@ def simulate(problem: Problem, placement: Placement, router: Router, arrivals: l
             route = router.route(problem, placement, client, state.view())
             check_route(problem, placement, route)
             need = _needs(route)
+            for j in sorted(need):  # checked before waiting: such a request would wait (or retry) forever
+                if need[j] > placement.cache_slots[j]:
+                    raise ValueError(f"route {route.label()} needs {need[j]} cache slots on server {j}, which "
+                                     f"has {placement.cache_slots[j]}; fix: give the placement more cache "
+                                     "(lower blocks per server) or use a router that avoids full servers")
             if router.waits_in_queue or all(state.pools[j].level >= k for j, k in need.items()):
                 break
             delay = router.retry_after_s(attempt)  # type: ignore[attr-defined]
             log.append(Event(env.now, "retry", rid, f"attempt {attempt}, backoff {delay:g} s"))
             yield env.timeout(delay)
         for j in sorted(need):
-            if need[j] > placement.cache_slots[j]:
-                raise ValueError(f"route {route.label()} needs {need[j]} slots on server {j}, which has "
-                                 f"{placement.cache_slots[j]}")
             yield state.pools[j].get(need[j])
         start_s = env.now
         times = route_times(problem, client, route)

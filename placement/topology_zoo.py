@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from harness.paths import shared_file
-from placement.base import Network, TopologyFormatError
+from placement.base import DisconnectedTopologyError, Network, TopologyFormatError
 from placement.catalog import server_types
 
 
@@ -81,6 +81,19 @@ def shortest_delays_us(n: int, edges: list[tuple[int, int, float]], sources: lis
     return out
 
 
+def check_connected(path: str, nodes: list[str], edges: list[tuple[int, int, float]]) -> None:
+    """DisconnectedTopologyError unless every node reaches node 0 and node 0 reaches every node (edges are
+    directed in the file), so that any seeded choice of client and server nodes has finite RTTs."""
+    n = len(nodes)
+    if n == 0:
+        raise DisconnectedTopologyError(path, [], 0)
+    forward = np.isfinite(shortest_delays_us(n, edges, [0])[0])
+    backward = np.isfinite(shortest_delays_us(n, [(d, s, w) for s, d, w in edges], [0])[0])
+    bad = [nodes[v] for v in range(n) if not (forward[v] and backward[v])]
+    if bad:
+        raise DisconnectedTopologyError(path, bad, n)
+
+
 class TopologyZooTopology:
     """C servers and ``num_clients`` clients on random nodes of a Topology Zoo graph; a fraction η are
     A100s."""
@@ -97,7 +110,12 @@ class TopologyZooTopology:
             raise ValueError(f"num_clients={num_clients} is invalid; allowed: >= 1")
         self.path = Path(path) if path else shared_file("data", "topologies", file)
         self.nodes, self.edges = read_graph(self.path)
+        check_connected(str(self.path), self.nodes, self.edges)
         types = server_types(extra_server_types)
+        for key, name in (("a100_type", a100_type), ("mig_type", mig_type)):
+            if name not in types:
+                raise ValueError(f"{key}={name!r} is not a server type; allowed: {sorted(types)} "
+                                 "(or define it under extra_server_types)")
         self.a100, self.mig = types[a100_type], types[mig_type]
         self.num_servers, self.a100_fraction, self.num_clients = num_servers, a100_fraction, num_clients
 
@@ -115,9 +133,6 @@ class TopologyZooTopology:
         row = {v: k for k, v in enumerate(sources)}
         client_rtt = np.array([[delays[row[int(c)], int(s)] for s in server_nodes] for c in client_nodes])
         server_rtt = np.array([[delays[row[int(a)], int(b)] for b in server_nodes] for a in server_nodes])
-        if not (np.isfinite(client_rtt).all() and np.isfinite(server_rtt).all()):
-            raise TopologyFormatError(str(self.path), 0, "graph is disconnected: some chosen client/server "
-                                      "nodes cannot reach each other")
         servers = tuple(self.a100 if a else self.mig for a in is_a100)
         clients = tuple(self.nodes[int(c)] for c in client_nodes)
         # RTT = 2 × one-way shortest-path delay; µs → s.

@@ -68,7 +68,8 @@ def test_experiment_runs_in_smoke_mode(conf_dir: Path, tmp_path: Path, experimen
                     "scenario", "run"):
             assert col in requests.columns
         summary = pd.read_csv(tmp_path / "summary.csv")
-        for col in ("per_token_s_mean", "ttft_s_mean", "wait_s_mean", "blocks_a100", "blocks_mig"):
+        for col in ("policy", "placement", "routing", "scenario", "per_token_s_mean", "ttft_s_mean",
+                    "wait_s_mean", "blocks_a100", "blocks_mig"):
             assert col in summary.columns
         assert (requests["per_token_s"] > 0).all()
     else:
@@ -91,3 +92,26 @@ def test_table3_carries_the_papers_values(conf_dir: Path, tmp_path: Path) -> Non
     assert (row["paper_petals_per_token_s"], row["paper_proposed_per_token_s"]) == (6.28, 2.00)
     ratio = row["proposed_per_token_s"] / row["petals_per_token_s"]
     assert row["reduction_pct"] == pytest.approx(100 * (1 - ratio))
+
+
+def test_sweep_point_a_policy_cannot_serve_is_a_failure_row_not_a_crash(conf_dir: Path, tmp_path: Path) -> None:
+    # 5 servers (1 A100, 4 MIG): PETALS covers 53 + 16 = 69 < 70 blocks and CG-BP is infeasible for |R|.
+    cfg = _compose(conf_dir, ["experiment=bprr_scattered", "smoke=true", "bprr.num_servers=5"])
+    tables = _run(cfg, tmp_path)
+    failures = pd.read_parquet(tmp_path / "failures.parquet")
+    assert set(failures["policy"]) == {"petals", "cg_bp+ws_rr", "opt_order+ws_rr", "opt_num+ws_rr"}
+    petals = failures[failures["policy"] == "petals"].iloc[0]
+    assert petals["error_type"] == "NoRouteError"
+    assert (petals["placement"], petals["routing"], petals["num_servers"]) == ("petals", "petals_dijkstra", 5)
+    cg = failures[failures["policy"] == "cg_bp+ws_rr"].iloc[0]
+    assert cg["error_type"] == "InfeasiblePlacementError"
+    assert "block(s) short" in cg["error"]
+    assert "GB" in cg["error"]
+    assert tables["requests"].empty
+
+
+def test_generic_experiment_names_the_policy_by_option_names(conf_dir: Path, tmp_path: Path) -> None:
+    cfg = _compose(conf_dir, ["experiment=placement", "smoke=true", "placement=petals", "routing=shortest_path"])
+    summary = _run(cfg, tmp_path)["summary"]
+    assert list(summary["policy"]) == ["petals+shortest_path"]
+    assert (summary["placement"].iloc[0], summary["routing"].iloc[0]) == ("petals", "shortest_path")

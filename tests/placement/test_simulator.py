@@ -108,3 +108,11 @@ def test_poisson_arrivals_are_seeded_and_validated() -> None:
     assert a == sorted(a)
     with pytest.raises(ValueError, match="arrival_rate_per_s"):
         poisson_arrivals(np.random.default_rng(0), 0.0, 5, [0])
+
+
+def test_route_needing_more_slots_than_a_server_has_fails_instead_of_retrying_forever() -> None:
+    # One server hosts both blocks but has a single cache slot: PETALS would back off forever.
+    problem = toy_problem([10.0], [0.01], [[0.0]], num_blocks=2, concurrency=1)
+    placement = Placement((0,), (2,), (1,), policy="tiny_pool")
+    with pytest.raises(ValueError, match="needs 2 cache slots on server 0, which has 1"):
+        simulate(problem, placement, PetalsDijkstraRouter(), [(0.0, 0)])

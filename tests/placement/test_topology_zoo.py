@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from placement.base import TopologyFormatError
+from placement.base import DisconnectedTopologyError, TopologyFormatError
 from placement.topology_zoo import TopologyZooTopology, read_graph, shortest_delays_us
 
 GRAPH = """NODES 3
@@ -71,9 +71,16 @@ def test_malformed_graph_names_the_line(tmp_path: Path, text: str, line: int) ->
 
 def test_disconnected_graph_is_rejected(tmp_path: Path) -> None:
     text = GRAPH.replace("e2 1 2 1 100 2500\ne3 2 1 1 100 2500\n", "e2 0 1 1 100 5\ne3 1 0 1 100 5\n")
-    topo = TopologyZooTopology(path=str(_write(tmp_path, text)), num_servers=3)
-    with pytest.raises(TopologyFormatError, match="disconnected"):
-        topo.build(np.random.default_rng(0))
+    # Node c is cut off: rejected at construction, whichever nodes a seed would pick.
+    with pytest.raises(DisconnectedTopologyError, match=r"1 of 3 nodes \(c\)") as info:
+        TopologyZooTopology(path=str(_write(tmp_path, text)), num_servers=3)
+    assert info.value.unreachable == ["c"]
+
+
+def test_one_way_edges_are_disconnected(tmp_path: Path) -> None:
+    text = GRAPH.replace("EDGES 4", "EDGES 3").replace("e3 2 1 1 100 2500\n", "")
+    with pytest.raises(DisconnectedTopologyError, match="c"):
+        TopologyZooTopology(path=str(_write(tmp_path, text)), num_servers=3)
 
 
 def test_bad_arguments_name_the_key() -> None:
@@ -81,3 +88,5 @@ def test_bad_arguments_name_the_key() -> None:
         TopologyZooTopology(a100_fraction=1.5)
     with pytest.raises(ValueError, match="num_servers"):
         TopologyZooTopology(num_servers=0)
+    with pytest.raises(ValueError, match="a100_type='h100'"):
+        TopologyZooTopology(a100_type="h100")
