@@ -74,8 +74,13 @@ class PetalsDijkstraRouter:
                             prev[(stop, j)] = (pos, last)
                             heapq.heappush(heap, (cost, stop, j))
         if done is None:
-            raise NoRouteError(f"client {net.clients[client]!r}: the PETALS swarm leaves some of blocks "
-                               f"0..{L - 1} uncovered; add servers or rebalance")
+            hosted = set()
+            for j in used:
+                hosted.update(range(placement.start[j], placement.end(j)))
+            missing = [b for b in range(L) if b not in hosted]
+            where = f"blocks {missing[0]}..{missing[-1]} ({len(missing)} of {L})" if missing else "no block"
+            raise NoRouteError(f"client {net.clients[client]!r}: the PETALS swarm leaves {where} uncovered; "
+                               "add servers or rebalance")
         hops = []
         state = done
         while state[1] >= 0:

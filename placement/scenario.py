@@ -105,6 +105,7 @@ def summarize(requests: pd.DataFrame, placements: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
-    blocks = [c for c in placements.columns if c.startswith("blocks_") or c == "design_concurrency"]
+    blocks = [c for c in placements.columns
+              if c.startswith(("blocks_", "milp_")) or c == "design_concurrency"]  # milp_: objective/bound/gap
     per = placements.groupby(keys, dropna=False)[blocks].mean().reset_index()
     return agg.merge(per, on=keys, how="left")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from placement.base import InfeasiblePlacementError, Problem
@@ -114,7 +115,12 @@ def test_milp_placement_reports_objective_bound_and_gap_in_the_run_tables() -> N
 
     problem = random_problem(np.random.default_rng(0), 3, 4, 2, 2)
     policy = Policy("milp", MilpPlacement(time_limit_s=10), ShortestPathRouter())
-    _, info = run_policy(problem, policy, [0, 1], 0.5, 5, (0,), {"scenario": "tiny"})
+    df, info = run_policy(problem, policy, [0, 1], 0.5, 5, (0,), {"scenario": "tiny"})
+    df["run"] = 0
     assert info["milp_gap"] == pytest.approx(0.0, abs=1e-6)
     assert info["milp_bound_s"] == pytest.approx(info["milp_objective_s"], rel=1e-6)
     assert info["milp_objective_s"] == pytest.approx(brute_force(problem, request_clients(problem)))
+    from placement.scenario import summarize
+
+    summary = summarize(df, pd.DataFrame([info]))
+    assert summary["milp_gap"].iloc[0] == pytest.approx(0.0, abs=1e-6)

@@ -31,7 +31,7 @@ def test_no_cache_penalty_steers_to_a_server_with_cache() -> None:
 def test_uses_clustered_swarm_and_rejects_uncovered() -> None:
     problem = clustered_problem()
     placement = Placement((0,) * 9, (53, 0, 0, 0, 0, 0, 0, 0, 0), (10,) * 9)
-    with pytest.raises(NoRouteError):
+    with pytest.raises(NoRouteError, match=r"blocks 53\.\.69 \(17 of 70\) uncovered"):
         PetalsDijkstraRouter().route(problem, placement, 0, SlotView.idle(placement))
 
 
