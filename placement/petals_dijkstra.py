@@ -74,7 +74,7 @@ class PetalsDijkstraRouter:
                             prev[(stop, j)] = (pos, last)
                             heapq.heappush(heap, (cost, stop, j))
         if done is None:
-            hosted = set()
+            hosted: set[int] = set()
             for j in used:
                 hosted.update(range(placement.start[j], placement.end(j)))
             missing = [b for b in range(L) if b not in hosted]
