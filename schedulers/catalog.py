@@ -57,7 +57,8 @@ def model_info(model: str, cluster: Cluster, dtype: str = "fp16") -> ModelInfo:
     GPUs per instance = ceil(bytes / (WEIGHT_FRACTION · GPU memory)) (tensor parallel inside one server).
     Default profile (roofline): decode per token = bytes / (GPUs · HBM bw · eff); prefill per token =
     2 · params / (GPUs · FLOP/s · eff) (the 2·N FLOPs per token of a dense transformer, Kaplan et al. 2020).
-    A calibrated ``first_token_s`` replaces the prefill base time.
+    Calibrated times (``cluster.model_times``, e.g. from a calibration file) replace parts of it:
+    ``first_token_s`` the prefill base time, ``prefill_s_per_token`` / ``decode_s_per_token`` the slopes.
     """
     facts = arch_facts(base_name(model), dtype)
     gpus = math.ceil(facts.size_bytes / (WEIGHT_FRACTION * cluster.gpu_mem_bytes))
@@ -67,9 +68,13 @@ def model_info(model: str, cluster: Cluster, dtype: str = "fp16") -> ModelInfo:
             f"{cluster.gpu_mem_gb} GB but a server has {cluster.gpus_per_server}; pipeline-parallel "
             f"placement across servers is not modelled — use a smaller model, a lower dtype, or larger GPUs"
         )
+    times = cluster.times_for(model)
     decode = facts.size_bytes / (gpus * cluster.gpu_hbm_gbps * 1e9 * DECODE_EFFICIENCY)
     prefill = 2 * facts.num_params / (gpus * cluster.gpu_tflops * 1e12 * PREFILL_EFFICIENCY)
-    times = cluster.times_for(model)
+    if times.decode_s_per_token is not None:
+        decode = times.decode_s_per_token
+    if times.prefill_s_per_token is not None:
+        prefill = times.prefill_s_per_token
     base = times.first_token_s if times.first_token_s is not None else PREFILL_BASE_S
     return ModelInfo(
         name=model,

@@ -18,11 +18,14 @@ def _positive(name: str, value: float, allowed: str = "> 0") -> None:
 
 @dataclass(frozen=True)
 class ModelTimes:
-    """Measured per-model times from a calibration file: model build after loading, and first-token (prefill)
-    time."""
+    """Measured per-model times from a calibration file (or a cluster's ``model_times``): model build after
+    loading, first-token (prefill base) time, and optionally a measured per-token profile that replaces the
+    default roofline one (``schedulers.catalog.model_info``)."""
 
     build_s: float = 0.0
     first_token_s: float | None = None
+    prefill_s_per_token: float | None = None
+    decode_s_per_token: float | None = None
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Cluster:
     store
     for all servers together (None: no shared cap). ``load_slots`` is how many loads a server runs at once
     (1 = ServerlessLLM's sequential loading queue; > 1 = concurrent loads that share the tier bandwidth).
-    ``gpu_hbm_gbps``/``gpu_tflops`` feed the default linear inference profile (``schedulers.inference``).
+    ``gpu_hbm_gbps``/``gpu_tflops`` feed the default linear inference profile (``schedulers.catalog``);
+    ``model_times`` (per zoo model name) replaces parts of it with measured times.
     """
 
     name: str = "cluster"
@@ -69,8 +73,7 @@ class Cluster:
         if self.ssd_replicas < 0:
             raise ValueError(f"cluster.ssd_replicas={self.ssd_replicas!r} is not allowed; it must be ≥ 0")
         times = {
-            str(k): v if isinstance(v, ModelTimes) else ModelTimes(**dict(v))
-            for k, v in dict(self.model_times).items()
+            str(k): v if isinstance(v, ModelTimes) else ModelTimes(**dict(v)) for k, v in dict(self.model_times).items()
         }
         object.__setattr__(self, "model_times", times)
 
@@ -99,25 +102,32 @@ TIER_KEYS = {"dram": "dram_gbps", "ssd": "ssd_gbps", "remote": "remote_gbps"}
 
 
 def cluster_from_calibration(doc: Mapping[str, Any], source: str, **overrides: Any) -> Cluster:
-    """A ``Cluster`` from a parsed calibration document (schema in docs/serverless.md); ``overrides`` win."""
+    """A ``Cluster`` from a parsed calibration document (schema in docs/serverless.md); ``overrides`` win.
+
+    ``experiment=calibrate`` writes a tier it could not measure as ``{absent: true, reason: ...}`` (e.g. no
+    remote store configured); such a tier must then be given as an override (``cluster.remote_gbps=1.25``),
+    else the file is rejected naming the tier, the reason and both fixes.
+    """
     tiers = doc.get("tiers")
     if not isinstance(tiers, Mapping):
         raise CalibrationError(f"{source}: no 'tiers' mapping; it needs tiers.dram/ssd/remote with bw_gbps")
     kwargs: dict[str, Any] = {}
     for tier, key in TIER_KEYS.items():
+        if overrides.get(key) is not None:
+            continue  # the command line fills (or replaces) this tier
         entry = tiers.get(tier)
         if not isinstance(entry, Mapping) or "bw_gbps" not in entry:
+            why = f" (absent: {entry.get('reason', 'no reason given')})" if isinstance(entry, Mapping) else ""
             raise CalibrationError(
-                f"{source}: tier {tier!r} is missing (or has no bw_gbps); every one of "
-                f"{sorted(TIER_KEYS)} needs 'bw_gbps' — re-run `experiment=calibrate` or add it by hand"
+                f"{source}: tier {tier!r} is missing (or has no bw_gbps){why}; every one of "
+                f"{sorted(TIER_KEYS)} needs 'bw_gbps' — re-run `experiment=calibrate` where that tier exists "
+                f"(remote: set link_gbps=GB/s), add it by hand, or pass cluster.{key}=GB/s"
             )
         try:
             kwargs[key] = float(entry["bw_gbps"])
         except (TypeError, ValueError) as exc:
-            raise CalibrationError(
-                f"{source}: tiers.{tier}.bw_gbps={entry['bw_gbps']!r} is not a number"
-            ) from exc
-        if kwargs[key] <= 0:
+            raise CalibrationError(f"{source}: tiers.{tier}.bw_gbps={entry['bw_gbps']!r} is not a number") from exc
+        if not kwargs[key] > 0:
             raise CalibrationError(f"{source}: tiers.{tier}.bw_gbps={kwargs[key]} must be > 0")
     gpu = doc.get("gpu", {}) or {}
     for src, dst in (
@@ -129,9 +139,24 @@ def cluster_from_calibration(doc: Mapping[str, Any], source: str, **overrides: A
         if src in gpu:
             kwargs[dst] = gpu[src]
     models = doc.get("models", {}) or {}
-    kwargs["model_times"] = {
-        str(name): ModelTimes(build_s=float(m.get("build_s", 0.0)), first_token_s=m.get("first_token_s"))
-        for name, m in models.items()
-    }
+    kwargs["model_times"] = {str(name): _model_times(source, str(name), m) for name, m in models.items()}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return Cluster(**kwargs)
+
+
+def _model_times(source: str, name: str, entry: Any) -> ModelTimes:
+    """One ``models.<name>`` entry of a calibration file (unknown keys, e.g. ``bytes``, are ignored)."""
+    if not isinstance(entry, Mapping):
+        raise CalibrationError(f"{source}: models.{name} must be a mapping, got {entry!r}")
+    values: dict[str, float] = {}
+    for key in ("build_s", "first_token_s", "prefill_s_per_token", "decode_s_per_token"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        try:
+            values[key] = float(value)
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(f"{source}: models.{name}.{key}={value!r} is not a number") from exc
+        if values[key] < 0:
+            raise CalibrationError(f"{source}: models.{name}.{key}={value!r} must be ≥ 0")
+    return ModelTimes(**values)

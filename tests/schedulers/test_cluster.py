@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
+from harness.calibrate import calibration_document
 from schedulers.calibrated import calibrated
-from schedulers.cluster import Cluster
+from schedulers.catalog import model_info
+from schedulers.cluster import Cluster, ModelTimes
 from schedulers.errors import CalibrationError
 
 EXAMPLE = "schedulers/data/calibration_example.yaml"
@@ -39,3 +43,69 @@ def test_calibration_missing_tier(tmp_path: Path) -> None:
 def test_bad_cluster_values(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"cluster.{key}"):
         Cluster(**{key: value})  # type: ignore[arg-type]
+
+
+def _calibrate_output(remote_measured: bool) -> dict[str, object]:
+    """What `experiment=calibrate` writes, from a synthetic trials table (the real writer, not a copy)."""
+    states = ["cold", "warm", "hot", *(["remote"] if remote_measured else [])]
+    gbps = {"cold": 3.0, "warm": 9.0, "hot": 20.0, "remote": 1.1}
+    trials = pd.DataFrame(
+        [
+            {
+                "ok": True,
+                "loader": "native",
+                "model": model,
+                "bytes": nbytes,
+                "device": "cpu",
+                "cache_state": state,
+                "throughput_gbps": gbps[state] * (1.0 if model == "opt-1.3b" else 0.5),
+                "ceiling_gbps": 2 * gbps[state],
+                "t_model_build_s": 0.2,
+                "t_first_token_s": 0.04,
+            }
+            for model, nbytes in (("opt-125m", 250_000_000), ("opt-1.3b", 2_600_000_000))
+            for state in states
+            for _ in range(3)
+        ]
+    )
+    return calibration_document(trials, {}, {}, "native", None)
+
+
+def test_reads_what_calibrate_writes(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.yaml"
+    path.write_text(yaml.safe_dump(_calibrate_output(remote_measured=True)))
+    c = calibrated(str(path))
+    # The largest model's medians calibrate the tiers: ssd ← cold, dram ← hot, remote ← remote.
+    assert (c.ssd_gbps, c.dram_gbps, c.remote_gbps) == pytest.approx((3.0, 20.0, 1.1))
+    assert c.times_for("opt-1.3b#2") == ModelTimes(build_s=0.2, first_token_s=0.04)
+
+
+def test_absent_tier_names_the_reason_and_fix_and_an_override_fills_it(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.yaml"
+    path.write_text(yaml.safe_dump(_calibrate_output(remote_measured=False)))
+    with pytest.raises(
+        CalibrationError, match=r"'remote' is missing.*absent: no successful remote.*cluster\.remote_gbps"
+    ):
+        calibrated(str(path))
+    assert calibrated(str(path), remote_gbps=1.25).remote_gbps == 1.25
+
+
+def test_calibrated_profile_replaces_the_roofline(tmp_path: Path) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text(
+        "tiers: {dram: {bw_gbps: 20}, ssd: {bw_gbps: 5}, remote: {bw_gbps: 1}}\n"
+        "models: {tiny-opt: {first_token_s: 0.5, prefill_s_per_token: 0.001, decode_s_per_token: 0.03}}\n"
+    )
+    info = model_info("tiny-opt#1", calibrated(str(path)))
+    assert (info.prefill_base_s, info.prefill_s_per_token, info.decode_s_per_token) == (0.5, 0.001, 0.03)
+    default = model_info("tiny-opt", Cluster())
+    assert default.decode_s_per_token != 0.03
+
+
+def test_calibration_bad_model_time(tmp_path: Path) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text(
+        "tiers: {dram: {bw_gbps: 20}, ssd: {bw_gbps: 5}, remote: {bw_gbps: 1}}\nmodels: {tiny-opt: {build_s: fast}}\n"
+    )
+    with pytest.raises(CalibrationError, match=r"models\.tiny-opt\.build_s='fast'"):
+        calibrated(str(path))
