@@ -43,7 +43,10 @@ def load_trace(trace: str) -> Trace:
     """Parse a trace CSV; a bad row raises ``TraceFormatError`` with its row number (header = row 1)."""
     path = trace_path(trace)
     if not path.exists():
-        raise TraceFormatError(f"trace file {path} not found")
+        raise TraceFormatError(
+            f"trace file {path} not found; name one of {sorted(TRACE_FILES)} (the Azure LLM traces in "
+            f"../shared/data/traces) or give the path of a CSV with columns {','.join(COLUMNS)}"
+        )
     stamps: list[float] = []
     inputs: list[int] = []
     outputs: list[int] = []
@@ -59,9 +62,7 @@ def load_trace(trace: str) -> Trace:
                 stamp = datetime.fromisoformat(row[0].strip()[:26]).timestamp()
                 ctx, gen = int(row[1]), int(row[2])
             except ValueError as exc:
-                raise TraceFormatError(
-                    f"{path}: row {row_no} is not TIMESTAMP,int,int: {row} ({exc})"
-                ) from exc
+                raise TraceFormatError(f"{path}: row {row_no} is not TIMESTAMP,int,int: {row} ({exc})") from exc
             if ctx < 0 or gen < 0:
                 raise TraceFormatError(f"{path}: row {row_no} has a negative token count: {row}")
             stamps.append(stamp)

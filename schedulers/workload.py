@@ -46,7 +46,7 @@ class GammaArrivals:
     cv: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_positive("cv", self.cv)
+        _check_positive("arrivals.cv", self.cv)
 
     def times(self, rps: float, duration_s: float, rng: np.random.Generator) -> np.ndarray:
         shape = 1.0 / self.cv**2
@@ -121,9 +121,7 @@ class UniformTokens:
             (self.output_min, self.output_max, "output"),
         ):
             if lo < 1 or hi < lo:
-                raise WorkloadConfigError(
-                    f"tokens.{key}_min/max=({lo}, {hi}) not allowed; need 1 ≤ min ≤ max"
-                )
+                raise WorkloadConfigError(f"tokens.{key}_min/max=({lo}, {hi}) not allowed; need 1 ≤ min ≤ max")
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return (
@@ -139,6 +137,10 @@ class TraceTokens:
 
     trace: str = "conv"
     max_output: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_output < 1:
+            raise WorkloadConfigError(f"tokens.max_output={self.max_output!r} is not allowed; it must be ≥ 1")
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         t = load_trace(self.trace)

@@ -91,3 +91,32 @@ def test_azure_trace_replay_and_tokens() -> None:
     assert np.array_equal(r.arrival_s, trace.arrival_s[: len(r)])
     inp, _ = TraceTokens("conv").sample(1000, np.random.default_rng(0))
     assert 500 < np.median(inp) < 2000
+
+
+def test_trace_bad_rows_and_names(tmp_path: Path) -> None:
+    header = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    cases = {
+        "short.csv": (header + "2023-11-16 18:17:03.97,10\n", "row 2 has 2 fields"),
+        "stamp.csv": (header + "2023-11-16 18:17:03.97,1,2\nyesterday,1,2\n", "row 3"),
+        "neg.csv": (
+            header + "2023-11-16 18:17:03.97,1,2\n2023-11-16 18:17:04.97,1,2\n2023-11-16 18:17:05,-1,2\n",
+            "row 4",
+        ),
+        "header.csv": ("time,in,out\n", "row 1 must be the header"),
+    }
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(TraceFormatError, match=match):
+            load_trace(str(tmp_path / name))
+    with pytest.raises(TraceFormatError, match=r"not found; name one of \['code', 'conv'\]"):
+        load_trace("convv")
+    with pytest.raises(WorkloadConfigError, match=r"tokens\.max_output=0"):
+        TraceTokens("conv", max_output=0)
+
+
+def test_replay_of_a_bad_trace_names_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\n2023-11-16 18:17:04,1,x\n")
+    w = Workload(models=["tiny-opt"], rps=1.0, duration_s=60, replay=str(path))
+    with pytest.raises(TraceFormatError, match="row 3"):
+        w.generate(0)
