@@ -72,6 +72,7 @@ class BlockModel:
     metadata_overhead: float = 0.01
     cache_dtype_bytes: int = 2
     reserve_gib: float | None = None  # None: PETALS' rule below; 0 for synthetic test models
+    kv_dim: int | None = None  # width of K (and V) per token; None = d_model (no grouped-query attention)
 
     def __post_init__(self) -> None:
         _require(self.num_blocks >= 1, "num_blocks", self.num_blocks, ">= 1")
@@ -81,6 +82,8 @@ class BlockModel:
         _require(self.reserve_gib is None or self.reserve_gib >= 0, "reserve_gib", self.reserve_gib,
                  "null or >= 0")
         _require(self.metadata_overhead >= 0, "metadata_overhead", self.metadata_overhead, ">= 0")
+        _require(self.kv_dim is None or 1 <= self.kv_dim <= self.d_model, "kv_dim", self.kv_dim,
+                 f"null or 1..d_model={self.d_model}")
 
     @property
     def block_gb(self) -> float:
@@ -89,8 +92,9 @@ class BlockModel:
 
     def cache_gb(self, tokens: int) -> float:
         """s_c in GB for one session on one block: 2 (K, V) · d_model · tokens · dtype bytes (Sun et al.
-        §III)."""
-        return 2 * self.d_model * tokens * self.cache_dtype_bytes / GB
+        §III); with grouped-query attention K and V are ``kv_dim`` = d_model · kv_heads / heads wide."""
+        width = self.d_model if self.kv_dim is None else self.kv_dim
+        return 2 * width * tokens * self.cache_dtype_bytes / GB
 
     @property
     def reserve_gb(self) -> float:
@@ -104,12 +108,17 @@ class BlockModel:
         """Build from a ``harness.zoo.ModelSpec`` (counts one decoder layer's parameters on the meta
         device)."""
         layer_bytes = spec.layer_bytes("fp16")  # type: ignore[attr-defined]
+        hf = dict(getattr(spec, "hf_config", {}) or {})
+        d_model = spec.hidden_size  # type: ignore[attr-defined]
+        heads, kv_heads = hf.get("num_attention_heads"), hf.get("num_key_value_heads")
+        kv_dim = d_model * int(kv_heads) // int(heads) if heads and kv_heads and kv_heads != heads else None
         return cls(
             name=spec.name,  # type: ignore[attr-defined]
             num_blocks=spec.num_layers,  # type: ignore[attr-defined]
             block_params=layer_bytes // 2,
-            d_model=spec.hidden_size,  # type: ignore[attr-defined]
+            d_model=d_model,
             weight_bits=weight_bits,
+            kv_dim=kv_dim,
         )
 
 

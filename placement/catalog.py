@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from placement.base import BlockModel, ServerType
@@ -22,15 +23,24 @@ BLOOM_176B = BlockModel("bloom-176b", num_blocks=70, block_params=12 * 14336**2 
 # LLaMA-2-70B: block = attention 2h² + 2·h·1024 (GQA, 8 KV heads) + MLP 3·h·28672 + two RMSNorms 2h, h = 8192.
 LLAMA_2_70B = BlockModel("llama-2-70b", num_blocks=80,
                          block_params=2 * 8192**2 + 2 * 8192 * 1024 + 3 * 8192 * 28672 + 2 * 8192,
-                         d_model=8192)
+                         d_model=8192, kv_dim=1024)  # 8 of 64 heads carry K/V: cache 1/8 of d_model
 BLOCK_MODELS: dict[str, BlockModel] = {m.name: m for m in (BLOOM_176B, LLAMA_2_70B)}
 
 
-def block_model(name: str) -> BlockModel:
-    """A block model by name (``bloom-176b``, ``llama-2-70b``)."""
-    if name not in BLOCK_MODELS:
-        raise ValueError(f"model={name!r} is not a placement block model; allowed: {sorted(BLOCK_MODELS)}")
-    return BLOCK_MODELS[name]
+def block_model(name: str, zoo_dir: Path | None = None) -> BlockModel:
+    """A block model by name: the two of the papers (``bloom-176b``, ``llama-2-70b``), else any model-zoo
+    option ``<zoo_dir>/<name>.yaml`` (counted on the meta device, NF4 4.25 bits like PETALS)."""
+    if name in BLOCK_MODELS:
+        return BLOCK_MODELS[name]
+    zoo = sorted(p.stem for p in zoo_dir.glob("*.yaml")) if zoo_dir is not None and zoo_dir.is_dir() else []
+    if name not in zoo:
+        raise ValueError(f"model={name!r} is not a placement block model; allowed: {sorted(BLOCK_MODELS)}"
+                         + (f" or a model-zoo option {zoo}" if zoo else ""))
+    from hydra.utils import instantiate  # the zoo spec is a Hydra config; imported only for this path
+    from omegaconf import OmegaConf
+
+    assert zoo_dir is not None
+    return BlockModel.from_zoo(instantiate(OmegaConf.load(zoo_dir / f"{name}.yaml")))
 
 
 def server_types(extra: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, ServerType]:

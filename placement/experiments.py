@@ -78,7 +78,7 @@ def _sweep(
     cfg: DictConfig, b: DictConfig, networks: list[tuple[str, int, Network, list[int], int]]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every (network, λ, l_max, delay mode, policy): simulate; returns requests, placements, failures."""
-    model = block_model(str(b.model))
+    model = block_model(str(b.model), Path(__file__).resolve().parents[1] / "conf" / "model")
     frames, infos, failures = [], [], []
     for scenario, group, net, clients, run in networks:
         for ri, rate in enumerate(b.arrival_rates_per_s):

@@ -34,8 +34,8 @@ def test_catalog_block_params_match_the_model_zoo() -> None:
     for name, model in (("bloom-176b", BLOOM_176B), ("llama-2-70b", LLAMA_2_70B)):
         spec = instantiate(OmegaConf.load(repo_root() / "conf" / "model" / f"{name}.yaml"))
         zoo = BlockModel.from_zoo(spec)
-        assert (zoo.block_params, zoo.num_blocks, zoo.d_model) == (model.block_params, model.num_blocks,
-                                                                   model.d_model)
+        assert (zoo.block_params, zoo.num_blocks, zoo.d_model, zoo.kv_dim) == (
+            model.block_params, model.num_blocks, model.d_model, model.kv_dim)
 
 
 def test_unknown_model_names_the_allowed_ones() -> None:
@@ -62,3 +62,20 @@ def test_negative_rtt_is_rejected() -> None:
     s = server_types()["a100"]
     with pytest.raises(ValueError, match="rtt"):
         Network((s,), ("c",), np.array([[-0.01]]), np.zeros((1, 1)))
+
+
+def test_grouped_query_attention_shrinks_the_cache() -> None:
+    # LLaMA-2-70B: 8 of 64 heads carry K/V, so a session's cache per block is 1/8 of the d_model formula.
+    assert LLAMA_2_70B.cache_gb(148) == pytest.approx(2 * 1024 * 148 * 2 / 1e9)
+    assert LLAMA_2_70B.cache_gb(148) == pytest.approx(BlockModel("x", 80, 1, 8192).cache_gb(148) / 8)
+    with pytest.raises(ValueError, match="kv_dim"):
+        BlockModel("x", 80, 1, 8192, kv_dim=9000)
+
+
+def test_any_model_zoo_option_is_a_block_model() -> None:
+    zoo_dir = repo_root() / "conf" / "model"
+    tiny = block_model("tiny-llama", zoo_dir)
+    assert (tiny.num_blocks, tiny.d_model, tiny.kv_dim) == (2, 64, 32)  # 2 of 4 heads carry K/V
+    assert tiny.block_gb > 0
+    with pytest.raises(ValueError, match="tiny-llama"):
+        block_model("gpt-5", zoo_dir)
