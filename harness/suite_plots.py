@@ -27,6 +27,10 @@ def plot_per_model(run_dir: Path, name: str = "sllm_loading") -> list[Path]:
     grid = sns.catplot(data=ok, x="model", y="load_s_median", hue="loader", col="cache_state", kind="bar",
                        height=4, aspect=1.2, sharey=False)
     grid.set(yscale="log")
+    for state, ax in grid.axes_dict.items():  # a log axis needs a visible floor, else bars start at an arbitrary cut
+        values = ok.loc[ok["cache_state"] == state, "load_s_median"]
+        if len(values):
+            ax.set_ylim(values.min() / 4, values.max() * 1.5)
     grid.set_axis_labels("model", "median load time (s, log)")
     device = ok["device"].iloc[0]
     grid.figure.suptitle(f"load time per model per loader ({device}, {ok['dtype'].iloc[0]})", y=1.02)
