@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
+import os
+import shutil
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -15,11 +19,13 @@ import torch
 
 from harness.pagecache import resident_fraction
 from loaders.base import BaseLoader, LoadResult, UnsupportedCheckpointError
-from loaders.native.convert import ST_CODES
+from loaders.native import remote_tier
+from loaders.native.convert import ST_CODES, _clean_stale_temps
 from loaders.native.format import (
     ALIGNMENT,
     DTYPES,
     INDEX,
+    PartitionSizeError,
     TensorBoundsError,
     align_up,
     check_partitions,
@@ -27,9 +33,20 @@ from loaders.native.format import (
 )
 from loaders.native.mapping import map_file, populate
 from loaders.native.pipeline import CudaCopyEngine, Segment, ThreadCopyEngine, aligned_empty, run_pipeline
-from loaders.native.tiers import DramTier
+from loaders.native.remote import RemoteDirectory, is_url, url_key
+from loaders.native.remote_tier import make_skeleton, publish
+from loaders.native.sllm import (
+    DATA_PREFIX,
+    SLLM_INDEX,
+    SllmTensor,
+    check_bounds,
+    data_files,
+    parse_sllm_index,
+    tensor_view,
+)
+from loaders.native.tiers import DramTier, TierCapacityError
 
-FORMATS = ("auto", "native", "safetensors")
+FORMATS = ("auto", "native", "safetensors", "sllm")
 DIRECT_IO = ("auto", "on", "off")
 STAGING = ("auto", "direct", "ring", "map")
 VERIFY = ("auto", "always", "never")
@@ -67,6 +84,14 @@ class _View:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+    stride: tuple[int, ...] | None = None  # ServerlessLLM entries carry one; None = contiguous
+
+
+def _tensor(flat: torch.Tensor, v: _View) -> torch.Tensor:
+    """The view's tensor over ``flat`` (the bytes from its offset on)."""
+    if v.stride is not None:
+        return tensor_view(flat, SllmTensor(v.name, v.dtype, v.shape, v.stride, v.offset, v.nbytes))
+    return flat[: v.nbytes].view(v.dtype).view(v.shape) if v.nbytes else torch.empty(v.shape, dtype=v.dtype)
 
 
 @dataclass(frozen=True)
@@ -81,9 +106,12 @@ class _Plan:
 def detect_format(directory: Path) -> str:
     if (directory / INDEX).exists():
         return "native"
+    if (directory / SLLM_INDEX).exists():
+        return "sllm"
     if any(directory.glob("*.safetensors")):
         return "safetensors"
-    raise UnsupportedCheckpointError(f"{directory}: neither a native checkpoint ({INDEX}) nor safetensors files")
+    raise UnsupportedCheckpointError(f"{directory}: neither a native checkpoint ({INDEX}), a ServerlessLLM one "
+                                     f"({SLLM_INDEX}) nor safetensors files")
 
 
 def _native_plan(directory: Path, verify: str) -> _Plan:
@@ -126,14 +154,35 @@ def _safetensors_plan(directory: Path, chunk_bytes: int) -> _Plan:
     return _Plan(segments, views, base, files)
 
 
+def _sllm_plan(directory: Path, chunk_bytes: int) -> _Plan:
+    """ServerlessLLM data files laid at their global offsets in one buffer; tensors are (strided) views."""
+    index_path = directory / SLLM_INDEX
+    if not index_path.exists():
+        raise UnsupportedCheckpointError(f"{index_path} not found: not a ServerlessLLM checkpoint directory")
+    tensors = parse_sllm_index(index_path.read_bytes(), str(index_path))
+    files = data_files(directory)
+    if not files:
+        raise PartitionSizeError(f"{directory}: {SLLM_INDEX} but no {DATA_PREFIX}N data files")
+    segments, base = [], 0
+    for path in files:
+        size = path.stat().st_size
+        for off in range(0, size, chunk_bytes):
+            segments.append(Segment(path, off, min(chunk_bytes, size - off), base + off, None, path.name))
+        base += size
+    check_bounds(tensors, base, str(index_path))
+    views = [_View(t.name, t.dtype, t.shape, t.offset, t.nbytes, t.stride) for t in tensors]
+    return _Plan(segments, views, align_up(base), files)
+
+
 class NativeLoader(BaseLoader):
     """Our loader: reads native (or safetensors) checkpoints with parallel chunked preads into one buffer."""
 
-    formats: ClassVar[tuple[str, ...]] = ("native", "safetensors")
+    formats: ClassVar[tuple[str, ...]] = ("native", "safetensors")  # store formats; it also reads sllm directories
 
     def __init__(self, format: str = "auto", threads: int = 4, chunk_bytes: int = 16 << 20, direct_io: str = "auto",
                  staging: str = "auto", ring_bytes: int = 256 << 20, copy_streams: int = 4, verify: str = "auto",
-                 dram_dir: str | None = None, dram_capacity_bytes: int = 8 << 30) -> None:
+                 dram_dir: str | None = None, dram_capacity_bytes: int = 8 << 30, ssd_dir: str | None = None,
+                 remote_retries: int = 3, remote_timeout_s: float = 30.0, remote_to_dram: bool = False) -> None:
         for key, value, allowed in (("format", format, FORMATS), ("direct_io", direct_io, DIRECT_IO),
                                     ("staging", staging, STAGING), ("verify", verify, VERIFY)):
             if value not in allowed:
@@ -147,11 +196,29 @@ class NativeLoader(BaseLoader):
         self.direct_io, self.staging, self.ring_bytes = direct_io, staging, ring_bytes
         self.copy_streams, self.verify = copy_streams, verify
         self.dram = DramTier(dram_dir, dram_capacity_bytes) if dram_dir else None
+        if remote_retries < 0 or remote_timeout_s <= 0:
+            raise ValueError(f"loader.remote_retries={remote_retries} must be ≥ 0 and loader.remote_timeout_s="
+                             f"{remote_timeout_s} > 0")
+        cache = os.environ.get("COLDSTART_CACHE", os.path.expanduser("~/.cache/coldstart"))
+        self.ssd_root = Path(os.path.expanduser(ssd_dir)) if ssd_dir else Path(cache) / "remote-ssd"
+        self.remote_retries, self.remote_timeout_s = remote_retries, remote_timeout_s
+        self.remote_to_dram = remote_to_dram
 
     # -- tiers -----------------------------------------------------------------------------------------------
     @staticmethod
-    def tier_key(checkpoint_dir: Path) -> str:
-        return Path(checkpoint_dir).resolve().name
+    def tier_key(checkpoint: Path | str) -> str:
+        return url_key(str(checkpoint)) if is_url(checkpoint) else Path(checkpoint).resolve().name
+
+    def drop_remote_copies(self, url: str) -> None:
+        """Forget a remote checkpoint's SSD-tier and DRAM-tier copies (the ``remote`` cache state)."""
+        key = url_key(url)
+        local = self.ssd_root / key
+        if local.exists():
+            victim = self.ssd_root / f".{key}.evicting-{uuid.uuid4().hex[:8]}"
+            local.rename(victim)
+            shutil.rmtree(victim, ignore_errors=True)
+        if self.dram is not None:
+            self.dram.remove(key)
 
     def stage_in_dram(self, checkpoint_dir: Path) -> Path:
         """Put a checkpoint in the DRAM tier (the ``hot`` state)."""
@@ -181,8 +248,12 @@ class NativeLoader(BaseLoader):
         state_dict = {}
         for v in plan.views:
             path, base = next((p, b) for p, b in reversed(ordered) if b <= v.offset)
-            raw = tensors[path][v.offset - base : v.offset - base + v.nbytes]
-            state_dict[v.name] = raw.view(v.dtype).view(v.shape) if v.nbytes else torch.empty(v.shape, dtype=v.dtype)
+            flat = tensors[path][v.offset - base :]
+            if len(flat) < v.nbytes:  # a ServerlessLLM tensor spanning two data files: join the pieces (a copy)
+                end = v.offset + v.nbytes
+                later = [tensors[p][: end - b] for p, b in ordered if v.offset < b < end]
+                flat = torch.cat([flat, *later])
+            state_dict[v.name] = _tensor(flat, v)
         phases = {"plan_alloc_s": t_map - t0, "pipeline_s": t_read - t_map, "read_s": stats.read_s,
                   "copy_s": 0.0, "wait_s": 0.0, "verify_s": stats.verify_s, "direct_io": 0.0,
                   "max_in_flight": 0.0, "mapped": 1.0}
@@ -198,16 +269,68 @@ class NativeLoader(BaseLoader):
         fmt = detect_format(directory) if self.format == "auto" else self.format
         if fmt == "native":
             return _native_plan(directory, self.verify)
+        if fmt == "sllm":
+            return _sllm_plan(directory, self.chunk_bytes)
         return _safetensors_plan(directory, self.chunk_bytes)
 
-    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
-        checkpoint_dir = Path(checkpoint_dir)
+    def load(self, checkpoint_dir: Path | str, device: torch.device) -> LoadResult:
+        """Load a local directory, or a URL (DRAM tier, else its SSD-tier copy, else the remote with write-through)."""
         key = self.tier_key(checkpoint_dir)
         if self.dram is not None:
             with self.dram.reading(key) as hot:
                 if hot is not None:
                     return self._load_from(hot, device, "dram", direct=False)
-        return self._load_from(checkpoint_dir, device, "ssd", direct=None)
+        if not is_url(checkpoint_dir):
+            return self._load_from(Path(checkpoint_dir), device, "ssd", direct=None)
+        local = self.ssd_root / key
+        if local.exists():
+            return self._load_from(local, device, "ssd", direct=None)
+        return self._load_remote(str(checkpoint_dir), local, device)
+
+    def _load_remote(self, url: str, local: Path, device: torch.device) -> LoadResult:
+        """Range-read every chunk from the server and write it through to a skeleton published into the SSD tier."""
+        t0 = time.perf_counter()
+        remote = RemoteDirectory(url, self.remote_retries, self.remote_timeout_s)
+        self.ssd_root.mkdir(parents=True, exist_ok=True)
+        _clean_stale_temps(self.ssd_root, local.name)
+        tmp = self.ssd_root / f".{local.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        fds: dict[Path, int] = {}
+        try:
+            files = make_skeleton(remote, tmp)
+            plan = self._plan(tmp)
+            fds.update({f: os.open(f, os.O_WRONLY) for f in files})
+
+            def fetch(seg: Segment, view: memoryview) -> None:
+                remote.read_into(seg.path.name, seg.file_offset, view)
+
+            def write_through(seg: Segment, view: memoryview) -> None:
+                remote_tier._pwrite_all(fds[seg.path], view, seg.file_offset)
+
+            ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
+            result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch, on_segment=write_through)
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
+            if plan.verifying:
+                _mark_verified(tmp, plan.files)
+            publish(tmp, local, files)
+        except BaseException as exc:
+            for fd in fds.values():
+                os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise TierCapacityError(f"no space left caching {url} into the SSD tier at {self.ssd_root}; "
+                                        "nothing partial was kept. Free space or set loader.ssd_dir") from exc
+            raise
+        result.phases_s["verified"] = float(plan.verifying)
+        result.phases_s["written_through"] = 1.0
+        if self.remote_to_dram and self.dram is not None:
+            try:
+                self.dram.insert(local.name, local)
+            except TierCapacityError:
+                result.phases_s["dram_insert_failed"] = 1.0
+        return result
 
     def _load_from(self, directory: Path, device: torch.device, tier: str, direct: bool | None) -> LoadResult:
         t0 = time.perf_counter()
@@ -224,7 +347,9 @@ class NativeLoader(BaseLoader):
         result.phases_s["verified"] = float(plan.verifying)
         return result
 
-    def _read(self, plan: _Plan, tier: str, t0: float, device: torch.device, direct: bool, ring: bool) -> LoadResult:
+    def _read(self, plan: _Plan, tier: str, t0: float, device: torch.device, direct: bool, ring: bool,
+              fetch: Callable[[Segment, memoryview], None] | None = None,
+              on_segment: Callable[[Segment, memoryview], None] | None = None) -> LoadResult:
         """pread into one destination buffer (CPU), or through the staging ring (CUDA, or staging=ring)."""
         if device.type == "cuda":
             dest = torch.empty(plan.total_bytes, dtype=torch.uint8, device=device)
@@ -235,12 +360,11 @@ class NativeLoader(BaseLoader):
         t_alloc = time.perf_counter()
         seg_max = max((s.length for s in plan.segments), default=1)
         stats = run_pipeline(plan.segments, dest, self.threads, direct, engine if ring else None,
-                             ring_buffers=max(1, self.ring_bytes // seg_max))
+                             ring_buffers=max(1, self.ring_bytes // seg_max), on_segment=on_segment, fetch=fetch)
         t_read = time.perf_counter()
         state_dict = {}
         for v in plan.views:
-            raw = dest[v.offset : v.offset + v.nbytes]
-            state_dict[v.name] = raw.view(v.dtype).view(v.shape) if v.nbytes else torch.empty(v.shape, dtype=v.dtype)
+            state_dict[v.name] = _tensor(dest[v.offset :], v)
         phases = {"plan_alloc_s": t_alloc - t0, "pipeline_s": t_read - t_alloc, "read_s": stats.read_s,
                   "copy_s": stats.copy_s, "wait_s": stats.wait_s, "verify_s": stats.verify_s,
                   "direct_io": float(stats.direct_io), "max_in_flight": float(stats.max_in_flight)}

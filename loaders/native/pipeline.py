@@ -159,12 +159,14 @@ def _verify(view: memoryview, seg: Segment) -> None:
 
 def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, direct: bool,
                  engine: CopyEngine | None = None, ring_buffers: int = 0,
-                 on_segment: Callable[[Segment, memoryview], None] | None = None) -> PipelineStats:
+                 on_segment: Callable[[Segment, memoryview], None] | None = None,
+                 fetch: Callable[[Segment, memoryview], None] | None = None) -> PipelineStats:
     """Fill ``dest`` (a flat uint8 tensor) from the segments with ``threads`` readers.
 
     Without ``engine`` the readers pread straight into ``dest`` (which must be a CPU tensor). With an engine,
     ``ring_buffers`` staging buffers (≥ 1 per reader) of the largest segment size are reused round-robin.
     ``on_segment`` sees each segment's verified bytes (used to write a tier through while loading).
+    ``fetch`` replaces the local pread: it fills the view with the segment's bytes (the remote tier's range reads).
     """
     stats = PipelineStats(direct_io=direct)
     threads = max(1, min(threads, len(segments) or 1))
@@ -190,8 +192,9 @@ def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, 
                 if i is None:
                     break
                 seg = segments[i]
-                use_direct = direct and seg.file_offset % ALIGNMENT == 0 and seg.length % ALIGNMENT == 0
-                fd = _open(seg.path, use_direct, fds, lock)
+                use_direct = (direct and fetch is None and seg.file_offset % ALIGNMENT == 0
+                              and seg.length % ALIGNMENT == 0 and seg.dest_offset % ALIGNMENT == 0)
+                fd = -1 if fetch is not None else _open(seg.path, use_direct, fds, lock)
                 if engine is None:
                     view = as_memoryview(dest[seg.dest_offset : seg.dest_offset + seg.length])
                 else:
@@ -205,7 +208,10 @@ def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, 
                         stats.add(wait_s=time.perf_counter() - t0)
                     view = as_memoryview(bufs[slot][: seg.length])
                 t0 = time.perf_counter()
-                _pread_full(fd, view, seg.file_offset, seg.length, use_direct, seg.path)
+                if fetch is not None:
+                    fetch(seg, view)
+                else:
+                    _pread_full(fd, view, seg.file_offset, seg.length, use_direct, seg.path)
                 t1 = time.perf_counter()
                 _verify(view, seg)
                 if on_segment is not None:

@@ -1,0 +1,207 @@
+"""Remote tier against a real nginx on 127.0.0.1: range reads, write-through to SSD, named errors, no partial entry."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.checkpoints import CheckpointStore, verify_state_dict
+from loaders.native import remote_tier
+from loaders.native.format import ChunkChecksumError
+from loaders.native.loader import NativeLoader
+from loaders.native.remote import (
+    RangeNotSupportedError,
+    RemoteConnectionError,
+    RemoteHTTPError,
+    RemoteNotFoundError,
+    RemoteShortReadError,
+    url_key,
+)
+from loaders.native.sllm import write_sllm
+from loaders.native.tiers import DramTier, TierCapacityError
+from tests.conftest import model_spec
+from tests.loaders.native_fixtures import small_state_dict
+from tests.loaders.nginx import FaultyServer, Nginx, _free_port, nginx  # noqa: F401  (fixture)
+
+CPU = torch.device("cpu")
+
+
+def _publish(ckpt_dir: Path, www: Path, name: str) -> Path:
+    dst = www / name
+    if not dst.exists():
+        shutil.copytree(ckpt_dir, dst)
+    return dst
+
+
+def _visible(ssd: Path) -> list[str]:
+    return sorted(p.name for p in ssd.iterdir()) if ssd.exists() else []
+
+
+def _loader(tmp_path: Path, **kw: object) -> NativeLoader:
+    kw.setdefault("dram_dir", None)
+    return NativeLoader(ssd_dir=str(tmp_path / "ssd"), chunk_bytes=16384, remote_retries=1, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["native", "safetensors"])
+def test_remote_load_writes_through_then_ssd_serves(nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path,
+                                                    fmt: str) -> None:
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", fmt, progress=False)
+    served = _publish(ckpt.path, nginx.root, f"wt-{fmt}")
+    url = f"{nginx.url}/{served.name}"
+    loader = _loader(tmp_path, threads=3)
+    first = loader.load(url, CPU)
+    assert set(first.bytes_by_tier) == {"remote"}
+    assert first.bytes_by_tier["remote"] >= ckpt.total_bytes
+    assert verify_state_dict(ckpt, first.state_dict) == ckpt.total_bytes
+    local = tmp_path / "ssd" / url_key(url)
+    assert _visible(tmp_path / "ssd") == [local.name]  # nothing else, no temp left
+    for f in ckpt.files:  # the SSD copy is byte-identical to what the server holds
+        assert (local / f.name).read_bytes() == f.read_bytes()
+    second = loader.load(url, CPU)
+    assert set(second.bytes_by_tier) == {"ssd"}
+    assert verify_state_dict(ckpt, second.state_dict) == ckpt.total_bytes
+    loader.drop_remote_copies(url)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_remote_sllm_through_the_ring_and_into_dram(nginx: Nginx, tmp_path: Path) -> None:
+    """ServerlessLLM directories stream too; the (CUDA-shaped) ring stays smaller than the model; DRAM is filled."""
+    sd = small_state_dict(3)
+    write_sllm(sd, nginx.root / "sllm-ring", partition_bytes=8192)
+    url = f"{nginx.url}/sllm-ring"
+    loader = _loader(tmp_path, staging="ring", ring_bytes=32768, dram_dir=str(tmp_path / "dram"),
+                     remote_to_dram=True)
+    first = loader.load(url, CPU)
+    assert set(first.bytes_by_tier) == {"remote"}
+    for k, v in sd.items():
+        assert torch.equal(first.state_dict[k], v), k
+    assert [k for _, k, _ in DramTier(tmp_path / "dram").entries()] == [url_key(url)]
+    hot = loader.load(url, CPU)
+    assert set(hot.bytes_by_tier) == {"dram"}
+    assert all(torch.equal(hot.state_dict[k], v) for k, v in sd.items())
+
+
+def test_remote_file_url_through_fsspec(tmp_path: Path) -> None:
+    write_sllm(small_state_dict(), tmp_path / "srv" / "m")
+    loader = _loader(tmp_path)
+    result = loader.load(f"file://{tmp_path / 'srv' / 'm'}", CPU)
+    assert set(result.bytes_by_tier) == {"remote"}
+    assert all(torch.equal(result.state_dict[k], v) for k, v in small_state_dict().items())
+
+
+def test_missing_url_is_named_and_leaves_nothing(nginx: Nginx, tmp_path: Path) -> None:
+    with pytest.raises(RemoteNotFoundError, match="no checkpoint there"):
+        _loader(tmp_path).load(f"{nginx.url}/no-such-model", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_missing_data_file_is_named(nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path) -> None:
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
+    served = _publish(ckpt.path, nginx.root, "gone-part")
+    next(served.glob("part-*.bin")).unlink()
+    with pytest.raises(RemoteNotFoundError, match="HTTP 404"):
+        _loader(tmp_path).load(f"{nginx.url}/gone-part", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_server_error_is_retried_then_named(nginx: Nginx, tmp_path: Path) -> None:
+    with pytest.raises(RemoteHTTPError, match=r"HTTP 500.*after 2 tries"):
+        _loader(tmp_path).load(f"{nginx.url}/status500/anything", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_server_without_ranges_is_named(nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path) -> None:
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
+    _publish(ckpt.path, nginx.root, "norange-model")
+    with pytest.raises(RangeNotSupportedError, match="206"):
+        _loader(tmp_path).load(f"{nginx.url}/norange/norange-model", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_corrupted_remote_bytes_fail_their_checksum(nginx: Nginx, shared_store: CheckpointStore,
+                                                    tmp_path: Path) -> None:
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
+    served = _publish(ckpt.path, nginx.root, "flipped")
+    part = next(served.glob("part-*.bin"))
+    data = bytearray(part.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    part.write_bytes(bytes(data))
+    with pytest.raises(ChunkChecksumError, match="checksum"):
+        _loader(tmp_path).load(f"{nginx.url}/flipped", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_truncated_remote_partition_is_named(nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path) -> None:
+    from loaders.native.format import PartitionSizeError
+
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
+    served = _publish(ckpt.path, nginx.root, "truncated")
+    part = next(served.glob("part-*.bin"))
+    part.write_bytes(part.read_bytes()[:-4096])
+    with pytest.raises(PartitionSizeError, match="truncated"):
+        _loader(tmp_path).load(f"{nginx.url}/truncated", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+@pytest.mark.parametrize("mode", ["cut", "short"])
+def test_dropped_or_short_bodies_are_named(tmp_path: Path, mode: str) -> None:
+    write_sllm(small_state_dict(), tmp_path / "www" / "m")
+    with FaultyServer(tmp_path / "www", mode) as srv, pytest.raises(RemoteShortReadError, match="after 2 tries"):
+        _loader(tmp_path).load(f"{srv.url}/m", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_transient_errors_are_retried(tmp_path: Path) -> None:
+    write_sllm(small_state_dict(), tmp_path / "www" / "m")
+    with FaultyServer(tmp_path / "www", "flaky", fail_first=2) as srv:
+        loader = NativeLoader(ssd_dir=str(tmp_path / "ssd"), dram_dir=None, remote_retries=3)
+        result = loader.load(f"{srv.url}/m", CPU)
+    assert all(torch.equal(result.state_dict[k], v) for k, v in small_state_dict().items())
+
+
+def test_connection_refused_is_named(tmp_path: Path) -> None:
+    with pytest.raises(RemoteConnectionError, match="server is up"):
+        _loader(tmp_path).load(f"http://127.0.0.1:{_free_port()}/m", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_full_disk_while_caching_leaves_nothing(nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
+    _publish(ckpt.path, nginx.root, "full-disk")
+
+    def full(fd: int, data: memoryview, offset: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(remote_tier, "_pwrite_all", full)
+    with pytest.raises(TierCapacityError, match="nothing partial"):
+        _loader(tmp_path).load(f"{nginx.url}/full-disk", CPU)
+    assert _visible(tmp_path / "ssd") == []
+
+
+def test_two_loads_of_one_url_at_once(nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path) -> None:
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp32", "native", progress=False)
+    _publish(ckpt.path, nginx.root, "together")
+    url = f"{nginx.url}/together"
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(verify_state_dict(ckpt, _loader(tmp_path).load(url, CPU).state_dict))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert results == [ckpt.total_bytes] * 2
+    assert _visible(tmp_path / "ssd") == [url_key(url)]
