@@ -59,12 +59,43 @@ def _policies(spec: Any, delays_on: bool, b: DictConfig) -> list[Policy]:
     return out
 
 
+def _bad(key: str, value: object, allowed: str) -> ValueError:
+    return ValueError(f"bprr.{key}={value!r} is invalid; allowed: {allowed}")
+
+
+def validate_bprr(b: DictConfig) -> None:
+    """Check the ``bprr`` keys before any simulation: ValueError naming the key, the value and what is allowed."""
+    for key in ("monte_carlo_runs", "num_requests", "input_tokens", "r_max"):
+        if key in b and not (isinstance(b[key], int) and b[key] >= 1):
+            raise _bad(key, b[key], "an integer >= 1")
+    rates = list(b.get("arrival_rates_per_s", [1.0]))
+    if not rates or any(not isinstance(r, int | float) or r <= 0 for r in rates):
+        raise _bad("arrival_rates_per_s", rates, "a non-empty list of rates > 0 per second")
+    lengths = list(b.get("max_tokens", [1]))
+    if not lengths or any(not isinstance(m, int) or m < 1 for m in lengths):
+        raise _bad("max_tokens", lengths, "a non-empty list of integers >= 1")
+    r = b.get("design_concurrency", "auto")
+    if str(r) != "auto" and not (isinstance(r, int) and r >= 1):
+        raise _bad("design_concurrency", r, "auto or an integer >= 1")
+    for key in ("allocation_delay_proposed_s", "allocation_delay_petals_s"):
+        if key in b and not b[key] >= 0:
+            raise _bad(key, b[key], ">= 0 seconds")
+    groups = list(b.get("client_clusters", [0]))
+    if not groups or any(g not in (0, 1, 2) for g in groups):
+        raise _bad("client_clusters", groups, "a non-empty subset of [0, 1, 2]")
+    if "num_servers" in b and not (isinstance(b.num_servers, int) and b.num_servers >= 1):
+        raise _bad("num_servers", b.num_servers, "an integer >= 1 (C)")
+    if "a100_fraction" in b and not 0 <= b.a100_fraction <= 1:
+        raise _bad("a100_fraction", b.a100_fraction, "0 <= eta <= 1")
+
+
 def _grid(cfg: DictConfig) -> DictConfig:
-    """``cfg.bprr`` with the smoke shrink applied (a copy: configs never change after start)."""
+    """``cfg.bprr`` with the smoke shrink applied (a copy: configs never change after start), validated."""
     b = OmegaConf.create(OmegaConf.to_container(cfg.bprr, resolve=True))
     assert isinstance(b, DictConfig)
     if cfg.get("smoke", False):
         b.merge_with(b.get("smoke_overrides") or {})
+    validate_bprr(b)
     return b
 
 
@@ -189,8 +220,12 @@ def run_bprr_scattered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Topology Zoo graphs: C random servers (fraction η A100), one random client, per Monte Carlo run."""
     b = _grid(cfg)
     networks = []
+    topo_dir = Path(__file__).resolve().parents[1] / "conf" / "topology"
     for name in b.topologies:
-        topo_cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "topology" / f"{name}.yaml")
+        if not (topo_dir / f"{name}.yaml").exists():
+            zoo = sorted(p.stem for p in topo_dir.glob("*.yaml") if p.stem != "clustered")
+            raise ValueError(f"bprr.topologies: {name!r} is not a topology option; allowed: {zoo}")
+        topo_cfg = OmegaConf.load(topo_dir / f"{name}.yaml")
         topo = instantiate(topo_cfg, num_servers=int(b.num_servers), a100_fraction=float(b.a100_fraction))
         for run in range(int(b.monte_carlo_runs)):
             net = topo.build(np.random.default_rng([int(cfg.seed), run, 7]))

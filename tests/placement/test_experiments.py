@@ -115,3 +115,26 @@ def test_generic_experiment_names_the_policy_by_option_names(conf_dir: Path, tmp
     summary = _run(cfg, tmp_path)["summary"]
     assert list(summary["policy"]) == ["petals+shortest_path"]
     assert (summary["placement"].iloc[0], summary["routing"].iloc[0]) == ("petals", "shortest_path")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("bprr.monte_carlo_runs=0", "monte_carlo_runs"),
+    ("bprr.num_requests=-3", "num_requests"),
+    ("bprr.arrival_rates_per_s=[0.5,-1]", "arrival_rates_per_s"),
+    ("bprr.max_tokens=[0]", "max_tokens"),
+    ("bprr.design_concurrency=autox", "design_concurrency"),
+    ("bprr.allocation_delay_petals_s=-1", "allocation_delay_petals_s"),
+    ("bprr.client_clusters=[3]", "client_clusters"),
+])
+def test_bad_bprr_keys_are_named_before_anything_runs(conf_dir: Path, tmp_path: Path, override: str,
+                                                      key: str) -> None:
+    cfg = _compose(conf_dir, ["experiment=bprr_clustered", override])
+    with pytest.raises(ValueError, match=rf"bprr\.{key}="):
+        instantiate(cfg.experiment.run)(cfg, tmp_path)
+
+
+def test_unknown_scattered_topology_names_the_options(conf_dir: Path, tmp_path: Path) -> None:
+    # No smoke=true here: its overrides reset bprr.topologies. The check fires before anything simulates.
+    cfg = _compose(conf_dir, ["experiment=bprr_scattered", "bprr.topologies=[abvt,nowhere]"])
+    with pytest.raises(ValueError, match=r"'nowhere' is not a topology option; allowed: .*gtsce"):
+        instantiate(cfg.experiment.run)(cfg, tmp_path)
