@@ -74,8 +74,8 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
 
-@pytest.fixture(scope="session")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+@pytest.fixture(scope="session", name="nginx")
+def nginx_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     """nginx serving a fresh directory at ``nginx.url``; stopped (SIGQUIT, then SIGKILL) at the end."""
     binary = nginx_binary()
     prefix = tmp_path_factory.mktemp("nginx")

@@ -26,7 +26,7 @@ from loaders.native.sllm import write_sllm
 from loaders.native.tiers import DramTier, TierCapacityError
 from tests.conftest import model_spec
 from tests.loaders.native_fixtures import small_state_dict
-from tests.loaders.nginx import FaultyServer, Nginx, _free_port, nginx  # noqa: F401  (fixture)
+from tests.loaders.nginx import FaultyServer, Nginx, _free_port, nginx_fixture  # noqa: F401  (the fixture)
 
 CPU = torch.device("cpu")
 
