@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -138,3 +139,13 @@ def test_unknown_scattered_topology_names_the_options(conf_dir: Path, tmp_path: 
     cfg = _compose(conf_dir, ["experiment=bprr_scattered", "bprr.topologies=[abvt,nowhere]"])
     with pytest.raises(ValueError, match=r"'nowhere' is not a topology option; allowed: .*gtsce"):
         instantiate(cfg.experiment.run)(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("topology", ["clustered", "gtsce"])
+def test_user_defined_server_type_from_the_command_line(conf_dir: Path, topology: str) -> None:
+    h100 = "{h100: {mem_gb: 80, tau_s: 0.002, tau_in_slope_s: 5e-5, tau_in_base_s: 0.02}}"
+    cfg = _compose(conf_dir, ["experiment=placement", f"topology={topology}",
+                              f"topology.extra_server_types={h100}", "topology.a100_type=h100"])
+    net = instantiate(cfg.topology).build(np.random.default_rng(0))
+    assert "h100" in {s.name for s in net.servers}
+    assert "a100" not in {s.name for s in net.servers}
