@@ -101,7 +101,13 @@ def _grid(cfg: DictConfig) -> DictConfig:
 
 def _concurrency(b: DictConfig, problem: Problem, clients: list[int], rate: float) -> int:
     if str(b.design_concurrency) == "auto":
-        return auto_concurrency(problem, clients, rate, int(b.r_max))
+        try:
+            return auto_concurrency(problem, clients, rate, int(b.r_max))
+        except InfeasiblePlacementError as exc:
+            # T1 needs a placement for one request; without one every policy of the cell fails on its own
+            # (a failure row each) instead of the whole sweep job stopping here.
+            log.warning("design_concurrency=auto: no placement even for |R| = 1, using 1 (%s)", exc)
+            return 1
     return int(b.design_concurrency)
 
 
@@ -211,9 +217,8 @@ def run_bprr_clustered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             networks.append((f"cluster{int(group)}", int(group), net, clients, run))
     requests, infos, failures = _sweep(cfg, b, networks)
     names = [str(p.name) for p in b.policies]
-    return _result(
-        requests, infos, failures, b, {"table3": table3(summarize(requests, infos), names[0], names[1])}
-    )
+    served = table3(summarize(requests, infos), names[0], names[1]) if len(requests) else pd.DataFrame()
+    return _result(requests, infos, failures, b, {"table3": served})
 
 
 def run_bprr_scattered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:

@@ -149,3 +149,14 @@ def test_user_defined_server_type_from_the_command_line(conf_dir: Path, topology
     net = instantiate(cfg.topology).build(np.random.default_rng(0))
     assert "h100" in {s.name for s in net.servers}
     assert "a100" not in {s.name for s in net.servers}
+
+
+def test_cell_with_no_placement_even_for_one_request_fails_per_policy(conf_dir: Path, tmp_path: Path) -> None:
+    # 7 MIGs alone hold 28 of 70 blocks: the auto |R| rule has no T1, every policy gets a failure row.
+    cfg = _compose(conf_dir, ["experiment=bprr_clustered", "smoke=true", "topology.a100_count=0"])
+    tables = _run(cfg, tmp_path)
+    failures = tables["failures"]
+    assert set(failures["policy"]) == {"petals", "cg_bp+ws_rr"}
+    assert set(failures["design_concurrency"]) == {1}
+    assert tables["requests"].empty
+    assert tables["table3"].empty
