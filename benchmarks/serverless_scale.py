@@ -9,8 +9,10 @@ Prints wall time and simulator events per second for each size (not a test: numb
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
+from pathlib import Path
 
 from schedulers.catalog import model_infos
 from schedulers.cluster import Cluster
@@ -21,6 +23,18 @@ from schedulers.simulator import SimConfig, Simulator
 from schedulers.workload import GammaArrivals, UniformTokens, Workload, ZipfPopularity
 
 MODELS = [f"opt-6.7b#{k}" for k in range(70)] + [f"opt-13b#{k}" for k in range(30)]
+
+
+def machine() -> str:
+    """CPU model and the cores this process may use (the numbers only mean something next to these)."""
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {cores} cores (load average {load:.1f} at start), python {platform.python_version()}"
 
 
 def main() -> None:
@@ -43,7 +57,7 @@ def main() -> None:
         remote_gbps=3.125,
     )
     infos = model_infos(MODELS, cluster)
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"machine: {machine()}")
     print(
         f"cluster: {cluster.servers} servers x {cluster.gpus_per_server} GPUs, {len(MODELS)} models, "
         f"rps {args.rps}, Gamma CV 2, Zipf popularity; scheduler serverlessllm, keep-alive fixed 60 s"
@@ -75,6 +89,8 @@ def main() -> None:
             f"{result.stats['sim_end_s']:>11.0f} {row['ttft_s_p99']:>10.2f} {row['cold_start_rate']:>6.3f}",
             flush=True,
         )
+        if len(reqs) >= 1_000_000:
+            print(f"target (1M requests in < 120 s): {'met' if t2 - t1 < 120 else 'missed'} ({t2 - t1:.1f} s)")
 
 
 if __name__ == "__main__":
