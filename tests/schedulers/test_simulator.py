@@ -271,3 +271,25 @@ def test_same_input_same_table() -> None:
         for _ in range(2)
     ]
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_hybrid_histogram_unloads_then_prewarms_before_the_next_request() -> None:
+    """Regular 100 s idle gaps: once learned, an idle instance leaves the GPU at once and is pre-warmed at the
+    5th percentile − 10 % (81 s), so the next request still finds it warm."""
+    m = {"a": fake_model("a", size_gb=10)}
+    cluster = small_cluster(servers=1, gpus_per_server=1, dram_gb=100, ssd_replicas=1)
+    keep = HybridHistogramKeepAlive(bin_s=10, range_s=1000, min_samples=3, cv_threshold=0.0)
+    sim = Simulator(cluster, m, ServerlessLLMScheduler(), keep, SimConfig(record_events=True))
+    times = [100.0 * k for k in range(8)]
+    df = sim.run(requests_of(times, [0] * 8, ("a",), out=1)).requests
+    assert keep.decide("a").prewarm_s == pytest.approx(81.0)
+    prewarms = [e["t"] for e in sim.events if e["kind"] == "prewarm"]
+    assert prewarms, "the learned window never pre-warmed"
+    done = df["e2e_s"] + df["arrival_s"]
+    for t in prewarms:  # each pre-warm comes 81 s after a request finished and before the next arrives
+        prev = done[done <= t].max()
+        assert t == pytest.approx(prev + 81.0)
+    late = df[df["arrival_s"] > prewarms[0]]
+    assert len(late) > 0
+    assert (late["tier"] == "gpu").all()
+    assert not late["cold_start"].any()
