@@ -296,7 +296,8 @@ class CheckpointStore:
     FORMATS = ("safetensors", "torch_bin", "torch_pt", "native")
 
     def __init__(self, root: str | Path, safetensors_shard_bytes: int = 4 << 30,
-                 torch_shard_bytes: int = 1 << 30, torch_pt_max_bytes: int = 4 << 30) -> None:
+                 torch_shard_bytes: int = 1 << 30, torch_pt_max_bytes: int = 4 << 30,
+                 remote_url: str | None = None) -> None:
         for key, value in (("safetensors_shard_bytes", safetensors_shard_bytes),
                            ("torch_shard_bytes", torch_shard_bytes), ("torch_pt_max_bytes", torch_pt_max_bytes)):
             if value <= 0:
@@ -305,6 +306,13 @@ class CheckpointStore:
         self.safetensors_shard_bytes = int(safetensors_shard_bytes)
         self.torch_shard_bytes = int(torch_shard_bytes)
         self.torch_pt_max_bytes = int(torch_pt_max_bytes)
+        self.remote_url = remote_url.rstrip("/") if remote_url else None  # where a server publishes ``root``
+
+    def url_for(self, ckpt: Checkpoint) -> str:
+        """The checkpoint's URL on the remote store (storage=remote: ``remote_url`` serves this store's root)."""
+        if not self.remote_url:
+            raise ValueError("storage.remote_url is not set: choose storage=remote (or set storage.remote_url)")
+        return f"{self.remote_url}/{ckpt.path.name}"
 
     def _writer(self, fmt: str) -> Writer:
         st, pt, single = self.safetensors_shard_bytes, self.torch_shard_bytes, self.torch_pt_max_bytes

@@ -42,8 +42,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-STATES = ("cold", "warm", "hot")
-DEFAULT_TIER = {"cold": "ssd", "warm": "page_cache", "hot": "dram"}
+STATES = ("cold", "warm", "hot", "remote")
+DEFAULT_TIER = {"cold": "ssd", "warm": "page_cache", "hot": "dram", "remote": "remote"}
 
 
 @dataclass
@@ -170,6 +170,14 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     log.info("measuring ceilings on %s", ceiling_files[0].parent)
     ceilings = measure_ceilings(ceiling_files, device, threads=int(cfg.ceiling_threads),
                                 max_bytes=int(cfg.ceiling_max_bytes))
+    remote_gap = None if store.remote_url else "storage has no remote_url: choose storage=remote"
+    if "remote" in states and not remote_gap:  # the remote ceiling: a plain parallel range download, same bytes
+        from loaders.native.remote import remote_download
+
+        biggest = max(ckpts.values(), key=lambda c: c.total_bytes)
+        ceilings["remote_download"] = remote_download(store.url_for(biggest), [f.name for f in biggest.files],
+                                                      int(cfg.ceiling_threads), max_bytes=int(cfg.ceiling_max_bytes))
+        ceilings["gbps"]["remote_download"] = ceilings["remote_download"]["gbps"]
     log.info("ceilings (GB/s): %s", {k: round(v, 2) if v else v for k, v in ceilings["gbps"].items()})
 
     cold = _ColdSource(cfg.cold_method, float(cfg.max_resident_fraction), store.root / "copies" / out_dir.name)
@@ -188,8 +196,17 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             if state == "hot" and not tiered:
                 rows.append(_failed_row(base, "unavailable", f"loader {cell.name} has no DRAM tier (hot state)"))
                 continue
+            remote = callable(getattr(cell.loader, "drop_remote_copies", None))  # a loader with a remote tier
+            if state == "remote" and (remote_gap or not remote):
+                rows.append(_failed_row(base, "unavailable", remote_gap or f"loader {cell.name} has no remote tier"))
+                continue
             cold_method = None
-            if state == "cold":
+            manifest_dir = None
+            path: Path | str
+            if state == "remote":  # starts on the server: no SSD-tier or DRAM-tier copy
+                path, resident, manifest_dir = store.url_for(ckpt), None, str(ckpt.path)
+                cell.loader.drop_remote_copies(path)
+            elif state == "cold":
                 path, resident, cold_method = cold.prepare(ckpt, copies_needed[cell.fmt], rng)
             elif state == "warm":
                 path, resident = ckpt.path, warm(ckpt.files)
@@ -201,7 +218,7 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             trial_spec = {"loader": cell.cfg, "model": OmegaConf.to_container(cfg.model, resolve=True),
                           "checkpoint": str(path), "dtype": cfg.dtype, "device": str(device),
                           "prompt_tokens": int(cfg.prompt_tokens), "verify": bool(cfg.verify),
-                          "threads": cfg.get("trial_threads")}
+                          "threads": cfg.get("trial_threads"), "manifest_dir": manifest_dir}
             try:
                 out = executor.run_trial(trial_spec, float(cfg.trial_timeout_s))
             except (TrialError, CheckpointError) as exc:
@@ -218,6 +235,9 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         for cell in cells:  # leave no staged copy behind in a shared DRAM tier
             if isinstance(cell.loader, TieredLoader) and cell.fmt in ckpts:
                 cell.loader.unstage_from_dram(ckpts[cell.fmt].path)
+            if "remote" in states and not remote_gap and hasattr(cell.loader, "drop_remote_copies") \
+                    and cell.fmt in ckpts:
+                cell.loader.drop_remote_copies(store.url_for(ckpts[cell.fmt]))
 
     trials_df = pd.DataFrame(rows)
     for col in ("bytes", "load_s", "throughput_gbps", "ceiling_fraction", *PHASES):

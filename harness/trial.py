@@ -46,7 +46,8 @@ def run_trial(spec: dict[str, Any], spawn_ts: float) -> dict[str, Any]:
         torch.cuda.synchronize(device)
     marks["device_init"] = time.time()
 
-    result = loader.load(Path(spec["checkpoint"]), device)
+    ref = spec["checkpoint"]  # a directory, or a URL (the remote state) that Path would mangle
+    result = loader.load(ref if "://" in ref else Path(ref), device)
     mb.materialize(result.state_dict, device)
     marks["weights"] = time.time()
 
@@ -61,7 +62,8 @@ def run_trial(spec: dict[str, Any], spawn_ts: float) -> dict[str, Any]:
                            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if spec.get("verify", True):  # outside every timed phase
         t0 = time.time()
-        out["verified_bytes"] = verify_state_dict(open_checkpoint(Path(spec["checkpoint"])), result.state_dict)
+        manifest_dir = Path(spec.get("manifest_dir") or spec["checkpoint"])
+        out["verified_bytes"] = verify_state_dict(open_checkpoint(manifest_dir), result.state_dict)
         out["verify_s"] = time.time() - t0
     return out
 

@@ -228,3 +228,46 @@ class RemoteDirectory:
                 resp.close()
                 raise RemoteShortReadError(f"{where}: the server sent {done} of {want} bytes")
         self._retry(where, op)
+
+
+def remote_download(url: str, names: list[str], threads: int = 4, chunk_bytes: int = 16 << 20,
+                    max_bytes: int | None = None) -> dict[str, Any]:
+    """The remote ceiling: a plain parallel range download of the files' bytes to nowhere (``remote_download``)."""
+    remote = RemoteDirectory(url)
+    jobs: list[tuple[str, int, int]] = []
+    total = 0
+    for name in names:
+        size = remote.size(name)
+        for off in range(0, size, chunk_bytes):
+            n = min(chunk_bytes, size - off)
+            if max_bytes is not None and total + n > max_bytes:
+                break
+            jobs.append((name, off, n))
+            total += n
+    it = iter(jobs)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        buf = memoryview(bytearray(chunk_bytes))
+        try:
+            while not errors:
+                with lock:
+                    job = next(it, None)
+                if job is None:
+                    return
+                remote.read_into(job[0], job[1], buf[: job[2]])
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker) for _ in range(max(1, threads))]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return {"gbps": total / elapsed / 1e9 if elapsed > 0 and total else None, "bytes": total, "s": elapsed,
+            "threads": threads, "url": url}

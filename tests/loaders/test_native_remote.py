@@ -5,12 +5,16 @@ from __future__ import annotations
 import errno
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
 from harness.checkpoints import CheckpointStore, verify_state_dict
+from harness.run import run_experiment
 from loaders.native import remote_tier
 from loaders.native.format import ChunkChecksumError
 from loaders.native.loader import NativeLoader
@@ -205,3 +209,28 @@ def test_two_loads_of_one_url_at_once(nginx: Nginx, shared_store: CheckpointStor
     assert not errors, errors
     assert results == [ckpt.total_bytes] * 2
     assert _visible(tmp_path / "ssd") == [url_key(url)]
+
+
+def test_loading_experiment_remote_state(compose_cfg: Callable[..., Any], nginx: Nginx, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """storage=remote + cache_states=[remote]: every native trial streams from nginx; loaders without a remote
+    tier get unavailable rows; the remote ceiling is measured in the same run; no SSD copy outlives the run."""
+    monkeypatch.setenv("COLDSTART_CACHE", str(tmp_path / "cache"))  # the loader's ssd_dir follows it
+    store_root = nginx.root / f"store-{tmp_path.name}"
+    cfg = compose_cfg(["model=tiny-opt", "trials=1", "loaders=[native,safetensors]", "cache_states=[remote]",
+                       "storage=remote", f"storage.root={store_root}", "progress=false", "ceiling_max_bytes=1048576",
+                       f"storage.remote_url={nginx.url}/{store_root.name}"])
+    out = tmp_path / "run"
+    run_experiment(cfg, out)
+    trials = pd.read_parquet(out / "trials.parquet")
+    native = trials[trials.loader == "native"]
+    assert native.ok.all(), native.error.tolist()
+    assert set(native.tier) == {"remote"}
+    assert (native.bytes_remote >= native.bytes).all()
+    assert (native.verified_bytes == native.bytes).all()
+    assert set(native.ceiling_name) == {"remote_download"}
+    assert (native.ceiling_gbps > 0).all()
+    other = trials[trials.loader == "safetensors"]
+    assert set(other.status) == {"unavailable"}
+    assert "no remote tier" in other.error.iloc[0]
+    assert _visible(tmp_path / "cache" / "remote-ssd") == []
