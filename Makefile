@@ -27,6 +27,7 @@ demo: setup
 	@cat "$$(ls -td results/runs/loading/* | head -1)/summary.csv"
 
 test: setup
+	bash .ci/install-nginx.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
