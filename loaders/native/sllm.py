@@ -130,7 +130,7 @@ def write_sllm(tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tens
     """Write tensors as a ServerlessLLM-format directory at ``dst`` (atomically: temp dir, fsync, rename).
 
     Tensors go back to back, each padded to 8 bytes, cut into files of ``partition_bytes`` (a tensor may span
-    two files, as global offsets allow). Used by the tests and by ``coldstart-convert --to sllm``.
+    two files, as global offsets allow). Used by the tests (and by anyone who wants an sllm-store checkpoint).
     """
     if partition_bytes < PAD or partition_bytes % PAD:
         raise ValueError(f"partition_bytes={partition_bytes} must be a positive multiple of {PAD}")

@@ -234,3 +234,19 @@ def test_loading_experiment_remote_state(compose_cfg: Callable[..., Any], nginx:
     assert set(other.status) == {"unavailable"}
     assert "no remote tier" in other.error.iloc[0]
     assert _visible(tmp_path / "cache" / "remote-ssd") == []
+
+
+def test_a_killed_fetch_leaves_only_a_hidden_temp_that_the_next_fetch_removes(nginx: Nginx, tmp_path: Path) -> None:
+    """A SIGKILLed fetch leaves ``.<key>.tmp-<pid>-…`` (never a visible entry); the next fetch of it sweeps it."""
+    import subprocess
+    import sys
+
+    write_sllm(small_state_dict(), nginx.root / "killed")
+    url = f"{nginx.url}/killed"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "ssd" / f".{url_key(url)}.tmp-{int(dead.stdout)}-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "tensor.data_0").write_bytes(b"half")
+    assert _visible(tmp_path / "ssd") == [stale.name]  # hidden: no loader takes it for an entry
+    _loader(tmp_path).load(url, CPU)
+    assert _visible(tmp_path / "ssd") == [url_key(url)]
