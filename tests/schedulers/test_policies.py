@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from schedulers.base import ClusterView, InstanceView, Placement, Request, ServerView, Wait
+import textwrap
+from dataclasses import dataclass
+
+from harness.paths import repo_root
+from schedulers.base import (
+    ClusterView,
+    Decision,
+    InstanceView,
+    Placement,
+    Request,
+    ServerView,
+    Wait,
+    startup_estimate_s,
+)
 from schedulers.knapsack import min_cost_cover
 from schedulers.kserve import KServeScheduler
 from schedulers.locality import LocalityScheduler
@@ -140,3 +153,24 @@ def test_knapsack_min_cost_cover() -> None:
     assert min_cost_cover(items, 5) == (12.0, [0, 1, 2, 3])
     assert min_cost_cover(items, 6) is None
     assert min_cost_cover([], 0) == (0.0, [])
+
+
+def test_the_docs_example_policy_works() -> None:
+    """The `MyPolicyScheduler` in docs/serverless.md ("Adding a policy") runs as written on a view."""
+    text = (repo_root() / "docs" / "serverless.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {
+        "dataclass": dataclass,
+        "Request": Request,
+        "ClusterView": ClusterView,
+        "Decision": Decision,
+        "Placement": Placement,
+        "Wait": Wait,
+        "startup_estimate_s": startup_estimate_s,
+    }
+    exec(textwrap.dedent(code), namespace)
+    policy = namespace["MyPolicyScheduler"]()  # type: ignore[operator]
+    d = policy.schedule(REQ, view(server(0, queue_at=130.0), server(1, ssd=("a",), queue_at=110.0)))
+    assert isinstance(d, Placement)
+    assert (d.server, d.tier) == (1, "ssd")
+    assert isinstance(policy.schedule(REQ, view(server(0, free=0))), Wait)
