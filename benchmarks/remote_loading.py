@@ -43,7 +43,7 @@ def main() -> None:
     ssd = Path(tempfile.mkdtemp(prefix="coldstart-remote-ssd-"))
     ratios = []
     try:
-        with serve(Path(args.root), args.port) as base:
+        with serve(Path(args.root), args.port, workers=4) as base:
             url = f"{base}/{ckpt.path.name}"
             for i in range(args.repeats):
                 ceiling = remote_download(url, [f.name for f in ckpt.files], args.threads)

@@ -6,107 +6,43 @@ FAIL with how to install it: a remote tier that was never exercised must not pas
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from harness.nginx import NginxError, free_port, serve
+
+# misbehaviour on purpose: a path prefix without range support, and one that always answers HTTP 500
+TEST_LOCATIONS = """
+        location /norange/ { alias ROOT/; max_ranges 0; }
+        location /status500/ { return 500; }
+"""
+
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
-                                          if os.access(p, os.X_OK)), None)
-    if found is None:
-        pytest.fail("nginx is not installed, so the remote tier cannot be tested: run .ci/install-nginx.sh "
-                    "(as root: apt-get install -y nginx), or `make test`, which runs it", pytrace=False)
-    return found
-
-
-CONF = """
-worker_processes 2;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-{user}
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    types {{ application/octet-stream bin; application/json json; }}
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location /norange/ {{ alias {root}/; max_ranges 0; }}
-        location /status500/ {{ return 500; }}
-    }}
-}}
-"""
+    return free_port()
 
 
 @dataclass
 class Nginx:
     root: Path
-    port: int
-    proc: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    url: str
 
 
 @pytest.fixture(scope="session", name="nginx")
 def nginx_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    """nginx serving a fresh directory at ``nginx.url``; stopped (SIGQUIT, then SIGKILL) at the end."""
-    binary = nginx_binary()
-    prefix = tmp_path_factory.mktemp("nginx")
-    root = prefix / "www"
+    """nginx serving a fresh directory at ``nginx.url``; stopped at the end. Without nginx: a failure, not a skip."""
+    root = tmp_path_factory.mktemp("nginx") / "www"
     root.mkdir()
-    port = _free_port()
-    conf = prefix / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must read pytest's 0700 temp dirs
-    conf.write_text(CONF.format(prefix=prefix, root=root, port=port, user=user))
-    proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else "timeout"
-                proc.kill()
-                pytest.fail(f"nginx did not start on 127.0.0.1:{port}: {err}", pytrace=False)
-            time.sleep(0.05)
     try:
-        yield Nginx(root, port, proc)
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        with serve(root, locations=TEST_LOCATIONS.replace("ROOT", str(root.resolve()))) as url:
+            yield Nginx(root, url)
+    except NginxError as exc:
+        pytest.fail(f"the remote tier cannot be tested: {exc}", pytrace=False)
 
 
 class FaultyServer:
