@@ -120,11 +120,8 @@ def run_dtype_coldstart(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     dtypes = [str(d) for d in cfg.dtypes][: 2 if cfg.smoke else None]
     result = run_cells(cfg, out_dir, [(str(cfg.model.name), d) for d in dtypes])
     summary = result.tables["summary"]
-    ref = summary[(summary["dtype"] == dtypes[0]) & (summary["n"] > 0)].set_index(["loader", "cache_state"])
-    ratio = []
-    for _, row in summary.iterrows():
-        key = (row["loader"], row["cache_state"])
-        base = ref["cold_start_s_median"].get(key, np.nan) if key in ref.index else np.nan
-        ratio.append(row["cold_start_s_median"] / base if base and base > 0 else np.nan)
-    summary["cold_start_vs_" + dtypes[0]] = ratio
+    ref = summary[(summary["dtype"] == dtypes[0]) & (summary["n"] > 0)]
+    base = ref.set_index(["loader", "cache_state"])["cold_start_s_median"]
+    keys = pd.MultiIndex.from_frame(summary[["loader", "cache_state"]])
+    summary["cold_start_vs_" + dtypes[0]] = summary["cold_start_s_median"].to_numpy() / base.reindex(keys).to_numpy()
     return result
