@@ -38,6 +38,12 @@ def _machine(env: dict[str, Any]) -> str:
             f"{gpu_text}, checkpoints on {disk.get('device')} ({disk.get('fstype')})")
 
 
+def _sig(x: float, digits: int = 5) -> float:
+    """``x`` to ``digits`` significant figures: a fixed number of decimals would cut a slow tier's (or a tiny
+    model's) bandwidth to two or three figures and make the file disagree with the trials it came from."""
+    return float(f"{float(x):.{digits}g}")
+
+
 def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: dict[str, Any],
                          loader_name: str, link_gbps: float | None) -> dict[str, Any]:
     """The calibration file's content from one calibrate run's trials (schema in docs/serverless.md).
@@ -56,21 +62,21 @@ def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: di
         bw = _median(big, state, "throughput_gbps")
         if bw is not None and np.isfinite(bw):
             ceiling = _median(big, state, "ceiling_gbps")
-            tiers[tier] = {"bw_gbps": round(bw, 4), "source": f"{loader_name} {state} loads of {largest}",
-                           "ceiling_gbps": round(ceiling, 4) if ceiling and np.isfinite(ceiling) else None}
+            tiers[tier] = {"bw_gbps": _sig(bw), "source": f"{loader_name} {state} loads of {largest}",
+                           "ceiling_gbps": _sig(ceiling) if ceiling and np.isfinite(ceiling) else None}
         elif tier == "remote" and link_gbps:
             tiers[tier] = {"bw_gbps": float(link_gbps), "source": "configured link (link_gbps), not measured"}
         else:
             tiers[tier] = {"absent": True, "reason": f"no successful {state} load of {loader_name} in this run"}
     h2d = cell_ceilings.get("h2d_pinned")
-    tiers["h2d"] = ({"bw_gbps": round(h2d, 4), "source": "pinned host→device copy ceiling"} if h2d
+    tiers["h2d"] = ({"bw_gbps": _sig(h2d), "source": "pinned host→device copy ceiling"} if h2d
                     else {"absent": True, "reason": "no CUDA device"})
     models: dict[str, Any] = {}
     for model, group in ok.groupby("model", sort=True):
         memory = group[group["cache_state"].isin(["warm", "hot"])]
         src = memory if len(memory) else group
-        models[str(model)] = {"build_s": round(float(src["t_model_build_s"].median()), 5),
-                              "first_token_s": round(float(src["t_first_token_s"].median()), 5),
+        models[str(model)] = {"build_s": _sig(float(src["t_model_build_s"].median())),
+                              "first_token_s": _sig(float(src["t_first_token_s"].median())),
                               "bytes": int(group["bytes"].iloc[0])}
     doc: dict[str, Any] = {"machine": _machine(env), "device": str(ok["device"].iloc[0]) if len(ok) else None,
                            "tiers": tiers, "models": models, "ceilings_gbps": cell_ceilings}

@@ -57,3 +57,15 @@ def compose_cfg() -> Iterator[object]:
 
         yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[object]:
+    """One local Ray instance (loopback, 2 CPUs) for the whole test session, shut down at its end.
+
+    ray is installed by ``make test`` (extra ``ray``); its absence fails the test that asks for it, loudly.
+    """
+    from harness.raycluster import ray_session
+
+    with ray_session(num_cpus=2) as ray:
+        yield ray
