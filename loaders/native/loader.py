@@ -336,7 +336,7 @@ class NativeLoader(BaseLoader):
         t0 = time.perf_counter()
         plan = self._plan(directory)
         if direct is None:  # O_DIRECT only when reading cold from the SSD tier
-            direct = self.direct_io == "on" or (self.direct_io == "auto" and resident_fraction(plan.files) < 0.5)
+            direct = self.direct_io == "on" or (self.direct_io == "auto" and resident_fraction(plan.files, windows=64) < 0.5)
         ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
         if device.type == "cpu" and (self.staging == "map" or (self.staging == "auto" and not direct)):
             result = self._map(plan, tier, t0)

@@ -50,3 +50,19 @@ def test_copies_are_distinct_files_and_cold(tmp_path: Path, data_file: Path) -> 
         assert (c / "data.bin").read_bytes() == data_file.read_bytes()
     evict(c / "data.bin" for c in copies)
     assert resident_fraction([c / "data.bin" for c in copies]) < 0.05
+
+
+def test_sampled_residency_tracks_the_full_count(data_file: Path) -> None:
+    warm([data_file])
+    size = data_file.stat().st_size
+    fd = os.open(data_file, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, size // 2, os.POSIX_FADV_DONTNEED)  # the first half leaves the cache
+    finally:
+        os.close(fd)
+    full = resident_fraction([data_file])
+    sampled = resident_fraction([data_file], windows=32)
+    assert 0.3 < full < 0.7
+    assert sampled == pytest.approx(full, abs=0.1)
+    resident, looked = resident_pages(data_file, windows=32, window_pages=4)
+    assert looked == 32 * 4 and 0 < resident < looked
