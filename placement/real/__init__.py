@@ -1,0 +1,1 @@
+"""A real pipeline-parallel chain of block servers (client-centric relaying) that validates the simulator."""
