@@ -1,1 +1,1 @@
-"""Where trials run: ``local`` subprocesses (the default); later, Ray actors."""
+"""Where trials and long-lived workers run: ``local`` subprocesses (the default) or ``ray`` tasks and actors."""

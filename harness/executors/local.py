@@ -1,4 +1,4 @@
-"""Trials as fresh subprocesses on this machine (each cold start pays the interpreter start, as a real one does)."""
+"""Trials and long-lived workers as fresh subprocesses on this machine (a cold start pays the interpreter start)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.executors.base import TrialError
+from harness.executors.local_worker import LocalWorker
 
 STDERR_TAIL = 2000
 
@@ -47,6 +48,17 @@ class LocalExecutor:
             if not out_path.exists():
                 raise TrialError(f"trial process wrote no result; stderr: {_tail(stderr)}")
             return dict(json.loads(out_path.read_text()))
+
+    def start_worker(self, target: str, kwargs: dict[str, Any], *, name: str, num_cpus: float = 1,
+                     memory_bytes: int | None = None, env: dict[str, str] | None = None, num_gpus: float = 0,
+                     resources: dict[str, float] | None = None, max_concurrency: int = 1) -> LocalWorker:
+        """A long-lived worker subprocess hosting ``target`` (see ``harness.executors.workers``); GPU counts and
+        custom resources only matter to placement on Ray and are ignored here."""
+        return LocalWorker(target, kwargs, name=name, num_cpus=num_cpus, memory_bytes=memory_bytes,
+                           env={**self.env, **(env or {})}, python=self.python, max_concurrency=max_concurrency)
+
+    def close(self) -> None:
+        """Nothing is held between trials or workers."""
 
 
 def _tail(stderr: bytes) -> str:
