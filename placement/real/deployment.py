@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 from harness.zoo import ModelSpec
 from placement.base import Placement, Problem
 from placement.real.client import ChainClient, SessionResult
-from placement.real.hosting import Host, stop_fork_server
+from placement.real.hosting import Host
 from placement.real.server import ServerConfig
 
 HostFactory = Callable[[ModelSpec, ServerConfig], Host]
@@ -61,20 +62,23 @@ def server_configs(problem: Problem, placement: Placement, types: Mapping[str, R
 
 @contextmanager
 def deploy(spec: ModelSpec, configs: Mapping[int, ServerConfig], host: HostFactory) -> Iterator[dict[int, Host]]:
-    """Start every server (in parallel), yield the handles, and kill them all afterwards, whatever happened."""
+    """Start every server (in parallel), yield the handles, and stop them all afterwards, whatever happened."""
     hosts: dict[int, Host] = {}
     try:
-        for j, config in configs.items():
-            hosts[j] = host(spec, config)
-        for h in hosts.values():
-            wait = getattr(h, "wait_ready", None)
-            if wait is not None:
-                wait()
+        with ThreadPoolExecutor(max_workers=max(1, len(configs))) as pool:
+            futures = {j: pool.submit(host, spec, config) for j, config in configs.items()}
+            errors = []
+            for j, fut in futures.items():
+                try:
+                    hosts[j] = fut.result()
+                except Exception as exc:  # the others are still stopped below
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
         yield hosts
     finally:
         for h in hosts.values():
             h.close()
-        stop_fork_server()
 
 
 def request_row(res: SessionResult, client_name: str, arrival_s: float, max_tokens: int) -> dict[str, Any]:

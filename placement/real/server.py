@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness.zoo import ModelSpec
@@ -119,8 +120,13 @@ class BlockServer:
             self._sessions[sid] = {"first": first, "last": last, "cache": self.runner.new_cache(), "tokens": 0}
         return True
 
-    def forward(self, sid: str, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Run the session's blocks on ``hidden``; returns the output and the busy seconds (compute + slowdown)."""
+    def forward(self, sid: str, hidden: Any, positions: Any) -> tuple[Any, float]:
+        """Run the session's blocks on ``hidden``; returns the output and the busy seconds (compute + slowdown).
+
+        Tensors in, tensor out; numpy arrays in (from a worker pipe), a numpy array out.
+        """
+        as_numpy = isinstance(hidden, np.ndarray)
+        hidden, positions = torch.tensor(hidden), torch.tensor(positions)
         with self._lock:
             s = self._sessions[sid]
             s["tokens"] += hidden.shape[1]
@@ -132,7 +138,7 @@ class BlockServer:
         compute_s = time.perf_counter() - t0
         if self.config.slowdown > 1:
             time.sleep((self.config.slowdown - 1) * compute_s)
-        return out, time.perf_counter() - t0
+        return (out.numpy() if as_numpy else out), time.perf_counter() - t0
 
     def kv_bytes(self, sid: str) -> int:
         """Bytes the session's KV cache holds now (never more than its reserved slots × s_c)."""
