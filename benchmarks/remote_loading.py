@@ -3,9 +3,10 @@
     PYTHONPATH=. python benchmarks/remote_loading.py --model opt-1.3b --dtype fp16 --threads 4 --repeats 3
 
 Serves the checkpoint store's root with nginx on 127.0.0.1, then per repeat: the ``remote_download`` ceiling
-(parallel 16 MiB range GETs to nowhere), a native CPU load of the URL (range reads written through to a fresh
-SSD-tier directory), and a second load of the same URL, which must be served from the SSD tier. Issue 3 asks for
-native ≥ 0.7 × the download. The SSD directory is deleted afterwards.
+(parallel 16 MiB range GETs to nowhere), the same download written to files (what fetching before loading
+costs: the baseline for a loader that must keep a local copy), a native CPU load of the URL (range reads written
+through to a fresh SSD-tier directory), and a second load of the same URL, which must be served from the SSD
+tier. Issue 3 asks for native ≥ 0.7 × the download. The SSD directory is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ def main() -> None:
     spec = instantiate(OmegaConf.load(repo_root() / "conf" / "model" / f"{args.model}.yaml"))
     ckpt = CheckpointStore(args.root).ensure(spec, args.dtype, args.format)
     ssd = Path(tempfile.mkdtemp(prefix="coldstart-remote-ssd-"))
-    ratios = []
+    ratios: list[float] = []
+    disk_ratios: list[float] = []
     try:
         with serve(Path(args.root), args.port, workers=4) as base:
             url = f"{base}/{ckpt.path.name}"
             for i in range(args.repeats):
-                ceiling = remote_download(url, [f.name for f in ckpt.files], args.threads)
+                names = [f.name for f in ckpt.files]
+                ceiling = remote_download(url, names, args.threads)
+                to_disk = ssd / "download-to-disk"
+                to_disk.mkdir(exist_ok=True)
+                fetched = remote_download(url, names, args.threads, to_dir=to_disk)
+                shutil.rmtree(to_disk)
                 loader = NativeLoader(threads=args.threads, dram_dir=None, ssd_dir=str(ssd))
                 loader.drop_remote_copies(url)
                 t0 = time.perf_counter()
@@ -60,15 +67,18 @@ def main() -> None:
                 gbps = ckpt.total_bytes / t_remote / 1e9
                 ratio = gbps / ceiling["gbps"]
                 ratios.append(ratio)
+                disk_ratios.append(gbps / fetched["gbps"])
                 print(f"[{i}] {args.model} {args.dtype} {args.format} {ckpt.total_bytes / 1e9:.2f} GB: download "
                       f"ceiling {ceiling['gbps']:.2f} GB/s ({ceiling['s']:.2f} s); native remote load {t_remote:.2f} s "
-                      f"= {gbps:.2f} GB/s = {ratio:.2f} × ceiling (written through to SSD); next load "
+                      f"= {gbps:.2f} GB/s = {ratio:.2f} × ceiling, {gbps / fetched['gbps']:.2f} × a download to "
+                      f"disk ({fetched['gbps']:.2f} GB/s); written through to SSD; next load "
                       f"from {sorted(second.bytes_by_tier)} in {t_ssd:.2f} s", flush=True)
                 del second
                 loader.drop_remote_copies(url)
     finally:
         shutil.rmtree(ssd, ignore_errors=True)
-    print(f"median ratio native/download: {statistics.median(ratios):.2f} (target ≥ 0.7)")
+    print(f"median ratio native/download: {statistics.median(ratios):.2f} (target ≥ 0.7); native/download to disk: "
+          f"{statistics.median(disk_ratios):.2f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from loaders.native.format import (
 from loaders.native.mapping import map_file, populate
 from loaders.native.pipeline import CudaCopyEngine, Segment, ThreadCopyEngine, aligned_empty, run_pipeline
 from loaders.native.remote import RemoteDirectory, is_url, url_key
-from loaders.native.remote_tier import make_skeleton, publish
+from loaders.native.remote_tier import make_skeleton, publish, receive_into_files, sync_then
 from loaders.native.sllm import (
     DATA_PREFIX,
     SLLM_INDEX,
@@ -265,10 +265,10 @@ class NativeLoader(BaseLoader):
             self.dram.remove(self.tier_key(checkpoint_dir))
 
     # -- loading ---------------------------------------------------------------------------------------------
-    def _plan(self, directory: Path) -> _Plan:
+    def _plan(self, directory: Path, verify: str | None = None) -> _Plan:
         fmt = detect_format(directory) if self.format == "auto" else self.format
         if fmt == "native":
-            return _native_plan(directory, self.verify)
+            return _native_plan(directory, verify or self.verify)
         if fmt == "sllm":
             return _sllm_plan(directory, self.chunk_bytes)
         return _safetensors_plan(directory, self.chunk_bytes)
@@ -297,24 +297,41 @@ class NativeLoader(BaseLoader):
         tmp.mkdir()
         fds: dict[Path, int] = {}
         try:
-            files = make_skeleton(remote, tmp)
+            files, _ = make_skeleton(remote, tmp)
             plan = self._plan(tmp)
-            fds.update({f: os.open(f, os.O_WRONLY) for f in files})
 
             def fetch(seg: Segment, view: memoryview) -> None:
                 remote.read_into(seg.path.name, seg.file_offset, view)
 
-            def write_through(seg: Segment, view: memoryview) -> None:
-                remote_tier._pwrite_all(fds[seg.path], view, seg.file_offset)
-
             ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
-            result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch, on_segment=write_through)
-            for fd in fds.values():
-                os.close(fd)
-            fds.clear()
-            if plan.verifying:
-                _mark_verified(tmp, plan.files)
-            publish(tmp, local, files)
+            if device.type == "cpu" and not ring:
+                # The SSD-tier files' pages, mapped privately, are the tensors: no model-sized buffer besides them.
+                t_plan = time.perf_counter()
+                stats = receive_into_files(plan.segments, fetch, self.threads)
+                t_fetch = time.perf_counter()
+                names = [f.name for f in files]
+                publish(tmp, local, files, sync=not plan.verifying)
+                if plan.verifying:  # re-verifiable: durable and marked verified in the background
+                    entry = [local / n for n in names]
+                    sync_then(entry, local, lambda: _mark_verified(local, entry))
+                result = self._map(self._plan(local, verify="never"), "remote", time.perf_counter())
+                result.bytes_by_tier = {"remote": stats.bytes_read}
+                ph = result.phases_s
+                ph.update(plan_alloc_s=t_plan - t0 + ph["plan_alloc_s"], pipeline_s=t_fetch - t_plan + ph["pipeline_s"],
+                          fetch_s=stats.read_s, verify_s=stats.verify_s, write_s=stats.copy_s)
+            else:
+                fds.update({f: os.open(f, os.O_WRONLY) for f in files})
+
+                def write_through(seg: Segment, view: memoryview) -> None:
+                    remote_tier._pwrite_all(fds[seg.path], view, seg.file_offset)
+
+                result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch, on_segment=write_through)
+                for fd in fds.values():
+                    os.close(fd)
+                fds.clear()
+                if plan.verifying:
+                    _mark_verified(tmp, plan.files)
+                publish(tmp, local, files)
         except BaseException as exc:
             for fd in fds.values():
                 os.close(fd)
@@ -336,7 +353,8 @@ class NativeLoader(BaseLoader):
         t0 = time.perf_counter()
         plan = self._plan(directory)
         if direct is None:  # O_DIRECT only when reading cold from the SSD tier
-            direct = self.direct_io == "on" or (self.direct_io == "auto" and resident_fraction(plan.files, windows=64) < 0.5)
+            direct = self.direct_io == "on" or (
+                self.direct_io == "auto" and resident_fraction(plan.files, windows=64) < 0.5)
         ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
         if device.type == "cpu" and (self.staging == "map" or (self.staging == "auto" and not direct)):
             result = self._map(plan, tier, t0)

@@ -150,7 +150,8 @@ def _pread_full(fd: int, view: memoryview, offset: int, want: int, direct: bool,
             break  # O_DIRECT short read past EOF: the caller sized the request, anything else is truncation
 
 
-def _verify(view: memoryview, seg: Segment) -> None:
+def verify_segment(view: memoryview, seg: Segment) -> None:
+    """Raise ``ChunkChecksumError`` naming the chunk when ``view`` does not match the segment's digest."""
     if seg.digest is not None and xxhash.xxh3_64_hexdigest(view) != seg.digest:
         raise ChunkChecksumError(f"{seg.label or seg.path}: bytes [{seg.file_offset}, {seg.file_offset + seg.length}) "
                                  f"of {seg.path.name} fail their checksum: the file is corrupted; re-convert or "
@@ -213,7 +214,7 @@ def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, 
                 else:
                     _pread_full(fd, view, seg.file_offset, seg.length, use_direct, seg.path)
                 t1 = time.perf_counter()
-                _verify(view, seg)
+                verify_segment(view, seg)
                 if on_segment is not None:
                     on_segment(seg, view)
                 t2 = time.perf_counter()

@@ -1,22 +1,31 @@
 """Fetching a remote checkpoint: its small metadata files first, then a local skeleton the pipeline fills.
 
 The skeleton is a hidden temp directory beside the SSD tier's entries: metadata files written whole, every data
-file created at its remote size (sparse), safetensors headers fetched so the plan can be made locally. The
-pipeline then range-reads each chunk from the server into the destination (or the pinned ring) and writes the
-same bytes into the skeleton; the loader renames the skeleton into the SSD tier only after every byte arrived,
-was verified and fsynced, so no partial entry is ever visible.
+file created at its remote size with its blocks reserved where the file system can (``posix_fallocate``: a full
+disk fails up front, and writes into reserved extents are cheaper), safetensors headers fetched so the plan can be
+made locally. On CPU each chunk is range-read into a reused buffer, verified and written into the skeleton
+(``receive_into_files``); the files' page-cache pages, mapped privately afterwards, are the loaded tensors, so the
+SSD-tier copy costs no second model-sized buffer. On CUDA the pipeline reads into the pinned ring, copies to the
+device and writes the same bytes into the skeleton. The loader renames the skeleton into the SSD tier only after
+every byte arrived and was verified, so no partial entry is ever visible.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loaders.native.format import INDEX, UnsafePartitionNameError, parse_index
+from loaders.native.pipeline import PipelineStats, Segment, verify_segment
 from loaders.native.remote import RemoteDirectory, RemoteError, RemoteNotFoundError, RemoteShortReadError
 from loaders.native.sllm import DATA_PREFIX, SLLM_INDEX
 
@@ -66,8 +75,22 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         done += os.pwrite(fd, data[done:], offset + done)
 
 
-def make_skeleton(remote: RemoteDirectory, tmp: Path) -> list[Path]:
-    """Fetch metadata into ``tmp``, create its data files at their remote sizes; return the data files."""
+def _reserve(fd: int, size: int) -> bool:
+    """Allocate the file's blocks now; False where the file system cannot (the writes then allocate them).
+
+    A seam the tests use to simulate a full disk."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return False
+        raise
+    return True
+
+
+def make_skeleton(remote: RemoteDirectory, tmp: Path) -> tuple[list[Path], bool]:
+    """Fetch metadata into ``tmp``, create its data files at their remote sizes; return the data files and
+    whether every one has its blocks reserved."""
     meta: dict[str, bytes] = {}
     for name in METADATA:
         try:
@@ -77,12 +100,14 @@ def make_skeleton(remote: RemoteDirectory, tmp: Path) -> list[Path]:
     names = _data_names(remote, meta)
     for name, data in meta.items():
         (tmp / name).write_bytes(data)
-    files = []
+    files, reserved = [], True
     for name in names:
         size = remote.size(name)
         path = tmp / name
         with open(path, "wb") as f:
             f.truncate(size)
+            if size:
+                reserved = _reserve(f.fileno(), size) and reserved
             if name.endswith(".safetensors"):  # the plan reads the header locally
                 head = bytearray(8)
                 remote.read_into(name, 0, memoryview(head))
@@ -93,12 +118,84 @@ def make_skeleton(remote: RemoteDirectory, tmp: Path) -> list[Path]:
                 remote.read_into(name, 8, memoryview(header))
                 f.write(head + header)
         files.append(path)
-    return files
+    return files, reserved
 
 
-def publish(tmp: Path, dst: Path, files: list[Path]) -> Path:
-    """fsync the skeleton and rename it into place (a concurrent fetch that finished first wins)."""
-    for path in [*files, *(p for p in tmp.iterdir() if p.is_file() and p not in files)]:
+def receive_into_files(segments: Sequence[Segment], fetch: Callable[[Segment, memoryview], None],
+                       threads: int) -> PipelineStats:
+    """Fetch every segment into a reused per-thread buffer, verify it there, and pwrite it into its skeleton file.
+
+    The CPU path: the SSD-tier files' pages then *are* the checkpoint in memory (the loader maps them privately),
+    so no destination buffer of the model's size is allocated and filled besides them. ``fetch(seg, view)``
+    fills ``view`` with the segment's bytes. (Receiving straight into shared mappings of the files was slower on
+    ext4: one page fault per 4 KiB, each reserving its block, against pwrite's batched page-cache writes.)
+    """
+    stats = PipelineStats()
+    fds = {path: os.open(path, os.O_WRONLY) for path in dict.fromkeys(s.path for s in segments)}
+    seg_max = max((s.length for s in segments), default=0)
+    items = iter(range(len(segments)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        buf = memoryview(bytearray(seg_max))
+        try:
+            while not errors:
+                with lock:
+                    i = next(items, None)
+                if i is None:
+                    return
+                seg = segments[i]
+                view = buf[: seg.length]
+                t0 = time.perf_counter()
+                fetch(seg, view)
+                t1 = time.perf_counter()
+                verify_segment(view, seg)
+                t2 = time.perf_counter()
+                _pwrite_all(fds[seg.path], view, seg.file_offset)
+                stats.add(read_s=t1 - t0, verify_s=t2 - t1, copy_s=time.perf_counter() - t2, bytes_read=seg.length)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        pool = [threading.Thread(target=worker, name=f"coldstart-fetch-{w}")
+                for w in range(max(1, min(threads, len(segments) or 1)))]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if errors:
+        raise errors[0]
+    return stats
+
+
+def sync_then(files: list[Path], directory: Path, then: Callable[[], None]) -> threading.Thread:
+    """fsync ``files`` and ``directory`` in the background, then call ``then`` (e.g. mark the entry verified).
+
+    For entries whose chunks carry checksums: they are published before their pages reach the disk, and only
+    marked verified once they have, so an entry cut short by a power loss is re-verified on its next load."""
+    def run() -> None:
+        with contextlib.suppress(OSError):
+            for path in [*files, directory]:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            then()
+
+    thread = threading.Thread(target=run, name="coldstart-ssd-sync", daemon=True)
+    thread.start()
+    return thread
+
+
+def publish(tmp: Path, dst: Path, files: list[Path], sync: bool = True) -> Path:
+    """fsync the skeleton (unless ``sync=False``: see ``sync_then``) and rename it into place (a concurrent
+    fetch that finished first wins)."""
+    for path in [*files, *(p for p in tmp.iterdir() if p.is_file() and p not in files)] if sync else []:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -110,7 +207,8 @@ def publish(tmp: Path, dst: Path, files: list[Path]) -> Path:
         if not dst.exists():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-    fd = os.open(dst.parent, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
+    if sync:
+        fd = os.open(dst.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
     return dst

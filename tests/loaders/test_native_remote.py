@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from harness.checkpoints import CheckpointStore, verify_state_dict
 from harness.run import run_experiment
 from loaders.native import remote_tier
 from loaders.native.format import ChunkChecksumError
-from loaders.native.loader import NativeLoader
+from loaders.native.loader import VERIFIED, NativeLoader
 from loaders.native.remote import (
     RangeNotSupportedError,
     RemoteConnectionError,
@@ -51,21 +52,35 @@ def _loader(tmp_path: Path, **kw: object) -> NativeLoader:
     return NativeLoader(ssd_dir=str(tmp_path / "ssd"), chunk_bytes=16384, remote_retries=1, **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["ssd-files-mapped", "ring-write-through"])
 @pytest.mark.parametrize("fmt", ["native", "safetensors"])
 def test_remote_load_writes_through_then_ssd_serves(nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path,
-                                                    fmt: str) -> None:
+                                                    fmt: str, mapped: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways of writing through: on CPU chunks go into the SSD-tier files, whose pages are then mapped as the
+    tensors (here on a file system that cannot reserve blocks, the sparse-file case); through the (CUDA-shaped)
+    ring they go to the destination and are written to the files beside."""
+    monkeypatch.setattr(remote_tier, "_reserve", lambda fd, size: False)
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", fmt, progress=False)
     served = _publish(ckpt.path, nginx.root, f"wt-{fmt}")
     url = f"{nginx.url}/{served.name}"
-    loader = _loader(tmp_path, threads=3)
+    loader = _loader(tmp_path, threads=3, staging="auto" if mapped else "ring")
     first = loader.load(url, CPU)
     assert set(first.bytes_by_tier) == {"remote"}
     assert first.bytes_by_tier["remote"] >= ckpt.total_bytes
     assert verify_state_dict(ckpt, first.state_dict) == ckpt.total_bytes
+    assert ("mapped" in first.phases_s) == mapped
     local = tmp_path / "ssd" / url_key(url)
     assert _visible(tmp_path / "ssd") == [local.name]  # nothing else, no temp left
+    for t in first.state_dict.values():  # the tensors are the caller's: writing them leaves the SSD copy intact
+        t.zero_()
+    del first
     for f in ckpt.files:  # the SSD copy is byte-identical to what the server holds
         assert (local / f.name).read_bytes() == f.read_bytes()
+    if fmt == "native":  # checksummed entries are marked verified once durable (in the background when mapped)
+        deadline = time.monotonic() + 10
+        while not (local / VERIFIED).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (local / VERIFIED).exists()
     second = loader.load(url, CPU)
     assert set(second.bytes_by_tier) == {"ssd"}
     assert verify_state_dict(ckpt, second.state_dict) == ckpt.total_bytes
@@ -179,10 +194,11 @@ def test_full_disk_while_caching_leaves_nothing(nginx: Nginx, shared_store: Chec
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
     _publish(ckpt.path, nginx.root, "full-disk")
 
-    def full(fd: int, data: memoryview, offset: int) -> None:
+    def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(remote_tier, "_pwrite_all", full)
+    monkeypatch.setattr(remote_tier, "_pwrite_all", full)  # the pwrite path (CUDA, no fallocate)
+    monkeypatch.setattr(remote_tier, "_reserve", full)  # the mapped path reserves the blocks first
     with pytest.raises(TierCapacityError, match="nothing partial"):
         _loader(tmp_path).load(f"{nginx.url}/full-disk", CPU)
     assert _visible(tmp_path / "ssd") == []
