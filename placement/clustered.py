@@ -33,6 +33,7 @@ class ClusteredTopology:
         for key, name in (("a100_type", a100_type), ("mig_type", mig_type)):
             if name not in types:
                 raise ValueError(f"{key}={name!r} is not a server type; allowed: {sorted(types)}")
+        self.fast_type = types[a100_type]  # what the results' a100_share counts
         self.servers = (types[a100_type],) * a100_count + (types[mig_type],) * mig_count
         self.server_cluster = np.array([1] * a100_count + [2] * mig_count)
         self.client_cluster = np.repeat(np.arange(3), clients_per_cluster)

@@ -111,13 +111,20 @@ def _concurrency(b: DictConfig, problem: Problem, clients: list[int], rate: floa
     return int(b.design_concurrency)
 
 
+def _fast_share(topo: Any, net: Network) -> float:
+    """Share of the network's servers of the topology's fast type (``a100_type``, whatever it is named); NaN for a
+    topology that names none."""
+    fast = getattr(topo, "fast_type", None)
+    return sum(s == fast for s in net.servers) / len(net.servers) if fast is not None else float("nan")
+
+
 def _sweep(
-    cfg: DictConfig, b: DictConfig, networks: list[tuple[str, int, Network, list[int], int]]
+    cfg: DictConfig, b: DictConfig, networks: list[tuple[str, int, Network, list[int], int, float]]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every (network, λ, l_max, delay mode, policy): simulate; returns requests, placements, failures."""
     model = block_model(str(b.model), Path(__file__).resolve().parents[1] / "conf" / "model")
     frames, infos, failures = [], [], []
-    for scenario, group, net, clients, run in networks:
+    for scenario, group, net, clients, run, fast_share in networks:
         for ri, rate in enumerate(b.arrival_rates_per_s):
             for li, l_max in enumerate(b.max_tokens):
                 base = Problem(model, net, int(b.input_tokens), int(l_max))
@@ -132,7 +139,7 @@ def _sweep(
                         "max_tokens": int(l_max),
                         "allocation_delays": bool(delays_on),
                         "num_servers": len(net.servers),
-                        "a100_share": sum(s.name == "a100" for s in net.servers) / len(net.servers),
+                        "a100_share": fast_share,
                         "design_concurrency": problem.design_concurrency,
                         "run": run,
                     }
@@ -209,12 +216,13 @@ def _result(
 def run_bprr_clustered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Table III: client cluster × λ × l_max, PETALS vs CG-BP + WS-RR, Monte Carlo runs (Sun et al. §VI)."""
     b = _grid(cfg)
-    net = instantiate(cfg.topology).build(np.random.default_rng(int(cfg.seed)))
+    topo = instantiate(cfg.topology)
+    net = topo.build(np.random.default_rng(int(cfg.seed)))
     networks = []
     for run in range(int(b.monte_carlo_runs)):
         for group in b.client_clusters:
             clients = [c for c, g in enumerate(net.client_groups) if g == int(group)]
-            networks.append((f"cluster{int(group)}", int(group), net, clients, run))
+            networks.append((f"cluster{int(group)}", int(group), net, clients, run, _fast_share(topo, net)))
     requests, infos, failures = _sweep(cfg, b, networks)
     names = [str(p.name) for p in b.policies]
     served = table3(summarize(requests, infos), names[0], names[1]) if len(requests) else pd.DataFrame()
@@ -234,7 +242,7 @@ def run_bprr_scattered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         topo = instantiate(topo_cfg, num_servers=int(b.num_servers), a100_fraction=float(b.a100_fraction))
         for run in range(int(b.monte_carlo_runs)):
             net = topo.build(np.random.default_rng([int(cfg.seed), run, 7]))
-            networks.append((str(name), 0, net, [0], run))
+            networks.append((str(name), 0, net, [0], run, _fast_share(topo, net)))
     requests, infos, failures = _sweep(cfg, b, networks)
     return _result(requests, infos, failures, b)
 
@@ -255,6 +263,6 @@ def run_placement(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     for run in range(int(b.monte_carlo_runs)):
         net = topo.build(np.random.default_rng([int(cfg.seed), run, 7]))
         clients = [c for c, g in enumerate(net.client_groups) if g == int(b.client_group)] or [0]
-        networks.append(("placement", int(b.client_group), net, clients, run))
+        networks.append(("placement", int(b.client_group), net, clients, run, _fast_share(topo, net)))
     requests, infos, failures = _sweep(cfg, b, networks)
     return _result(requests, infos, failures, b)

@@ -117,6 +117,7 @@ class TopologyZooTopology:
                 raise ValueError(f"{key}={name!r} is not a server type; allowed: {sorted(types)} "
                                  "(or define it under extra_server_types)")
         self.a100, self.mig = types[a100_type], types[mig_type]
+        self.fast_type = self.a100  # what the results' a100_share counts
         self.num_servers, self.a100_fraction, self.num_clients = num_servers, a100_fraction, num_clients
 
     def build(self, rng: np.random.Generator) -> Network:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.paths import repo_root
 from harness.results import write_result
+from placement.experiments import _fast_share
 
 EXPERIMENTS = ["bprr_clustered", "bprr_scattered", "bprr_optimality", "placement"]
 GROUPS = ["topology", "placement", "routing"]
@@ -146,9 +147,14 @@ def test_user_defined_server_type_from_the_command_line(conf_dir: Path, topology
     h100 = "{h100: {mem_gb: 80, tau_s: 0.002, tau_in_slope_s: 5e-5, tau_in_base_s: 0.02}}"
     cfg = _compose(conf_dir, ["experiment=placement", f"topology={topology}",
                               f"topology.extra_server_types={h100}", "topology.a100_type=h100"])
-    net = instantiate(cfg.topology).build(np.random.default_rng(0))
+    topo = instantiate(cfg.topology)
+    net = topo.build(np.random.default_rng(0))
     assert "h100" in {s.name for s in net.servers}
     assert "a100" not in {s.name for s in net.servers}
+    # the results' a100_share counts the configured fast type, whatever its name
+    share = sum(s.name == "h100" for s in net.servers) / len(net.servers)
+    assert 0 < share < 1
+    assert _fast_share(topo, net) == pytest.approx(share)
 
 
 def test_cell_with_no_placement_even_for_one_request_fails_per_policy(conf_dir: Path, tmp_path: Path) -> None:
