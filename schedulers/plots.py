@@ -97,3 +97,18 @@ def plot_keepalive(run_dir: Path) -> list[Path]:
     """The keep-alive trade-off plus the generic figures."""
     summary = pd.read_csv(Path(run_dir) / "summary.csv")
     return [*plot_serverless(run_dir), keepalive_tradeoff(summary, Path(run_dir) / "keepalive_tradeoff.png")]
+
+
+def sim_vs_real_cdf(requests: pd.DataFrame, path: Path) -> Path:
+    """TTFT ECDFs of the real run and its calibrated simulation, one panel per policy."""
+    g = sns.displot(data=requests, x="ttft_s", hue="mode", col="policy", kind="ecdf", height=3.2, aspect=1.1)
+    g.set_axis_labels("time to first token (s)", "fraction of requests")
+    g.savefig(path, dpi=120)
+    plt.close(g.figure)
+    return path
+
+
+def plot_sim_vs_real(run_dir: Path) -> list[Path]:
+    """Both CDFs per policy (``experiment=sim_vs_real``)."""
+    requests = pd.read_parquet(Path(run_dir) / "requests.parquet")
+    return [sim_vs_real_cdf(requests, Path(run_dir) / "sim_vs_real_cdf.png")]

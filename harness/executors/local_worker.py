@@ -104,7 +104,9 @@ class LocalWorker:
         self._killpg()
         self._proc.wait()
         self._reader.join(timeout=5)
-        self._mark_dead()
+        self._mark_dead()  # the reason keeps the stderr tail; the log file goes
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the worker to stop (its object's ``close()`` runs if it has one); kill it if it does not."""

@@ -1,0 +1,505 @@
+"""The real controller: replays a workload in wall-clock time against live instances and asks the same policy
+objects as the simulator, with views built from live state.
+
+One thread owns all state (an event loop over a queue and a timer heap); blocking work — starting an instance
+process and loading it, serving a request, closing an instance — runs on helper threads that post events back.
+Times are wall-clock seconds since the run started; arrivals are the workload's times × ``time_scale``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from harness.executors.workers import WorkerError, start_worker
+from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler
+from schedulers.real.serving import Stream, serve
+from schedulers.real.slots import LiveInstance, LiveServer
+from schedulers.real.tiers import TierOps
+
+log = logging.getLogger("coldstart.schedulers.real")
+
+
+@dataclass(frozen=True)
+class RealConfig:
+    """Controller knobs: timeouts (wall seconds), decode chunk, migration stop rule, retries, load failures."""
+
+    timeout_s: float = 120.0
+    call_timeout_s: float = 120.0
+    decode_chunk: int = 4
+    migration_stop_tokens: int = 4
+    max_request_retries: int = 1
+    max_load_failures: int = 2
+    slot_threads: int = 1
+    slot_memory_bytes: int | None = None
+    drain_s: float = 30.0  # after the last request, keep running keep-alive expiries this long (as the simulator)
+    device: str = "cpu"
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for key in ("timeout_s", "call_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"real.{key}={getattr(self, key)!r}; it must be > 0")
+        if self.decode_chunk < 1:
+            raise ValueError(f"real.decode_chunk={self.decode_chunk!r}; it must be ≥ 1")
+
+
+@dataclass
+class Req:
+    """A request's live record (becomes one row of requests.parquet)."""
+
+    rid: int
+    model: str
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    server: int = -1
+    tier: str = ""
+    placed_s: float = math.nan
+    load_start_s: float = math.nan
+    load_s: float = math.nan
+    first_token_s: float = math.nan
+    done_s: float = math.nan
+    cold_start: bool = False
+    migrated: int = 0
+    preempted: int = 0
+    retries: int = 0
+    state: str = "new"  # new → waiting → assigned → running → done | failed | timed_out
+    error: str = ""
+    max_gap_s: float = math.nan
+    serve_start_s: float = math.nan
+    prefill_s: float = math.nan
+
+
+class Controller:
+    """Runs requests on ``servers`` with ``scheduler`` + ``keepalive``; see ``run``."""
+
+    def __init__(self, servers: list[LiveServer], models: Mapping[str, ModelInfo], scheduler: Scheduler,
+                 keepalive: KeepAlive, executor: Any, tiers: TierOps, cfg: RealConfig) -> None:
+        self.servers, self.models, self.scheduler, self.keepalive = servers, dict(models), scheduler, keepalive
+        self.executor, self.tiers, self.cfg = executor, tiers, cfg
+        self._q: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
+        self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count()
+        self._pool = ThreadPoolExecutor(max_workers=4 * sum(s.num_gpus for s in servers) + 4,
+                                        thread_name_prefix="real")
+        self.instances: dict[int, LiveInstance] = {}
+        self.waiting: deque[int] = deque()
+        self.reqs: list[Req] = []
+        self.load_failures: dict[str, int] = {}
+        self.last_idle_start: dict[str, float] = {}
+        self.active: dict[str, int] = dict.fromkeys(models, 0)
+        self.stats: dict[str, float] = {"gpu_seconds": 0.0, "idle_gpu_gb_s": 0.0, "migrations": 0,
+                                        "preemptions": 0, "loads": 0, "events": 0, "load_failures": 0,
+                                        "decisions": 0, "decision_s": 0.0}
+        self.cold_starts: list[dict[str, Any]] = []
+        self._t0 = 0.0
+        self._drain_until: float | None = None
+        self._handles: list[Any] = []  # every instance process started, so shutdown can leave none behind
+
+    # ---------------------------------------------------------------- clock and loop
+    def now(self) -> float:
+        return time.time() - self._t0
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the controller thread (thread-safe)."""
+        self._q.put((fn, args))
+
+    def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._timers, (t, next(self._seq), fn, args))
+
+    def run(self, requests: list[Request]) -> list[Req]:
+        """Replay ``requests`` (arrival times already in wall seconds) to completion; always stops every
+        instance, also on Ctrl-C (unfinished requests are recorded as failed with the reason)."""
+        self.reqs = [Req(r.request_id, r.model, r.arrival_s, r.input_tokens, max(r.output_tokens, 1))
+                     for r in requests]
+        self._t0 = time.time()
+        for r in self.reqs:
+            self.at(r.arrival_s, self._arrive, r.rid)
+        try:
+            while self._unfinished() or self._draining():
+                timeout = max(0.0, self._timers[0][0] - self.now()) if self._timers else 0.5
+                try:
+                    fn, args = self._q.get(timeout=min(timeout, 0.5))
+                    fn(*args)
+                except queue.Empty:
+                    pass
+                while self._timers and self._timers[0][0] <= self.now():
+                    _, _, fn, args = heapq.heappop(self._timers)
+                    fn(*args)
+                self._expire_waiting()
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping instances and writing what was measured")
+            self._fail_unfinished("interrupted (Ctrl-C)")
+        finally:
+            self.shutdown()
+        return self.reqs
+
+    def _draining(self) -> bool:
+        """Idle instances still wait for their keep-alive expiry (the simulator runs those to the end)."""
+        if self._drain_until is None:
+            self._drain_until = self.now() + self.cfg.drain_s
+        return bool(self._timers) and bool(self.instances) and self.now() < self._drain_until
+
+    def _unfinished(self) -> bool:
+        return any(r.state not in ("done", "failed", "timed_out") for r in self.reqs)
+
+    def shutdown(self) -> None:
+        """Close every instance process (idle, busy or loading) and the helper threads."""
+        now = self.now()
+        self.stats["end_s"] = now
+        for inst in list(self.instances.values()):
+            self._account_idle(inst)
+            self._account_release(inst, now)
+            if inst.handle is not None:
+                try:
+                    inst.handle.close(timeout_s=5)
+                except Exception:  # a dead one is fine
+                    inst.handle.kill()
+        self.instances.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for handle in self._handles:  # closes still queued when the pool stopped, or started meanwhile
+            if handle.alive():
+                handle.kill()
+
+    def _fail_unfinished(self, reason: str) -> None:
+        for r in self.reqs:
+            if r.state not in ("done", "failed", "timed_out"):
+                r.state, r.error = "failed", reason
+
+    # ---------------------------------------------------------------- views
+    def view(self) -> ClusterView:
+        now = self.now()
+        waiting: dict[str, tuple[int, float]] = {}
+        for rid in self.waiting:
+            r = self.reqs[rid]
+            c, oldest = waiting.get(r.model, (0, r.arrival_s))
+            waiting[r.model] = (c + 1, min(oldest, r.arrival_s))
+        counts: dict[str, int] = dict.fromkeys(self.models, 0)
+        for inst in self.instances.values():
+            counts[inst.model] += 1
+        return ClusterView(now, tuple(s.view() for s in self.servers), self.models, waiting, counts)
+
+    # ---------------------------------------------------------------- requests
+    def _arrive(self, rid: int) -> None:
+        self.stats["events"] += 1
+        r = self.reqs[rid]
+        if self.active[r.model] == 0 and r.model in self.last_idle_start:
+            self.keepalive.observe_idle(r.model, self.now() - self.last_idle_start.pop(r.model))
+        self.active[r.model] += 1
+        if self.load_failures.get(r.model, 0) >= self.cfg.max_load_failures:
+            self._finish_failed(r, f"model {r.model} failed to load {self.load_failures[r.model]} times; not retried")
+            return
+        idle = [i for i in self.instances.values() if i.model == r.model and i.state == "idle"]
+        if idle:
+            inst = max(idle, key=lambda i: i.idle_since_s or 0.0)
+            r.tier, r.server, r.placed_s, r.load_s = "gpu", inst.server, self.now(), 0.0
+            self._account_idle(inst)
+            self._start_serving(inst, r)
+            return
+        self._decide(r)
+
+    def _decide(self, r: Req) -> bool:
+        t0 = time.perf_counter()
+        view = self.view()
+        decision = self.scheduler.schedule(Request(r.rid, r.model, r.arrival_s, r.input_tokens, r.output_tokens),
+                                           view)
+        self.stats["decisions"] += 1
+        self.stats["decision_s"] += time.perf_counter() - t0
+        if not isinstance(decision, Placement):
+            if r.state != "waiting":
+                r.state = "waiting"
+                self.waiting.append(r.rid)
+            if decision.retry_at_s is not None:
+                self.at(decision.retry_at_s, self._retry)
+            return False
+        if r.rid in self.waiting:
+            self.waiting.remove(r.rid)
+        self._place(r, decision)
+        return True
+
+    def _place(self, r: Req, d: Placement) -> None:
+        server = self.servers[d.server]
+        info = self.models[r.model]
+        r.state, r.server, r.tier, r.placed_s, r.cold_start = "assigned", d.server, d.tier, self.now(), True
+        for iid in d.preemptions:  # their requests restart
+            victim = self.instances.get(iid)
+            if victim is not None and victim.request is not None:
+                self.stats["preemptions"] += 1
+                self.reqs[victim.request].preempted += 1
+                victim.preempted = True  # its serving thread sees the worker die and restarts the request
+                self._kill_instance(victim, "preempted")
+        for m in d.migrations:
+            self._start_migration(m.instance_id, m.dst_server)
+        self._evict_idle_for(server, info.gpus)
+        inst = LiveInstance(next(self._ids), r.model, d.server, info.gpus, for_request=r.rid, tier=d.tier,
+                            cache_to=tuple(d.cache_to))
+        self.instances[inst.iid] = inst
+        server.instances[inst.iid] = inst
+        est = info.size_bytes / (server.gbps[d.tier if d.tier in server.gbps else "ssd"] * 1e9) + info.build_s
+        server.queue_free_at_s = max(server.queue_free_at_s, self.now()) + est
+        self._grab_gpus(inst)
+
+    def _grab_gpus(self, inst: LiveInstance) -> None:
+        """Start loading once the instance's slots are free (a migration or eviction may still hold them)."""
+        server = self.servers[inst.server]
+        if inst.state != "pending":
+            return
+        if server.free_gpus < inst.gpus:
+            self._evict_idle_for(server, inst.gpus)
+        if server.free_gpus < inst.gpus:
+            return  # retried when a release frees slots
+        server.free_gpus -= inst.gpus
+        inst.acquired_s, inst.state = self.now(), "loading"
+        self.stats["loads"] += 1
+        self._pool.submit(self._load_job, inst)
+
+    def _load_job(self, inst: LiveInstance) -> None:
+        """Helper thread: wait for the server's loading queue, spawn the instance process, load, build."""
+        server = self.servers[inst.server]
+        with server.load_lock:
+            start = self.now()
+            r = self.reqs[inst.for_request] if inst.for_request is not None else None
+            if r is not None and math.isnan(r.load_start_s):
+                r.load_start_s = start
+            try:
+                path, download_s = self.tiers.prepare(server, inst.model, inst.tier)
+                spawn = time.time()
+                handle = start_worker(self.executor, "schedulers.real.instance:ModelInstance",
+                                      {"model": self.tiers.model_cfg(inst.model), "dtype": self.cfg.dtype,
+                                       "device": self.cfg.device, "spawn_ts": spawn},
+                                      name=f"s{inst.server}-i{inst.iid}-{inst.model}", num_cpus=self.cfg.slot_threads,
+                                      memory_bytes=self.cfg.slot_memory_bytes)
+                inst.handle = handle
+                self._handles.append(handle)
+                phases = handle.call("load", str(path), self.tiers.loader_cfg(server),
+                                     timeout_s=self.cfg.call_timeout_s)
+                phases["download_s"] = download_s
+                phases["load_s"] = self.now() - start
+            except Exception as exc:
+                self.post(self._load_failed, inst, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                return
+        self.post(self._loaded, inst, start, phases)
+
+    def _loaded(self, inst: LiveInstance, start: float, phases: dict[str, Any]) -> None:
+        server = self.servers[inst.server]
+        inst.phases = phases
+        self.cold_starts.append({"instance": inst.iid, "model": inst.model, "server": inst.server,
+                                 "tier": inst.tier, "load_start_s": start, **{k: v for k, v in phases.items()
+                                                                              if k != "bytes_by_tier"}})
+        self.tiers.after_load(server, inst.model, inst.cache_to)
+        if inst.state == "gone":  # killed while loading
+            return
+        if inst.migrating and inst.request is None and inst.for_request is None:
+            inst.state = "idle-migration"
+            return
+        r = self.reqs[inst.for_request] if inst.for_request is not None else None
+        if r is not None and r.state == "assigned":
+            r.load_s = self.now() - r.load_start_s
+            self._start_serving(inst, r)
+        else:
+            self._next_or_idle(inst)
+        self._retry()
+
+    def _load_failed(self, inst: LiveInstance, reason: str) -> None:
+        self.stats["load_failures"] += 1
+        self.load_failures[inst.model] = self.load_failures.get(inst.model, 0) + 1
+        log.error("instance %d (%s) failed to load: %s", inst.iid, inst.model, reason)
+        self._kill_instance(inst, reason)
+        r = self.reqs[inst.for_request] if inst.for_request is not None else None
+        if r is not None and r.state == "assigned":
+            self._requeue_or_fail(r, f"load failed: {reason}")
+        self._retry()
+
+    def _start_serving(self, inst: LiveInstance, r: Req) -> None:
+        info = self.models[r.model]
+        now = self.now()
+        inst.state, inst.request, inst.prompt_tokens = "busy", r.rid, r.input_tokens
+        inst.first_token_s = now + info.prefill_s(r.input_tokens)
+        inst.decode_s_per_token = info.decode_s_per_token
+        inst.done_s = inst.first_token_s + r.output_tokens * info.decode_s_per_token
+        r.state, r.server = "running", inst.server
+        self.servers[inst.server].instances[inst.iid] = inst
+        self._pool.submit(self._serve_job, inst, r)
+
+    def _serve_job(self, inst: LiveInstance, r: Req) -> None:
+        from schedulers.real.instance import prompt_tokens
+
+        stream = Stream(prompt_tokens(r.rid, r.input_tokens, self.tiers.vocab_size(r.model)))
+        r.serve_start_s = self.now()
+        holder = {"inst": inst}
+
+        def target() -> Any:
+            dst = holder["inst"].migrate_to
+            if dst is None or dst.handle is None or dst.state != "idle-migration":
+                return None
+            holder["src"] = holder["inst"]
+            holder["inst"] = dst
+            return dst.handle
+
+        def migrated() -> None:
+            self.post(self._migration_started, holder["src"], holder["inst"])
+
+        try:
+            serve(lambda: inst.handle, r.rid, stream, r.output_tokens, self.cfg.decode_chunk, self.cfg.call_timeout_s,
+                  target, self.cfg.migration_stop_tokens, migrated)
+            holder["inst"].handle.call("finish", r.rid, timeout_s=self.cfg.call_timeout_s)
+        except (WorkerError, TimeoutError) as exc:
+            self.post(self._serve_failed, holder["inst"], r, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return
+        self.post(self._served, holder["inst"], r, stream)
+
+    def _served(self, inst: LiveInstance, r: Req, stream: Stream) -> None:
+        r.first_token_s = stream.times_s[0] - self._t0
+        r.prefill_s = r.first_token_s - r.serve_start_s
+        r.done_s = stream.times_s[-1] - self._t0
+        r.migrated, r.max_gap_s, r.state = stream.migrated, stream.max_gap_s(), "done"
+        self.active[r.model] -= 1
+        self._next_or_idle(inst)
+        self._retry()
+
+    def _serve_failed(self, inst: LiveInstance, r: Req, reason: str) -> None:
+        self._kill_instance(inst, reason)
+        if inst.preempted:  # a policy's choice, not a fault: the request restarts from scratch
+            r.state, r.load_start_s = "new", math.nan
+            self._decide(r)
+        else:
+            log.error("request %d on instance %d failed: %s", r.rid, inst.iid, reason)
+            self._requeue_or_fail(r, reason)
+        self._retry()
+
+    def _requeue_or_fail(self, r: Req, reason: str) -> None:
+        failures = self.load_failures.get(r.model, 0)
+        if failures >= self.cfg.max_load_failures:
+            self._finish_failed(r, f"{reason} (model {r.model} failed to load {failures} times; not retried)")
+        elif r.retries < self.cfg.max_request_retries and self.now() - r.arrival_s < self.cfg.timeout_s:
+            r.retries += 1
+            r.state, r.error = "new", reason
+            r.load_start_s = math.nan
+            self._decide(r)
+        else:
+            self._finish_failed(r, reason)
+
+    def _finish_failed(self, r: Req, reason: str) -> None:
+        r.state, r.error = "failed", reason
+        self.active[r.model] = max(self.active[r.model] - 1, 0)
+
+    def _retry(self) -> None:
+        """Resources changed: ask again for waiting requests (oldest first) and pending instances."""
+        for inst in [i for i in self.instances.values() if i.state == "pending"]:
+            self._grab_gpus(inst)
+        for rid in list(self.waiting):
+            r = self.reqs[rid]
+            idle = [i for i in self.instances.values() if i.model == r.model and i.state == "idle"]
+            if idle:
+                self.waiting.remove(rid)
+                r.tier, r.server, r.placed_s, r.load_s = "gpu", idle[0].server, self.now(), 0.0
+                self._account_idle(idle[0])
+                self._start_serving(idle[0], r)
+            elif not self._decide(r):
+                break
+
+    def _expire_waiting(self) -> None:
+        now = self.now()
+        for rid in list(self.waiting):
+            r = self.reqs[rid]
+            if now - r.arrival_s >= self.cfg.timeout_s:
+                self.waiting.remove(rid)
+                r.state = "timed_out"
+                self.active[r.model] = max(self.active[r.model] - 1, 0)
+
+    # ---------------------------------------------------------------- instances
+    def _next_or_idle(self, inst: LiveInstance) -> None:
+        for rid in list(self.waiting):
+            r = self.reqs[rid]
+            if r.model == inst.model:
+                self.waiting.remove(rid)
+                r.tier, r.server, r.placed_s, r.load_s = "gpu", inst.server, self.now(), 0.0
+                self._start_serving(inst, r)
+                return
+        inst.state, inst.request, inst.idle_since_s = "idle", None, self.now()
+        inst.version += 1
+        if self.active[inst.model] == 0:
+            self.last_idle_start[inst.model] = self.now()
+        keep = self.keepalive.decide(inst.model).keep_alive_s  # pre-warming is not replayed for real
+        if math.isfinite(keep):
+            self.at(self.now() + keep, self._expire, inst, inst.version)
+
+    def _expire(self, inst: LiveInstance, version: int) -> None:
+        if inst.state == "idle" and inst.version == version:
+            self._evict(inst)
+            self._retry()
+
+    def _evict(self, inst: LiveInstance) -> None:
+        """Take an idle instance off its slot; demote its checkpoint as the keep-alive policy says."""
+        self._account_idle(inst)
+        self.tiers.demote(self.servers[inst.server], inst.model, self.keepalive.demote_to)
+        self._kill_instance(inst, None)
+
+    def _evict_idle_for(self, server: LiveServer, gpus: int) -> None:
+        for inst in sorted((i for i in server.instances.values() if i.state == "idle"),
+                           key=lambda i: i.idle_since_s or 0.0):
+            if server.free_gpus >= gpus:
+                return
+            self._evict(inst)
+
+    def _account_idle(self, inst: LiveInstance) -> None:
+        if inst.state == "idle" and inst.idle_since_s is not None:
+            gb = (self.cfg.slot_memory_bytes or 0) / 1e9
+            self.stats["idle_gpu_gb_s"] += inst.gpus * gb * (self.now() - inst.idle_since_s)
+            inst.idle_since_s = None
+
+    def _account_release(self, inst: LiveInstance, now: float) -> None:
+        if inst.acquired_s is not None:
+            self.stats["gpu_seconds"] += inst.gpus * (now - inst.acquired_s)
+            inst.acquired_s = None
+
+    def _release(self, inst: LiveInstance) -> None:
+        if inst.state == "gone":
+            return
+        server = self.servers[inst.server]
+        if inst.state != "pending":
+            server.free_gpus += inst.gpus
+        self._account_release(inst, self.now())
+        inst.state = "gone"
+        server.instances.pop(inst.iid, None)
+        self.instances.pop(inst.iid, None)
+
+    def _kill_instance(self, inst: LiveInstance, reason: str | None) -> None:
+        handle = inst.handle
+        self._release(inst)
+        if handle is not None:
+            self._pool.submit(handle.kill if reason else handle.close)
+
+    # ---------------------------------------------------------------- live migration
+    def _start_migration(self, iid: int, dst_server: int) -> None:
+        src = self.instances.get(iid)
+        if src is None or src.state != "busy" or src.migrate_to is not None:
+            return
+        self.stats["migrations"] += 1
+        dst = LiveInstance(next(self._ids), src.model, dst_server, src.gpus, tier=
+                           self.servers[dst_server].view().best_tier(src.model))
+        dst.migrating = src.migrating = True
+        self.instances[dst.iid] = dst
+        self.servers[dst_server].instances[dst.iid] = dst
+        src.migrate_to = dst
+        self._grab_gpus(dst)
+
+    def _migration_started(self, src: LiveInstance, dst: LiveInstance) -> None:
+        """The rounds are over and ``dst`` decodes: free ``src``; its slot goes to whoever was placed behind it."""
+        dst.state, dst.request, dst.migrating = "busy", src.request, False
+        dst.prompt_tokens, dst.first_token_s, dst.done_s = src.prompt_tokens, src.first_token_s, src.done_s
+        dst.decode_s_per_token = src.decode_s_per_token
+        src.migrating = False
+        self._kill_instance(src, None)
+        self._retry()

@@ -1,0 +1,185 @@
+"""``experiment=serverless_real``: the seeded workload replayed for real, with the simulator's columns."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from harness.experiment import ExperimentResult
+from harness.paths import repo_root
+from schedulers.base import Request
+from schedulers.catalog import base_name, model_infos
+from schedulers.cluster import Cluster, ModelTimes
+from schedulers.experiments import build_policy, policies_of, workload_cfg
+from schedulers.metrics import REQUEST_COLUMNS, REQUEST_DTYPES, summarize, summary_frame
+from schedulers.real.controller import Controller, RealConfig, Req
+from schedulers.real.slots import LiveServer
+from schedulers.real.tiers import TierOps
+from schedulers.workload import RequestArrays, Workload
+
+log = logging.getLogger("coldstart.schedulers.real")
+
+SMOKE_DURATION_S = 20.0
+
+
+def real_cluster(rc: DictConfig, model_times: dict[str, ModelTimes] | None = None, **overrides: Any) -> Cluster:
+    """The cluster model of the real run (what policies estimate with, and what the simulator replays)."""
+    g = rc.gbps
+    kwargs: dict[str, Any] = {
+        "name": "real", "servers": int(rc.servers), "gpus_per_server": int(rc.gpus_per_server),
+        "gpu_mem_gb": float(rc.slot_memory_bytes) / 1e9, "gpu_type": "cpu-slot", "dram_gb": float(rc.dram_gb),
+        "ssd_gb": float(rc.ssd_gb), "dram_gbps": float(g.dram), "ssd_gbps": float(g.ssd),
+        "remote_gbps": float(g.remote), "load_slots": 1, "ssd_replicas": int(rc.ssd_replicas),
+        "model_times": model_times if model_times is not None else
+        {str(k): ModelTimes(**dict(v)) for k, v in (rc.model_times or {}).items()},
+    }
+    kwargs.update(overrides)
+    return Cluster(**kwargs)
+
+
+def real_config(cfg: DictConfig) -> RealConfig:
+    rc = cfg.real
+    device = "cpu" if str(cfg.device) == "auto" else str(cfg.device)
+    return RealConfig(timeout_s=float(rc.timeout_s), call_timeout_s=float(rc.call_timeout_s),
+                      decode_chunk=int(rc.decode_chunk), migration_stop_tokens=int(rc.migration_stop_tokens),
+                      max_request_retries=int(rc.max_request_retries), max_load_failures=int(rc.max_load_failures),
+                      slot_threads=int(rc.slot_threads), slot_memory_bytes=int(rc.slot_memory_bytes),
+                      drain_s=float(rc.get("drain_s", 30.0)),
+                      device=device, dtype=str(cfg.dtype))
+
+
+def scaled_requests(reqs: RequestArrays, time_scale: float) -> list[Request]:
+    """The workload as wall-clock requests: arrival times × ``time_scale``."""
+    return [Request(k, reqs.models[int(m)], float(a) * time_scale, int(i), int(o)) for k, (a, m, i, o) in
+            enumerate(zip(reqs.arrival_s, reqs.model_idx, reqs.input_tokens, reqs.output_tokens, strict=True))]
+
+
+def as_arrays(requests: list[Request], models: tuple[str, ...]) -> RequestArrays:
+    """The scaled requests as the simulator's input (the same trace the real run replayed)."""
+    idx = {m: k for k, m in enumerate(models)}
+    return RequestArrays(np.array([r.arrival_s for r in requests], dtype=float),
+                         np.array([idx[r.model] for r in requests], dtype=np.int64), models,
+                         np.array([r.input_tokens for r in requests], dtype=np.int64),
+                         np.array([r.output_tokens for r in requests], dtype=np.int64))
+
+
+def request_rows(reqs: list[Req], timeout_s: float) -> pd.DataFrame:
+    """The simulator's request columns (failed and timed-out requests count at the timeout), plus status,
+    error, measured prefill and the largest token gap."""
+    rows = []
+    for r in reqs:
+        ok = r.state == "done"
+        cold = r.cold_start and ok
+        queue_s = (r.serve_start_s - r.arrival_s - (r.load_s if cold else 0.0)) if ok else math.nan
+        rows.append({
+            "request_id": r.rid, "model": r.model, "arrival_s": r.arrival_s, "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens, "server": r.server, "tier": r.tier or "none",
+            "queue_s": max(queue_s, 0.0) if ok else math.nan, "load_s": r.load_s if cold else (0.0 if ok else math.nan),
+            "migration_s": 0.0, "ttft_s": r.first_token_s - r.arrival_s if ok else timeout_s,
+            "e2e_s": r.done_s - r.arrival_s if ok else timeout_s, "timed_out": not ok, "cold_start": cold,
+            "migrated": r.migrated, "preempted": r.preempted, "status": r.state, "error": r.error,
+            "retries": r.retries, "prefill_s": r.prefill_s, "max_gap_s": r.max_gap_s,
+            "decode_s": (r.done_s - r.first_token_s) if ok else math.nan,
+        })
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=[*REQUEST_COLUMNS, "status", "error"])
+    return df.astype(REQUEST_DTYPES)
+
+
+def setup_servers(cfg: DictConfig, run_root: Path, dram_root: Path) -> list[LiveServer]:
+    rc = cfg.real
+    gbps = {k: float(v) for k, v in rc.gbps.items()}
+    return [LiveServer(s, int(rc.gpus_per_server), run_root / f"server{s}", dram_root / f"server{s}",
+                       int(float(rc.dram_gb) * 1e9), int(float(rc.ssd_gb) * 1e9), gbps)
+            for s in range(int(rc.servers))]
+
+
+def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...], run_root: Path,
+                     executor: Any) -> tuple[Controller, Callable[[], None]]:
+    """Fresh servers (checkpoints in the store, initial SSD copies) and a controller for one policy; the
+    second value removes the DRAM tiers."""
+    rc, rcfg = cfg.real, real_config(cfg)
+    cluster = real_cluster(rc)
+    infos = model_infos(list(models), cluster, str(cfg.dtype))
+    scheduler, keepalive = build_policy(cfg, entry)
+    store = instantiate(cfg.storage)
+    model_cfgs = {base_name(m): OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" /
+                                                                      f"{base_name(m)}.yaml"))
+                  for m in models}
+    loader_cfg = OmegaConf.to_container(cfg.loader, resolve=True)
+    sizes = {m: i.size_bytes for m, i in infos.items()}
+    tiers = TierOps(store, cast(dict[str, dict[str, Any]], model_cfgs), list(models), str(cfg.dtype),
+                    str(rc.checkpoint_format), int(cfg.seed), cast(dict[str, Any], loader_cfg), sizes)
+    dram_root = Path(tempfile.mkdtemp(prefix="coldstart-real-", dir=str(rc.dram_root)))
+    servers = setup_servers(cfg, run_root, dram_root)
+    k = 0  # the simulator's preload: ssd_replicas copies of each checkpoint, round-robin over servers
+    for m in models:
+        for _ in range(min(int(rc.ssd_replicas), len(servers))):
+            tiers.preload_ssd(servers[k % len(servers)], m)
+            k += 1
+
+    def cleanup() -> None:
+        tiers.cleanup(servers)
+        shutil.rmtree(dram_root, ignore_errors=True)
+
+    return Controller(servers, infos, scheduler, keepalive, executor, tiers, rcfg), cleanup
+
+
+def run_policy_real(cfg: DictConfig, entry: DictConfig, requests: list[Request], models: tuple[str, ...],
+                    run_root: Path) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """One policy's real run on fresh servers: (requests table, stats, cold starts with their phases)."""
+    executor = instantiate(cfg.executor)
+    try:
+        ctl, cleanup = build_controller(cfg, entry, models, run_root, executor)
+        t0 = time.perf_counter()
+        try:
+            reqs = ctl.run(requests)
+        finally:
+            cleanup()
+    finally:
+        if callable(getattr(executor, "close", None)):
+            executor.close()
+    stats = {**ctl.stats, "wall_s": time.perf_counter() - t0}
+    return request_rows(reqs, ctl.cfg.timeout_s), stats, pd.DataFrame(ctl.cold_starts)
+
+
+def trace(cfg: DictConfig) -> tuple[list[Request], tuple[str, ...]]:
+    w = workload_cfg(cfg, False)
+    if bool(cfg.smoke):
+        w.duration_s = min(float(w.duration_s), SMOKE_DURATION_S)
+    workload: Workload = instantiate(w)
+    arrays = workload.generate(int(cfg.seed))
+    return scaled_requests(arrays, float(cfg.real.time_scale)), tuple(workload.models)
+
+
+def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """Every listed policy (or the composed one) on the same seeded trace, for real."""
+    requests, models = trace(cfg)
+    frames, rows, colds = [], [], []
+    for name, entry in policies_of(cfg):
+        log.info("%s: %d requests for real on %d servers", name, len(requests), int(cfg.real.servers))
+        df, stats, cold = run_policy_real(cfg, entry, requests, models, out_dir / "servers" / name)
+        df.insert(0, "policy", name)
+        cold.insert(0, "policy", name)
+        frames.append(df)
+        colds.append(cold)
+        rows.append({"policy": name, **summarize(df, stats, stats["wall_s"])})
+    meta = {"servers": int(cfg.real.servers), "gpus_per_server": int(cfg.real.gpus_per_server),
+            "time_scale": float(cfg.real.time_scale), "executor": str(cfg.executor._target_),
+            "seed": int(cfg.seed), "requests": len(requests)}
+    return ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
+                                    "summary": summary_frame(rows, ["policy"]),
+                                    "cold_starts": pd.concat(colds, ignore_index=True)},
+                            documents={"serverless_real": meta})

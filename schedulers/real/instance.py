@@ -1,0 +1,120 @@
+"""One model instance, hosted in a fresh worker process: a real cold start, then real prefill and decode.
+
+The controller starts it with ``harness.executors.workers.start_worker`` (so the process start and the imports
+are part of the cold start), calls ``load`` once, then serves requests token by token with a KV cache:
+``begin`` (prefill the prompt, first token), ``step`` (decode n more), and ``adopt`` (re-prefill tokens a
+request produced elsewhere — how a live migration's destination catches up, ServerlessLLM §5.3).
+Token timestamps are ``time.perf_counter`` offsets from the start of each call, so no clock crosses machines.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+_T_IMPORTED = time.time()
+
+
+class InstanceLoadError(RuntimeError):
+    """The instance could not load its checkpoint or build its model (bad checkpoint, wrong shapes)."""
+
+
+class ModelInstance:
+    """Builds nothing at construction (a cheap object in a fresh process); ``load`` does the cold start."""
+
+    def __init__(self, model: dict[str, Any], dtype: str = "fp32", device: str = "cpu",
+                 spawn_ts: float | None = None) -> None:
+        self.model_cfg, self.dtype, self.device_name = dict(model), dtype, device
+        self.spawn_ts = spawn_ts
+        self.model: Any = None
+        self.sessions: dict[int, dict[str, Any]] = {}
+
+    def load(self, checkpoint: str, loader: dict[str, Any]) -> dict[str, Any]:
+        """Load ``checkpoint`` with the ``loader`` config, build the model; return phase times (seconds)."""
+        t0 = time.time()
+        import torch
+
+        import harness.modelbuild as mb
+        from harness.trial import instantiate
+
+        try:
+            spec = instantiate(self.model_cfg)
+            mb.import_model_class(spec)
+            t_imports = time.time()
+            device = torch.device(self.device_name)
+            result = instantiate(loader).load(checkpoint if "://" in checkpoint else Path(checkpoint), device)
+            mb.materialize(result.state_dict, device)
+            t_weights = time.time()
+            self.model = mb.build_model(spec, self.dtype, result.state_dict, device).eval()
+            t_built = time.time()
+        except Exception as exc:
+            raise InstanceLoadError(f"loading {checkpoint} failed: {type(exc).__name__}: {exc}") from exc
+        self.device = device
+        phases = {"imports_s": t_imports - t0, "weights_s": t_weights - t_imports, "model_build_s": t_built - t_weights,
+                  "bytes": sum(int(t.numel() * t.element_size()) for t in result.state_dict.values()),
+                  "bytes_by_tier": dict(result.bytes_by_tier)}
+        if self.spawn_ts is not None:
+            phases["process_start_s"] = _T_IMPORTED - self.spawn_ts
+        return phases
+
+    def begin(self, request_id: int, prompt: list[int]) -> dict[str, Any]:
+        """Prefill ``prompt`` and produce the first token; returns ``{"tokens": [t], "offsets_s": [dt]}``."""
+        t0 = time.perf_counter()
+        next_id, cache = self._forward(prompt, None)
+        self.sessions[request_id] = {"ids": [*prompt, next_id], "cache": cache}
+        return {"tokens": [next_id], "offsets_s": [time.perf_counter() - t0]}
+
+    def step(self, request_id: int, n: int) -> dict[str, Any]:
+        """Decode ``n`` more tokens greedily, one forward pass each over the KV cache."""
+        s = self._session(request_id)
+        t0 = time.perf_counter()
+        tokens, offsets = [], []
+        for _ in range(n):
+            next_id, s["cache"] = self._forward(s["ids"][-1:], s["cache"])
+            s["ids"].append(next_id)
+            tokens.append(next_id)
+            offsets.append(time.perf_counter() - t0)
+        return {"tokens": tokens, "offsets_s": offsets}
+
+    def adopt(self, request_id: int, ids: list[int]) -> dict[str, Any]:
+        """Take over a request whose tokens so far are ``ids`` (prompt + generated): prefill those not yet in
+        this instance's cache (all but the newest, which the next ``step`` feeds). Called in rounds."""
+        t0 = time.perf_counter()
+        s = self.sessions.setdefault(request_id, {"ids": [], "cache": None})
+        have = max(len(s["ids"]) - 1, 0) if s["cache"] is not None else 0
+        if ids[:have] != s["ids"][:have]:
+            raise ValueError(f"request {request_id}: adopted tokens diverge from the {have} already prefilled")
+        todo = ids[have:-1]
+        if todo:
+            _, s["cache"] = self._forward(todo, s["cache"])
+        s["ids"] = list(ids)
+        return {"prefilled": len(todo), "s": time.perf_counter() - t0}
+
+    def finish(self, request_id: int) -> None:
+        """Drop a request's KV cache."""
+        self.sessions.pop(request_id, None)
+
+    def close(self) -> None:
+        self.sessions.clear()
+        self.model = None
+
+    def _session(self, request_id: int) -> dict[str, Any]:
+        if request_id not in self.sessions:
+            raise KeyError(f"request {request_id} has no session on this instance (begin or adopt it first)")
+        return self.sessions[request_id]
+
+    def _forward(self, ids: list[int], cache: Any) -> tuple[int, Any]:
+        import torch
+
+        if self.model is None:
+            raise InstanceLoadError("the instance has no model: call load() first")
+        with torch.inference_mode():
+            x = torch.tensor([ids], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=x, past_key_values=cache, use_cache=True)
+            return int(out.logits[0, -1].argmax().item()), out.past_key_values
+
+
+def prompt_tokens(request_id: int, n: int, vocab_size: int) -> list[int]:
+    """A request's prompt: ``n`` deterministic token ids (no tokenizer; varied per request)."""
+    return [1 + (request_id * 7919 + 31 * k) % (vocab_size - 1) for k in range(max(n, 1))]

@@ -1,0 +1,154 @@
+"""The real controller on tiny models: the simulator's columns, faults (a killed worker, a bad checkpoint,
+Ctrl-C), and no orphaned processes."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from schedulers.base import Request
+from schedulers.experiments import policies_of
+from schedulers.metrics import REQUEST_COLUMNS
+from schedulers.real.experiment import build_controller, request_rows, run_serverless_real
+
+MODELS = ("tiny-llama#0", "tiny-llama#1")
+
+
+def _cfg(compose_cfg: Callable[..., DictConfig], tmp_path: Path, *extra: str) -> DictConfig:
+    return compose_cfg("experiment=serverless_real", f"storage.root={tmp_path / 'store'}", "progress=false",
+                       "real.drain_s=0", "real.timeout_s=90", f"real.dram_root={tmp_path}", *extra)
+
+
+def _workers() -> list[psutil.Process]:
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "harness.executors.local_worker" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _no_workers_left(within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while _workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _workers()
+
+
+def _run(cfg: DictConfig, tmp_path: Path, requests: list[Request], during: Callable[[Any], None] | None = None
+         ) -> tuple[Any, list[Any]]:
+    _name, entry = policies_of(cfg)[0]
+    ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", instantiate(cfg.executor))
+    if during is not None:
+        threading.Thread(target=during, args=(ctl,), daemon=True).start()
+    try:
+        reqs = ctl.run(requests)
+    finally:
+        cleanup()
+    return ctl, reqs
+
+
+@pytest.mark.slow
+def test_serverless_real_writes_the_simulator_columns(compose_cfg: Callable[..., DictConfig],
+                                                      tmp_path: Path) -> None:
+    cfg = _cfg(compose_cfg, tmp_path, "workload.duration_s=25", "workload.rps=0.12",
+               "workload.models=['tiny-llama#0','tiny-llama#1']")
+    out = run_serverless_real(cfg, tmp_path / "run")
+    req, summary, cold = out.tables["requests"], out.tables["summary"], out.tables["cold_starts"]
+    assert len(req) >= 1
+    assert set(REQUEST_COLUMNS) <= set(req.columns)
+    assert (req["status"] == "done").all(), req[["status", "error"]]
+    assert (req["ttft_s"] > 0).all()
+    assert (req["e2e_s"] >= req["ttft_s"]).all()
+    assert req["cold_start"].sum() == len(cold) >= 1  # each cold start has its measured phases
+    assert (cold["load_s"] >= cold["weights_s"] + cold["imports_s"]).all()
+    assert {"process_start_s", "imports_s", "weights_s", "model_build_s"} <= set(cold.columns)
+    assert summary.loc[0, "requests"] == len(req)
+    assert _no_workers_left()
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_elsewhere_and_the_run_continues(compose_cfg: Callable[..., DictConfig],
+                                                                  tmp_path: Path) -> None:
+    cfg = _cfg(compose_cfg, tmp_path, "real.decode_chunk=1")
+    requests = [Request(0, MODELS[0], 0.0, 16, 120), Request(1, MODELS[1], 0.5, 8, 8)]
+    killed: list[int] = []
+
+    def kill_busy(ctl: Any) -> None:
+        deadline = time.monotonic() + 80
+        while time.monotonic() < deadline and not killed:
+            for inst in list(ctl.instances.values()):
+                if inst.state == "busy" and inst.request == 0 and inst.handle is not None:
+                    os.kill(inst.handle.pid(), 9)
+                    killed.append(inst.iid)
+                    return
+            time.sleep(0.01)
+
+    _ctl, reqs = _run(cfg, tmp_path, requests, kill_busy)
+    assert killed
+    r0, r1 = reqs
+    assert r1.state == "done"
+    assert r0.retries == 1
+    assert r0.state == "done" or "WorkerDiedError" in r0.error
+    assert "WorkerDiedError" in r0.error or r0.state == "done"
+    assert _no_workers_left()
+
+
+@pytest.mark.slow
+def test_bad_checkpoint_is_reported_and_not_retried_forever(compose_cfg: Callable[..., DictConfig],
+                                                            tmp_path: Path) -> None:
+    cfg = _cfg(compose_cfg, tmp_path, "real.max_load_failures=1")
+    _name, entry = policies_of(cfg)[0]
+    ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", instantiate(cfg.executor))
+    for path in [ctl.tiers.paths[MODELS[0]], *(s.ssd_path(MODELS[0]) for s in ctl.servers)]:
+        if path.exists():
+            for f in path.iterdir():
+                if f.suffix != ".json":
+                    f.write_bytes(b"\0" * 10)  # truncated partitions
+    requests = [Request(0, MODELS[0], 0.0, 8, 4), Request(1, MODELS[1], 0.2, 8, 4), Request(2, MODELS[0], 0.4, 8, 4)]
+    try:
+        reqs = ctl.run(requests)
+    finally:
+        cleanup()
+    assert reqs[1].state == "done"
+    assert reqs[0].state == "failed"
+    assert "load failed" in reqs[0].error
+    assert reqs[2].state == "failed"
+    assert ctl.stats["load_failures"] <= 2  # one per request at most, then the model is given up
+    rows = request_rows(reqs, ctl.cfg.timeout_s)
+    assert list(rows["status"]) == ["failed", "done", "failed"]
+    assert _no_workers_left()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_workers_and_keeps_what_was_measured(compose_cfg: Callable[..., DictConfig],
+                                                          tmp_path: Path) -> None:
+    cfg = _cfg(compose_cfg, tmp_path)
+    requests = [Request(0, MODELS[0], 0.0, 8, 100000 // 1000), Request(1, MODELS[1], 60.0, 8, 4)]
+
+    def interrupt(ctl: Any) -> None:
+        deadline = time.monotonic() + 80
+        while time.monotonic() < deadline:
+            if any(i.state == "busy" for i in list(ctl.instances.values())) or (ctl.reqs and \
+                    ctl.reqs[0].state == "done"):
+                break
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    _ctl, reqs = _run(cfg, tmp_path, requests, interrupt)
+    assert reqs[1].state == "failed"
+    assert "interrupted" in reqs[1].error
+    assert _no_workers_left()
+    assert OmegaConf.select(cfg, "real.servers") == 2
