@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -191,3 +192,21 @@ def test_ray_trial_task_reports_a_failed_trial_as_trial_error(ray_executor: RayE
             "device": "cpu"}
     with pytest.raises(TrialError, match="exited with code"):
         ray_executor.run_trial(spec, 60.0)
+
+
+@pytest.mark.slow
+def test_ray_runs_a_real_cold_start_trial(ray_executor: RayExecutor, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from harness.checkpoints import CheckpointStore
+
+    model = OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" / "tiny-opt.yaml"))
+    ckpt = CheckpointStore(tmp_path / "ckpts").ensure(instantiate(model), "fp32", "safetensors", 0, progress=False)
+    spec = {"loader": {"_target_": "loaders.safetensors.SafetensorsLoader"}, "model": model,
+            "checkpoint": str(ckpt.path), "dtype": "fp32", "device": "cpu", "prompt_tokens": 8, "verify": True,
+            "threads": 1}
+    out = ray_executor.run_trial(spec, 120.0)
+    marks = out["marks"]
+    assert marks["spawn"] <= marks["python"] <= marks["imports"] <= marks["weights"] <= marks["first_token"]
+    assert out["verified_bytes"] == ckpt.total_bytes
