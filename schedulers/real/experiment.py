@@ -55,7 +55,7 @@ def real_config(cfg: DictConfig) -> RealConfig:
                       decode_chunk=int(rc.decode_chunk), migration_stop_tokens=int(rc.migration_stop_tokens),
                       max_request_retries=int(rc.max_request_retries), max_load_failures=int(rc.max_load_failures),
                       slot_threads=int(rc.slot_threads), slot_memory_bytes=int(rc.slot_memory_bytes),
-                      drain_s=float(rc.get("drain_s", 30.0)),
+                      drain_s=0.0 if bool(cfg.get("smoke", False)) else float(rc.get("drain_s", 30.0)),
                       device=device, dtype=str(cfg.dtype))
 
 

@@ -1,0 +1,84 @@
+"""Live migration vs restart, measured: ``python -m schedulers.real.pause [--model tiny-llama] [--trials 5]``.
+
+Two fresh instances load the same checkpoint; one request is decoded without migration (the reference), then
+again with a live migration (rounds of re-prefill while the source decodes), then with a restart from scratch
+(source stops, destination re-prefills everything). Prints whether the tokens equal the reference and each
+run's pause (largest gap between consecutive tokens), median over trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.checkpoints import CheckpointStore
+from harness.executors.local import LocalExecutor
+from harness.executors.workers import WorkerHandle, start_worker
+from harness.paths import repo_root
+from schedulers.real.instance import prompt_tokens
+from schedulers.real.serving import Stream, begin, decode, live_migrate, restart
+
+LOADER = {"_target_": "loaders.native.loader.NativeLoader", "dram_dir": None, "threads": 1}
+
+
+def _stream(src: WorkerHandle, dst: WorkerHandle | None, rid: int, prompt: list[int], out: int, switch_at: int,
+            how: str, chunk: int, stop_tokens: int) -> Stream:
+    s = Stream(prompt)
+    begin(src, rid, s, 60)
+    handle = src
+    while len(s.tokens) < out:
+        if dst is not None and handle is src and len(s.tokens) >= switch_at:
+            if how == "migrate":
+                live_migrate(src, dst, rid, s, out, chunk, stop_tokens, 60)
+            else:
+                restart(src, dst, rid, s, 60)
+            handle = dst
+            continue
+        decode(handle, rid, s, min(chunk, out - len(s.tokens)), 60)
+    handle.call("finish", rid)
+    return s
+
+
+def measure(model: str = "tiny-llama", trials: int = 5, prompt_len: int = 64, out: int = 60, chunk: int = 1,
+            stop_tokens: int = 4) -> dict[str, Any]:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" / f"{model}.yaml"))
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = CheckpointStore(Path(tmp)).ensure(instantiate(cfg), "fp32", "native", 0, progress=False)
+        ws = [start_worker(LocalExecutor(), "schedulers.real.instance:ModelInstance", {"model": cfg},
+                           name=f"pause{k}") for k in range(2)]
+        try:
+            for w in ws:
+                w.call("load", str(ckpt.path), LOADER, timeout_s=120)
+            res: dict[str, list[float]] = {"unmigrated": [], "migrate": [], "restart": []}
+            equal = {"migrate": True, "restart": True}
+            for t in range(trials):
+                prompt = prompt_tokens(t, prompt_len, 1000)
+                ref = _stream(ws[0], None, 3 * t, prompt, out, out, "", chunk, stop_tokens)
+                res["unmigrated"].append(ref.max_gap_s())
+                for k, how in enumerate(("migrate", "restart")):
+                    s = _stream(ws[0], ws[1], 3 * t + 1 + k, prompt, out, out // 3, how, chunk, stop_tokens)
+                    equal[how] = equal[how] and s.tokens == ref.tokens
+                    res[how].append(s.max_gap_s())
+        finally:
+            for w in ws:
+                w.close()
+    return {"tokens_equal": equal, "max_gap_ms_median": {k: 1e3 * statistics.median(v) for k, v in res.items()},
+            "trials": trials, "prompt_tokens": prompt_len, "output_tokens": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="tiny-llama")
+    ap.add_argument("--trials", type=int, default=5)
+    args = ap.parse_args()
+    print(measure(args.model, args.trials))
+
+
+if __name__ == "__main__":
+    main()
