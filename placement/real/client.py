@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,6 +65,11 @@ class ChainClient:
         self.dead: set[int] = set()
         self._lock = threading.Lock()
         self._running: dict[str, tuple[float, dict[int, int]]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="chain-view")
+
+    def close(self) -> None:
+        """Stop the client's helper threads (its sessions are closed as they finish)."""
+        self._pool.shutdown(wait=True)
 
     # ---- routing view -------------------------------------------------------------------------------
     def live_placement(self) -> Placement:
@@ -75,12 +81,15 @@ class ChainClient:
         """Free slots as the live servers report them; releases from this client's running sessions."""
         n = len(self.placement.count)
         free = [0] * n
-        for j, host in self.hosts.items():
-            if j not in self.dead:
-                try:
-                    free[j] = int(host.call("info")["free_slots"])
-                except ServerDiedError:
-                    self.dead.add(j)
+
+        def ask(j: int) -> None:
+            try:
+                free[j] = int(self.hosts[j].call("info")["free_slots"])
+            except ServerDiedError:
+                self.dead.add(j)
+
+        # One round trip for all servers, not one per server (the client asks on every allocation).
+        list(self._pool.map(ask, [j for j in self.hosts if j not in self.dead]))
         now = time.monotonic()
         with self._lock:
             releases: list[list[tuple[float, int]]] = [[] for _ in range(n)]

@@ -126,7 +126,8 @@ class BlockServer:
         Tensors in, tensor out; numpy arrays in (from a worker pipe), a numpy array out.
         """
         as_numpy = isinstance(hidden, np.ndarray)
-        hidden, positions = torch.tensor(hidden), torch.tensor(positions)
+        if as_numpy:  # arrays from a pipe may be read-only: copy into tensors torch may own
+            hidden, positions = torch.from_numpy(np.array(hidden)), torch.from_numpy(np.array(positions))
         with self._lock:
             s = self._sessions[sid]
             s["tokens"] += hidden.shape[1]

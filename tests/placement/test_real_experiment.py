@@ -1,0 +1,56 @@
+"""experiment=pipeline_real end to end in smoke mode (in-process servers), and calibration on known slowdowns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from placement.real.calibration import calibrate
+from placement.real.deployment import RealServerType
+from placement.real.experiment import run_pipeline_real
+from placement.real.hosting import InProcessHost
+from tests.placement.real_helpers import SEED, parts, spec
+
+
+@pytest.mark.slow
+def test_pipeline_real_smoke_tables(compose_cfg: Callable[..., Any], tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=pipeline_real", "smoke=true", "progress=false"])
+    result = run_pipeline_real(cfg, tmp_path)
+    t = result.tables
+    req = t["requests"]
+    assert set(req["mode"]) == {"real", "sim", "sim_in_situ"}
+    assert set(req["policy"]) == {"petals", "cg_bp+ws_rr"}
+    # same seeded arrivals in both modes, every request served, chained tokens == one-process tokens
+    for _, g in req.groupby("policy"):
+        real, sim = g[g["mode"] == "real"], g[g["mode"] == "sim"]
+        assert list(real["arrival_s"]) == pytest.approx(list(sim["arrival_s"]))
+        assert bool(real["tokens_match"].all())
+    summary = t["summary"]
+    errors = {"sim_per_token_s_error_pct", "sim_in_situ_per_token_s_error_pct", "sim_ttft_s_error_pct"}
+    assert errors <= set(summary.columns)
+    assert (summary["real_per_token_s_mean"] > 0).all()
+    assert set(t["advantage"]["mode"]) == {"real", "sim", "sim_in_situ"}
+    fault = t["faults"].iloc[0]
+    assert fault["killed_server"] >= 0
+    assert fault["reroutes"] == 1
+    assert bool(fault["tokens_match"])
+    hops = t["hops"]
+    assert (hops["hop_s"] >= hops["rtt_s"]).all()  # the emulated RTT is inside every measured hop
+
+
+def test_calibration_sees_the_slowdown() -> None:
+    s = spec(layers=4)
+    types = {"fast": RealServerType("fast", mem_gb=1.0, slowdown=1.0),
+             "slow": RealServerType("slow", mem_gb=1.0, slowdown=6.0)}
+    cal = calibrate(s, types, InProcessHost, parts(s), input_tokens=4, max_tokens=6, blocks=4, reps=3, seed=SEED)
+    rows = {r["server_type"]: r for r in cal.rows}
+    # emulated 6x slower: the slow server's busy time on K blocks is longer (a loose bound: the slopes τ are
+    # too noisy on a shared 2-core VM for a tight one, and a sleep only ever adds)
+    assert rows["slow"]["decode_busy_k_s"] > 2 * rows["fast"]["decode_busy_k_s"]
+    assert rows["slow"]["prefill_busy_k_s"] > 2 * rows["fast"]["prefill_busy_k_s"]
+    assert all(t.tau_s > 0 and t.tau_in_s(4) >= 0 for t in cal.types.values())
+    assert cal.overheads.per_token_s >= 0
+    assert {r["server_type"] for r in cal.rows} == {"fast", "slow"}
