@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.executors.workers import WorkerError, start_worker
@@ -78,6 +78,7 @@ class Req:
     max_gap_s: float = math.nan
     serve_start_s: float = math.nan
     prefill_s: float = math.nan
+    tokens: list[int] = field(default_factory=list)
 
 
 class Controller:
@@ -100,7 +101,7 @@ class Controller:
         self.last_idle_start: dict[str, float] = {}
         self.active: dict[str, int] = dict.fromkeys(models, 0)
         self.stats: dict[str, float] = {"gpu_seconds": 0.0, "idle_gpu_gb_s": 0.0, "migrations": 0,
-                                        "preemptions": 0, "loads": 0, "events": 0, "load_failures": 0,
+                                        "preemptions": 0, "loads": 0, "events": 0, "load_failures": 0, "migrations_aborted": 0,
                                         "decisions": 0, "decision_s": 0.0}
         self.cold_starts: list[dict[str, Any]] = []
         self._t0 = 0.0
@@ -364,7 +365,14 @@ class Controller:
         r.prefill_s = r.first_token_s - r.serve_start_s
         r.done_s = stream.times_s[-1] - self._t0
         r.migrated, r.max_gap_s, r.state = stream.migrated, stream.max_gap_s(), "done"
+        r.tokens = list(stream.tokens)
         self.active[r.model] -= 1
+        dst = inst.migrate_to
+        if dst is not None:  # finished before the destination was ready: it becomes an ordinary instance
+            inst.migrate_to, inst.migrating, dst.migrating = None, False, False
+            self.stats["migrations_aborted"] += 1
+            if dst.state == "idle-migration":
+                self._next_or_idle(dst)
         self._next_or_idle(inst)
         self._retry()
 

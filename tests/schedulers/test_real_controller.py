@@ -152,3 +152,53 @@ def test_ctrl_c_stops_workers_and_keeps_what_was_measured(compose_cfg: Callable[
     assert "interrupted" in reqs[1].error
     assert _no_workers_left()
     assert OmegaConf.select(cfg, "real.servers") == 2
+
+
+class MigrateFirstBusy:
+    """A test policy: the first request goes to server 0; a later one waits until server 0's instance is busy,
+    then takes server 0 and live-migrates that instance to server 1."""
+
+    def schedule(self, request: Request, view: Any) -> Any:
+        from schedulers.base import Migration, Placement, Wait
+
+        s0 = view.servers[0]
+        if request.request_id == 0:
+            return Placement(server=0, tier=s0.best_tier(request.model))
+        busy = [i for i in s0.instances if i.busy]
+        if not busy:
+            return Wait(retry_at_s=view.now_s + 0.1)
+        return Placement(server=0, tier=s0.best_tier(request.model),
+                         migrations=(Migration(busy[0].instance_id, 1),))
+
+
+@pytest.mark.slow
+def test_live_migration_through_the_controller_keeps_the_token_stream(compose_cfg: Callable[..., DictConfig],
+                                                                      tmp_path: Path) -> None:
+    from harness.executors.workers import start_worker
+    from schedulers.real.instance import prompt_tokens
+
+    cfg = _cfg(compose_cfg, tmp_path, "real.decode_chunk=1", "real.ssd_replicas=2")
+    _name, entry = policies_of(cfg)[0]
+    ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", instantiate(cfg.executor))
+    ctl.scheduler = MigrateFirstBusy()
+    requests = [Request(0, MODELS[0], 0.0, 16, 6000), Request(1, MODELS[1], 0.3, 8, 4)]  # long enough to migrate
+    try:
+        reqs = ctl.run(requests)
+    finally:
+        cleanup()
+    r0, r1 = reqs
+    assert r1.state == "done"
+    assert r0.state == "done", r0.error
+    assert r0.migrated == 1
+    assert ctl.stats["migrations"] == 1
+    assert r1.server == 0
+    ref = start_worker(instantiate(cfg.executor), "schedulers.real.instance:ModelInstance",
+                       {"model": ctl.tiers.model_cfg(MODELS[0])}, name="ref")
+    try:
+        ref.call("load", str(ctl.tiers.paths[MODELS[0]]), ctl.tiers.loader_base | {"dram_dir": None}, timeout_s=120)
+        prompt = prompt_tokens(0, 16, ctl.tiers.vocab_size(MODELS[0]))
+        expected = ref.call("begin", 0, prompt)["tokens"] + ref.call("step", 0, 5999)["tokens"]
+    finally:
+        ref.close()
+    assert r0.tokens == expected
+    assert _no_workers_left()
