@@ -101,8 +101,8 @@ class Controller:
         self.last_idle_start: dict[str, float] = {}
         self.active: dict[str, int] = dict.fromkeys(models, 0)
         self.stats: dict[str, float] = {"gpu_seconds": 0.0, "idle_gpu_gb_s": 0.0, "migrations": 0,
-                                        "preemptions": 0, "loads": 0, "events": 0, "load_failures": 0, "migrations_aborted": 0,
-                                        "decisions": 0, "decision_s": 0.0}
+                                        "preemptions": 0, "loads": 0, "events": 0, "load_failures": 0,
+                                        "migrations_aborted": 0, "decisions": 0, "decision_s": 0.0}
         self.cold_starts: list[dict[str, Any]] = []
         self._t0 = 0.0
         self._drain_until: float | None = None
