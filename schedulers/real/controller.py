@@ -378,9 +378,9 @@ class Controller:
 
     def _serve_failed(self, inst: LiveInstance, r: Req, reason: str) -> None:
         self._kill_instance(inst, reason)
-        if inst.preempted:  # a policy's choice, not a fault: the request restarts from scratch
-            r.state, r.load_start_s = "new", math.nan
-            self._decide(r)
+        if inst.preempted:  # a policy's choice, not a fault: the request restarts from scratch, first in line
+            r.state, r.load_start_s = "waiting", math.nan  # (as in the simulator: retried when resources change)
+            self.waiting.appendleft(r.rid)
         else:
             log.error("request %d on instance %d failed: %s", r.rid, inst.iid, reason)
             self._requeue_or_fail(r, reason)
