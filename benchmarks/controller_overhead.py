@@ -25,7 +25,8 @@ from schedulers.base import Request
 from schedulers.catalog import model_infos
 from schedulers.cluster import Cluster
 from schedulers.fixed import FixedKeepAlive
-from schedulers.real.controller import Controller, RealConfig
+from schedulers.real.controller import Controller
+from schedulers.real.records import RealConfig
 from schedulers.real.slots import LiveInstance, LiveServer
 from schedulers.serverless import ServerlessScheduler
 from schedulers.serverlessllm import ServerlessLLMScheduler

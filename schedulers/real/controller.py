@@ -17,68 +17,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-from harness.executors.workers import WorkerError, start_worker
 from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler
-from schedulers.real.serving import Stream, serve
+from schedulers.real.jobs import load_job, serve_job
+from schedulers.real.records import RealConfig, Req
+from schedulers.real.serving import Stream
 from schedulers.real.slots import LiveInstance, LiveServer
 from schedulers.real.tiers import TierOps
 
 log = logging.getLogger("coldstart.schedulers.real")
-
-
-@dataclass(frozen=True)
-class RealConfig:
-    """Controller knobs: timeouts (wall seconds), decode chunk, migration stop rule, retries, load failures."""
-
-    timeout_s: float = 120.0
-    call_timeout_s: float = 120.0
-    decode_chunk: int = 4
-    migration_stop_tokens: int = 4
-    max_request_retries: int = 1
-    max_load_failures: int = 2
-    slot_threads: int = 1
-    slot_memory_bytes: int | None = None
-    drain_s: float = 30.0  # after the last request, keep running keep-alive expiries this long (as the simulator)
-    device: str = "cpu"
-    dtype: str = "fp32"
-
-    def __post_init__(self) -> None:
-        for key in ("timeout_s", "call_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"real.{key}={getattr(self, key)!r}; it must be > 0")
-        if self.decode_chunk < 1:
-            raise ValueError(f"real.decode_chunk={self.decode_chunk!r}; it must be ≥ 1")
-
-
-@dataclass
-class Req:
-    """A request's live record (becomes one row of requests.parquet)."""
-
-    rid: int
-    model: str
-    arrival_s: float
-    input_tokens: int
-    output_tokens: int
-    server: int = -1
-    tier: str = ""
-    placed_s: float = math.nan
-    load_start_s: float = math.nan
-    load_s: float = math.nan
-    first_token_s: float = math.nan
-    done_s: float = math.nan
-    cold_start: bool = False
-    migrated: int = 0
-    preempted: int = 0
-    retries: int = 0
-    state: str = "new"  # new → waiting → assigned → running → done | failed | timed_out
-    error: str = ""
-    max_gap_s: float = math.nan
-    serve_start_s: float = math.nan
-    prefill_s: float = math.nan
-    tokens: list[int] = field(default_factory=list)
 
 
 class Controller:
@@ -263,34 +211,7 @@ class Controller:
         server.free_gpus -= inst.gpus
         inst.acquired_s, inst.state = self.now(), "loading"
         self.stats["loads"] += 1
-        self._pool.submit(self._load_job, inst)
-
-    def _load_job(self, inst: LiveInstance) -> None:
-        """Helper thread: wait for the server's loading queue, spawn the instance process, load, build."""
-        server = self.servers[inst.server]
-        with server.load_lock:
-            start = self.now()
-            r = self.reqs[inst.for_request] if inst.for_request is not None else None
-            if r is not None and math.isnan(r.load_start_s):
-                r.load_start_s = start
-            try:
-                path, download_s = self.tiers.prepare(server, inst.model, inst.tier)
-                spawn = time.time()
-                handle = start_worker(self.executor, "schedulers.real.instance:ModelInstance",
-                                      {"model": self.tiers.model_cfg(inst.model), "dtype": self.cfg.dtype,
-                                       "device": self.cfg.device, "spawn_ts": spawn},
-                                      name=f"s{inst.server}-i{inst.iid}-{inst.model}", num_cpus=self.cfg.slot_threads,
-                                      memory_bytes=self.cfg.slot_memory_bytes)
-                inst.handle = handle
-                self._handles.append(handle)
-                phases = handle.call("load", str(path), self.tiers.loader_cfg(server),
-                                     timeout_s=self.cfg.call_timeout_s)
-                phases["download_s"] = download_s
-                phases["load_s"] = self.now() - start
-            except Exception as exc:
-                self.post(self._load_failed, inst, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-                return
-        self.post(self._loaded, inst, start, phases)
+        self._pool.submit(load_job, self, inst)
 
     def _loaded(self, inst: LiveInstance, start: float, phases: dict[str, Any]) -> None:
         server = self.servers[inst.server]
@@ -331,34 +252,7 @@ class Controller:
         inst.done_s = inst.first_token_s + r.output_tokens * info.decode_s_per_token
         r.state, r.server = "running", inst.server
         self.servers[inst.server].instances[inst.iid] = inst
-        self._pool.submit(self._serve_job, inst, r)
-
-    def _serve_job(self, inst: LiveInstance, r: Req) -> None:
-        from schedulers.real.instance import prompt_tokens
-
-        stream = Stream(prompt_tokens(r.rid, r.input_tokens, self.tiers.vocab_size(r.model)))
-        r.serve_start_s = self.now()
-        holder = {"inst": inst}
-
-        def target() -> Any:
-            dst = holder["inst"].migrate_to
-            if dst is None or dst.handle is None or dst.state != "idle-migration":
-                return None
-            holder["src"] = holder["inst"]
-            holder["inst"] = dst
-            return dst.handle
-
-        def migrated() -> None:
-            self.post(self._migration_started, holder["src"], holder["inst"])
-
-        try:
-            serve(lambda: inst.handle, r.rid, stream, r.output_tokens, self.cfg.decode_chunk, self.cfg.call_timeout_s,
-                  target, self.cfg.migration_stop_tokens, migrated)
-            holder["inst"].handle.call("finish", r.rid, timeout_s=self.cfg.call_timeout_s)
-        except (WorkerError, TimeoutError) as exc:
-            self.post(self._serve_failed, holder["inst"], r, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-            return
-        self.post(self._served, holder["inst"], r, stream)
+        self._pool.submit(serve_job, self, inst, r)
 
     def _served(self, inst: LiveInstance, r: Req, stream: Stream) -> None:
         r.first_token_s = stream.times_s[0] - self._t0

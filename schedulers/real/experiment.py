@@ -23,7 +23,8 @@ from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import Cluster, ModelTimes
 from schedulers.experiments import build_policy, policies_of, workload_cfg
 from schedulers.metrics import REQUEST_COLUMNS, REQUEST_DTYPES, summarize, summary_frame
-from schedulers.real.controller import Controller, RealConfig, Req
+from schedulers.real.controller import Controller
+from schedulers.real.records import RealConfig, Req
 from schedulers.real.slots import LiveServer
 from schedulers.real.tiers import TierOps
 from schedulers.workload import RequestArrays, Workload
