@@ -63,7 +63,7 @@ def _run(cfg: DictConfig, tmp_path: Path, requests: list[Request], during: Calla
 @pytest.mark.slow
 def test_serverless_real_writes_the_simulator_columns(compose_cfg: Callable[..., DictConfig],
                                                       tmp_path: Path) -> None:
-    cfg = _cfg(compose_cfg, tmp_path, "workload.duration_s=25", "workload.rps=0.12",
+    cfg = _cfg(compose_cfg, tmp_path, "workload.duration_s=60", "workload.num_requests=3", "workload.rps=0.3",
                "workload.models=['tiny-llama#0','tiny-llama#1']")
     out = run_serverless_real(cfg, tmp_path / "run")
     req, summary, cold = out.tables["requests"], out.tables["summary"], out.tables["cold_starts"]
@@ -125,6 +125,8 @@ def test_bad_checkpoint_is_reported_and_not_retried_forever(compose_cfg: Callabl
     assert reqs[1].state == "done"
     assert reqs[0].state == "failed"
     assert "load failed" in reqs[0].error
+    assert "InstanceLoadError" in reqs[0].error  # the instance's named error, carried back from its process
+    assert "truncated" in reqs[0].error  # and the loader's reason
     assert reqs[2].state == "failed"
     assert ctl.stats["load_failures"] <= 2  # one per request at most, then the model is given up
     rows = request_rows(reqs, ctl.cfg.timeout_s)

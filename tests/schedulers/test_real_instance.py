@@ -89,18 +89,3 @@ def test_adopt_rejects_diverging_tokens(pair: tuple[WorkerHandle, WorkerHandle])
     dst.call("adopt", 7, [1, 2, 3, 4])
     with pytest.raises(WorkerCallError, match="diverge"):
         dst.call("adopt", 7, [9, 9, 9, 9, 9])
-
-
-def test_bad_checkpoint_is_a_named_load_error(tmp_path: Path) -> None:
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "index.json").write_text("{not json")
-    w = start_worker(LocalExecutor(), "schedulers.real.instance:ModelInstance", {"model": MODEL}, name="bad")
-    try:
-        with pytest.raises(WorkerCallError) as info:
-            w.call("load", str(bad), LOADER, timeout_s=120)
-        assert info.value.remote_type == "InstanceLoadError"
-    finally:
-        w.close()
-
-
