@@ -29,14 +29,14 @@ def reference() -> list[int]:
     return one_process_greedy(build_synthetic(spec(), SEED), PROMPT, MAX_TOKENS)
 
 
-def _killer(hosts: dict[int, Any], client: ChainClient, at_step: int) -> tuple[list[int], Any]:
-    """A hook that kills the second hop's server after token ``at_step`` (mid-session)."""
+def _killer(hosts: dict[int, Any], client: ChainClient, at_step: int, position: int = 1) -> tuple[list[int], Any]:
+    """A hook that kills the route's ``position``-th server (by index) after token ``at_step`` (mid-session)."""
     killed: list[int] = []
 
     def hook(step: int) -> None:
         if step == at_step and not killed:
             servers = next(iter(client._running.values()))[1]  # the running session's servers
-            victim = sorted(servers)[1]
+            victim = sorted(servers)[position]
             hosts[victim].kill()
             killed.append(victim)
 
@@ -91,10 +91,11 @@ def test_ray_actors_same_tokens_and_survive_a_kill(ray_local: object, reference:
     s = spec()
     executor = RayExecutor()  # joins the session's local Ray (ray_local), leaves it running
     host = partial(WorkerHost, executor=executor, num_cpus=0.25)
-    with executor, deploy(s, configs(s, PLACEMENT), host) as hosts:
-        client = ChainClient(parts(s), problem(s, 4), PLACEMENT, WsRrRouter(), hosts)
+    twins = Placement((0, 0), (6, 6), (6, 6))  # two actors (each start costs an interpreter): one replaces the other
+    with executor, deploy(s, configs(s, twins), host) as hosts:
+        client = ChainClient(parts(s), problem(s, 2), twins, WsRrRouter(), hosts)
         assert client.generate(0, PROMPT, MAX_TOKENS).tokens == reference
-        killed, hook = _killer(hosts, client, at_step=2)
+        killed, hook = _killer(hosts, client, at_step=2, position=0)
         result = client.generate(1, PROMPT, MAX_TOKENS, after_token=hook)
         assert killed
         assert result.tokens == reference

@@ -1,0 +1,208 @@
+"""``experiment=pipeline_real``: calibrate real servers, then run PETALS and CG-BP + WS-RR for real and simulated."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from harness.experiment import ExperimentResult
+from harness.zoo import ModelSpec
+from placement.base import Network, Placement, Problem, Router
+from placement.experiments import option_name
+from placement.real.blocks import ClientParts, build_synthetic, chain_spec, one_process_greedy
+from placement.real.calibration import calibrate, in_situ
+from placement.real.client import ChainClient
+from placement.real.deployment import (
+    HostFactory,
+    deploy,
+    real_types,
+    run_workload,
+    seeded_prompts,
+    server_configs,
+)
+from placement.real.hosting import InProcessHost, WorkerHost
+from placement.real.server import real_block_model
+from placement.scenario import auto_concurrency, block_counts_by_type
+from placement.simulator import poisson_arrivals, simulate
+
+log = logging.getLogger("coldstart.pipeline_real")
+
+
+def _settings(cfg: DictConfig) -> DictConfig:
+    """``cfg.pipeline`` with the smoke shrink applied (a copy: configs never change after start)."""
+    p = OmegaConf.create(OmegaConf.to_container(cfg.pipeline, resolve=False))
+    assert isinstance(p, DictConfig)
+    if cfg.get("smoke", False):
+        p.merge_with(p.get("smoke_overrides") or {})
+    for key in ("input_tokens", "max_tokens", "num_requests", "calibration_blocks", "calibration_reps", "r_max"):
+        if not (isinstance(p[key], int) and p[key] >= 1):
+            raise ValueError(f"pipeline.{key}={p[key]!r} is invalid; allowed: an integer >= 1")
+    if not p.arrival_rate_per_s > 0:
+        raise ValueError(f"pipeline.arrival_rate_per_s={p.arrival_rate_per_s!r} is invalid; allowed: > 0")
+    if len(p.server_types) != 2:
+        raise ValueError(f"pipeline.server_types has {len(p.server_types)} types; allowed: exactly 2 (the "
+                         "clustered topology's cluster-1 and cluster-2 types, in that order)")
+    return p
+
+
+def _spec(cfg: DictConfig, p: DictConfig) -> ModelSpec:
+    spec = chain_spec(instantiate(cfg.model), p.get("num_layers"))
+    overrides = dict(p.get("hf_overrides") or {})
+    return replace(spec, hf_config={**spec.hf_config, **overrides}) if overrides else spec
+
+
+def _fault(client: ChainClient, placement: Placement, prompt: list[int], max_tokens: int, reference: list[int],
+           hosts: dict[int, Any]) -> dict[str, Any]:
+    """Kill the first server of a session's route mid-session; the client re-routes and replays."""
+    killed: list[int] = []
+
+    def hook(step: int) -> None:
+        if step == max_tokens // 2 - 1 and not killed:
+            servers = next(iter(client._running.values()))[1]
+            victim = min(servers)
+            hosts[victim].kill()
+            killed.append(victim)
+
+    res = client.generate(10_000, prompt, max_tokens, after_token=hook)
+    replays = [h for h in res.hops if h["replay"]]
+    return {"killed_server": killed[0] if killed else -1, "killed_after_tokens": max_tokens // 2,
+            "reroutes": res.reroutes, "tokens_match": res.tokens == reference, "path_at_start": res.path,
+            "replacement_servers": ",".join(str(h["server"]) for h in replays),
+            "replay_hops": len(replays), "replay_tokens": replays[0]["tokens"] if replays else 0,
+            "service_s": res.service_s}
+
+
+def _summary(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: mean per-token time and TTFT, real and simulated (isolated and in-situ calibration), and the
+    simulator's relative error |sim − real| / real."""
+    rows = []
+    for policy, g in requests.groupby("policy", sort=False):
+        real = g[g["mode"] == "real"]
+        row: dict[str, Any] = {"policy": policy, "requests": len(real)}
+        for metric in ("per_token_s", "ttft_s", "wait_s"):
+            r = float(real[metric].mean())
+            row[f"real_{metric}_mean"] = r
+            for mode in ("sim", "sim_in_situ"):
+                s = float(g[g["mode"] == mode][metric].mean())
+                row[f"{mode}_{metric}_mean"] = s
+                if metric != "wait_s":
+                    row[f"{mode}_{metric}_error_pct"] = 100 * abs(s - r) / r
+        row["tokens_match_reference"] = bool(real["tokens_match"].all())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _advantage(summary: pd.DataFrame, petals: str, proposed: str) -> pd.DataFrame:
+    """The proposed method's reduction of mean per-token time vs PETALS, measured and predicted."""
+    out = []
+    for mode in ("real", "sim", "sim_in_situ"):
+        by = dict(zip(summary["policy"], summary[f"{mode}_per_token_s_mean"], strict=True))
+        p, q = float(by[petals]), float(by[proposed])
+        out.append({"mode": mode, "petals_per_token_s": p, "proposed_per_token_s": q,
+                    "reduction_pct": 100 * (1 - q / p)})
+    return pd.DataFrame(out)
+
+
+def run_pipeline_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """Calibrate τ, τ^I per server type, then per policy: place, simulate, deploy for real, replay the workload."""
+    p = _settings(cfg)
+    seed, smoke = int(cfg.seed), bool(cfg.get("smoke", False))
+    spec = _spec(cfg, p)
+    dtype = str(p.dtype)
+    real = real_types(OmegaConf.to_container(p.server_types))  # type: ignore[arg-type]
+    parts = ClientParts(build_synthetic(spec, seed, dtype))
+    executor = None if smoke else instantiate(cfg.executor)
+    host: HostFactory = InProcessHost if smoke else partial(WorkerHost, executor=executor,
+                                                             num_cpus=p.get("worker_num_cpus"))
+    try:
+        return _run(cfg, p, spec, real, parts, host, seed, dtype)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
+
+
+def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], parts: ClientParts,
+         host: HostFactory, seed: int, dtype: str) -> ExperimentResult:
+    l_in, l_max = int(p.input_tokens), int(p.max_tokens)
+    log.info("calibrating %d server types", len(real))
+    cal = calibrate(spec, real, host, parts, l_in, l_max, int(p.calibration_blocks), int(p.calibration_reps), seed,
+                    dtype)
+    names = list(real)
+    extra = {n: {k: getattr(t, k) for k in ("mem_gb", "tau_s", "tau_in_slope_s", "tau_in_base_s", "max_blocks",
+                                            "inference_rps", "network_rps")} for n, t in cal.types.items()}
+    net = instantiate(cfg.topology, a100_type=names[0], mig_type=names[1], extra_server_types=extra
+                      ).build(np.random.default_rng(seed))
+    clients = [c for c, g in enumerate(net.client_groups) if g == int(p.client_group)] or [0]
+    base = Problem(real_block_model(spec, dtype), net, l_in, l_max, 1, cal.overheads)
+    rate = float(p.arrival_rate_per_s)
+    design = (auto_concurrency(base, clients, rate, int(p.r_max)) if str(p.design_concurrency) == "auto"
+              else int(p.design_concurrency))
+    problem = replace(base, design_concurrency=design)
+    arrivals = poisson_arrivals(np.random.default_rng([seed, 2]), rate, int(p.num_requests), clients)
+    vocab = int(spec.config().vocab_size)
+    prompts = seeded_prompts(np.random.default_rng([seed, 3]), len(arrivals), l_in, vocab)
+    reference_model = build_synthetic(spec, seed, dtype)
+    references = [one_process_greedy(reference_model, pr, l_max) for pr in prompts]
+    warm = int(p.warmup_requests)
+    warm_arrivals = poisson_arrivals(np.random.default_rng([seed, 4]), rate, warm, clients) if warm else []
+    warm_prompts = seeded_prompts(np.random.default_rng([seed, 5]), warm, l_in, vocab)
+    frames, hop_frames, placements, faults = [], [], [], []
+    situ_cal: list[dict[str, Any]] = []
+    policies = list(p.policies)
+    for idx, spec_p in enumerate(policies):
+        name = str(spec_p.name)
+        placement: Placement = instantiate(spec_p.placement).place(problem, np.random.default_rng([seed, 1]))
+        router: Router = instantiate(spec_p.routing)
+        sim_rows, _ = simulate(problem, placement, router, arrivals)
+        sim = pd.DataFrame(sim_rows).assign(mode="sim", reroutes=0, tokens_match=True)
+        configs = server_configs(problem, placement, real, seed, dtype)
+        log.info("%s: %d servers, placement start=%s count=%s", name, len(configs), placement.start, placement.count)
+        with deploy(spec, configs, host) as hosts:
+            chain = {c: ChainClient(parts, problem, placement, router, hosts, client=c) for c in sorted(set(clients))}
+            warm_rows, warm_hops, _ = run_workload(chain, warm_arrivals, warm_prompts, l_max) if warm_arrivals \
+                else ([], [], [])
+            rows, hops, tokens = run_workload(chain, arrivals, prompts, l_max)
+            if bool(p.fault) and idx == len(policies) - 1:
+                faults.append({"policy": name, **_fault(chain[clients[0]], placement, prompts[0], l_max,
+                                                         references[0], hosts)})
+            for c in chain.values():
+                c.close()
+        # The same workload simulated with τ, τ^I and overheads re-fitted on this deployment's warm-up requests.
+        situ = in_situ(warm_hops, warm_rows, [s.name for s in net.servers], cal, l_in, l_max)
+        situ_net = Network(tuple(situ.types[s.name] for s in net.servers), net.clients, net.client_rtt_s,
+                           net.server_rtt_s, net.client_groups)
+        situ_problem = replace(problem, network=situ_net, overheads=situ.overheads)
+        situ_rows, _ = simulate(situ_problem, placement, router, arrivals)
+        situ_sim = pd.DataFrame(situ_rows).assign(mode="sim_in_situ", reroutes=0, tokens_match=True)
+        situ_cal.extend({"policy": name, **r} for r in situ.rows)
+        measured = pd.DataFrame(rows).assign(mode="real", tokens_match=[t == references[r["request_id"]]
+                                                                         for t, r in zip(tokens, rows, strict=True)])
+        both = pd.concat([measured, sim, situ_sim], ignore_index=True)
+        both = both.assign(policy=name, placement=option_name(spec_p.placement._target_),
+                           routing=option_name(spec_p.routing._target_))
+        frames.append(both)
+        hop_frame = pd.DataFrame(hops).assign(policy=name)
+        hop_frame["server_type"] = [net.servers[j].name for j in hop_frame["server"]]
+        hop_frames.append(hop_frame)
+        placements.append({"policy": name, "design_concurrency": design, "start": list(placement.start),
+                           "count": list(placement.count), "cache_slots": list(placement.cache_slots),
+                           **block_counts_by_type(problem, placement)})
+    requests = pd.concat(frames, ignore_index=True)
+    summary = _summary(requests)
+    tables = {"requests": requests, "hops": pd.concat(hop_frames, ignore_index=True), "summary": summary,
+              "calibration": pd.DataFrame(cal.rows), "calibration_in_situ": pd.DataFrame(situ_cal),
+              "placements": pd.DataFrame(placements),
+              "faults": pd.DataFrame(faults)}
+    if len(policies) >= 2:
+        tables["advantage"] = _advantage(summary, str(policies[0].name), str(policies[-1].name))
+    docs = {"pipeline": OmegaConf.to_container(p, resolve=True), "model": {"name": spec.name, **spec.hf_config}}
+    return ExperimentResult(tables=tables, documents=docs)  # type: ignore[arg-type]
