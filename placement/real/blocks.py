@@ -79,6 +79,11 @@ class ClientParts:
     @torch.inference_mode()
     def next_token(self, hidden: torch.Tensor) -> int:
         """Greedy token from the hidden state leaving the last block (last position)."""
+        return int(self.logits(hidden)[0, -1].argmax().item())
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits [1, 1, vocab] of the last position of the hidden state leaving the last block."""
         dec = decoder(self.model)
         h = hidden[:, -1:]
         if config_of(self.model).model_type == "opt":
@@ -88,8 +93,8 @@ class ClientParts:
                 h = dec.project_out(h)
         else:
             h = dec.norm(h)
-        logits = self.model.lm_head(h)  # type: ignore[operator]
-        return int(logits[0, -1].argmax().item())
+        out: torch.Tensor = self.model.lm_head(h)  # type: ignore[operator]
+        return out
 
 
 class SpanRunner:

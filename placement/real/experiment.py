@@ -120,6 +120,8 @@ def run_pipeline_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     real = real_types(OmegaConf.to_container(p.server_types))  # type: ignore[arg-type]
     parts = ClientParts(build_synthetic(spec, seed, dtype))
     executor = None if smoke else instantiate(cfg.executor)
+    if executor is not None and hasattr(type(executor), "ray"):
+        executor.ray  # noqa: B018 - connect here: ray.init must run in the main thread, servers start in a pool
     host: HostFactory = InProcessHost if smoke else partial(WorkerHost, executor=executor,
                                                              num_cpus=p.get("worker_num_cpus"))
     try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from transformers import DynamicCache
 
 from placement.base import Hop, Placement, Problem, Route, SlotView
-from placement.real.blocks import build_synthetic, one_process_greedy
+from placement.real.blocks import SpanRunner, build_synthetic, one_process_greedy
 from placement.real.client import ChainClient
 from placement.real.deployment import deploy
 from placement.real.hosting import InProcessHost
@@ -71,8 +73,6 @@ def test_slots_counted_as_the_placement_model() -> None:
     assert not server.open_session("b", 1, 3)  # needs 2, 1 free: refused
     assert server.info()["refusals"] == 1
     assert server.open_session("c", 2, 3)  # needs 1
-    import torch
-
     hidden = torch.zeros(1, tokens, model.d_model)
     server.forward("a", hidden, torch.arange(tokens).unsqueeze(0))
     # the real KV bytes of a full session are exactly k · s_c
@@ -92,3 +92,26 @@ def test_memory_budget_bounds_slots() -> None:
     BlockServer(s, ok)
     with pytest.raises(ServerMemoryError, match="exceed mem_gb"):
         BlockServer(s, ServerConfig("s", 0, 2, cache_slots=6, mem_gb=need_gb, session_tokens=tokens))
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-opt"])
+def test_span_chain_logits_equal_one_process(arch: str) -> None:
+    """Numerically, not only by argmax (synthetic tiny-opt weights give a constant greedy token)."""
+    s = spec(arch)
+    model = build_synthetic(s, SEED)
+    client = parts(s)
+    spans = [(SpanRunner(model, 0, 4), 0, 3), (SpanRunner(model, 2, 4), 3, 6)]  # the second enters mid-span
+    caches = [runner.new_cache() for runner, _, _ in spans]
+    ref_cache = DynamicCache(config=model.config)
+    ids, pos = torch.tensor([PROMPT]), 0
+    for _ in range(4):
+        positions = torch.arange(pos, pos + ids.shape[1]).unsqueeze(0)
+        with torch.inference_mode():
+            want = model(input_ids=ids, position_ids=positions, cache=ref_cache, use_cache=True).logits[:, -1:]
+        hidden = client.embed(ids, positions)
+        for (runner, first, last), cache in zip(spans, caches, strict=True):
+            hidden = runner.forward(cache, hidden, positions, first, last)
+        got = client.logits(hidden)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        pos += ids.shape[1]
+        ids = torch.tensor([[int(torch.randint(1, 999, (1,), generator=torch.Generator().manual_seed(pos)))]])
