@@ -228,10 +228,10 @@ class Controller:
         r = self.reqs[inst.for_request] if inst.for_request is not None else None
         if r is not None and r.state == "assigned":
             r.load_s = self.now() - r.load_start_s
-            self._start_serving(inst, r)
-        else:
+            self._start_serving(inst, r)  # nothing was freed: waiting requests are not asked again (as in the
+        else:  # simulator, where only freed slots retry them; asking now let a waiter preempt this new one)
             self._next_or_idle(inst)
-        self._retry()
+            self._retry()
 
     def _load_failed(self, inst: LiveInstance, reason: str) -> None:
         self.stats["load_failures"] += 1
