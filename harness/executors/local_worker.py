@@ -67,8 +67,12 @@ class LocalWorker:
         self._reader.start()
         if memory_bytes is not None:
             threading.Thread(target=self._watch_memory, name=f"worker-{name}-watch", daemon=True).start()
-        self._send(("init", kwargs))
-        self.call("__worker_ping__", timeout_s=start_timeout_s)  # construction errors surface here
+        try:
+            self._send(("init", kwargs))
+            self.call("__worker_ping__", timeout_s=start_timeout_s)  # construction errors surface here
+        except BaseException:
+            self.close(timeout_s=1.0)  # a worker that could not start leaves no process behind
+            raise
 
     # -- API ---------------------------------------------------------------------------------------------------
     def submit(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:

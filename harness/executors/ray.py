@@ -144,7 +144,11 @@ class RayWorker:
         self._actor = ray.remote(_Host).options(**opts).remote(target, kwargs, num_cpus)
         self._dead_reason: str | None = None
         self._pid: int | None = None
-        self._pid = int(self.call("__worker_ping__", timeout_s=start_timeout_s))
+        try:
+            self._pid = int(self.call("__worker_ping__", timeout_s=start_timeout_s))
+        except BaseException:
+            self.kill()  # an actor that could not build its object is not left running
+            raise
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
         out: Future[Any] = Future()

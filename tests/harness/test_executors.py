@@ -131,9 +131,13 @@ def test_remote_error_carries_type_and_traceback(executor: Any) -> None:
 
 
 def test_construction_error_is_reported(executor: Any) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(WorkerCallError, match="bad checkpoint path /nope") as info:
         start_worker(executor, "tests.harness.test_executors:Broken", {}, name="broken", env=ENV)
     assert info.value.remote_type == "ValueError"
+    if isinstance(executor, LocalExecutor):  # the half-started worker process is gone
+        left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+        assert all(_gone(pid) for pid in left)
 
 
 def test_killed_worker_is_detected_mid_call(executor: Any) -> None:
