@@ -90,6 +90,7 @@ class Controller:
         except KeyboardInterrupt:
             log.warning("interrupted: stopping instances and writing what was measured")
             self._fail_unfinished("interrupted (Ctrl-C)")
+            self.stats["interrupted"] = 1
         finally:
             self.shutdown()
         return self.reqs

@@ -177,6 +177,8 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         frames.append(df)
         colds.append(cold)
         rows.append({"policy": name, **summarize(df, stats, stats["wall_s"])})
+        if stats.get("interrupted"):  # Ctrl-C: write what was measured, run no further policy
+            break
     meta = {"servers": int(cfg.real.servers), "gpus_per_server": int(cfg.real.gpus_per_server),
             "time_scale": float(cfg.real.time_scale), "executor": str(cfg.executor._target_),
             "seed": int(cfg.seed), "requests": len(requests)}

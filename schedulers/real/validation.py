@@ -81,6 +81,12 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     for name, entry in policies:
         log.info("%s: %d requests for real", name, len(requests))
         real_df, real_stats, cold = run_policy_real(cfg, entry, requests, models, out_dir / "servers" / name)
+        if real_stats.get("interrupted"):  # Ctrl-C: keep what was measured, simulate nothing more
+            real_df.insert(0, "mode", "real")
+            real_df.insert(0, "policy", name)
+            frames.append(real_df)
+            rows.append({"policy": name, "mode": "real", **summarize(real_df, real_stats, real_stats["wall_s"])})
+            break
         gbps, times = calibrate(real_df, cold)
         cluster = real_cluster(cfg.real, model_times=times, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
                                remote_gbps=gbps["remote"], name="calibrated-from-real")
@@ -111,5 +117,6 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                             "executor": str(cfg.executor._target_), "seed": int(cfg.seed)}
     return ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
                                     "summary": summary_frame(rows, ["policy", "mode"]),
-                                    "errors": pd.DataFrame(errors), "cold_starts": pd.concat(colds, ignore_index=True)},
+                                    "errors": pd.DataFrame(errors),
+                                    "cold_starts": pd.concat(colds, ignore_index=True) if colds else pd.DataFrame()},
                             documents={"sim_vs_real": meta})

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from schedulers.base import Request
 from schedulers.experiments import policies_of
@@ -135,25 +135,29 @@ def test_bad_checkpoint_is_reported_and_not_retried_forever(compose_cfg: Callabl
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_workers_and_keeps_what_was_measured(compose_cfg: Callable[..., DictConfig],
-                                                          tmp_path: Path) -> None:
-    cfg = _cfg(compose_cfg, tmp_path)
-    requests = [Request(0, MODELS[0], 0.0, 8, 100000 // 1000), Request(1, MODELS[1], 60.0, 8, 4)]
+def test_ctrl_c_stops_workers_and_writes_what_was_measured(compose_cfg: Callable[..., DictConfig],
+                                                           tmp_path: Path) -> None:
+    from omegaconf import open_dict
 
-    def interrupt(ctl: Any) -> None:
-        deadline = time.monotonic() + 80
-        while time.monotonic() < deadline:
-            if any(i.state == "busy" for i in list(ctl.instances.values())) or (ctl.reqs and \
-                    ctl.reqs[0].state == "done"):
-                break
+    cfg = _cfg(compose_cfg, tmp_path, "workload.duration_s=60", "workload.num_requests=4", "workload.rps=0.5")
+    with open_dict(cfg):
+        cfg.experiment.policies = [{"name": "first", "scheduler": "serverless"},
+                                   {"name": "second", "scheduler": "serverless"}]
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _workers():  # once the first instance process runs
             time.sleep(0.05)
+        time.sleep(1.0)
         _thread.interrupt_main()
 
-    _ctl, reqs = _run(cfg, tmp_path, requests, interrupt)
-    assert reqs[1].state == "failed"
-    assert "interrupted" in reqs[1].error
+    threading.Thread(target=interrupt, daemon=True).start()
+    out = run_serverless_real(cfg, tmp_path / "run")
+    req, summary = out.tables["requests"], out.tables["summary"]
+    assert list(summary["policy"]) == ["first"]  # no further policy ran
+    assert len(req) == 4
+    assert req["error"].str.contains("interrupted").any()
     assert _no_workers_left()
-    assert OmegaConf.select(cfg, "real.servers") == 2
 
 
 class MigrateFirstBusy:
