@@ -1,6 +1,10 @@
-"""Simulator: event-log order, cache capacity, PETALS backoff, Theorem-2 bound when ≤ |R| requests run."""
+"""Simulator: event-log order, cache capacity, PETALS backoff, Theorem-2 bound when ≤ |R| requests run, and the
+opt-in server compute model (hops queue for a bounded server; off reproduces the model without it exactly)."""
 
 from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,9 +13,10 @@ import pytest
 from placement.base import Placement
 from placement.cg_bp import CgBpPlacement
 from placement.perf import theorem2_bound_s
+from placement.petals import PetalsPlacement
 from placement.petals_dijkstra import PetalsDijkstraRouter, backoff_s
 from placement.shortest_path import ShortestPathRouter
-from placement.simulator import REQUEST_COLUMNS, poisson_arrivals, simulate
+from placement.simulator import REQUEST_COLUMNS, Event, ServerCompute, poisson_arrivals, simulate
 from placement.ws_rr import WsRrRouter
 from tests.placement.conftest import clustered_problem, toy_problem
 
@@ -116,3 +121,87 @@ def test_route_needing_more_slots_than_a_server_has_fails_instead_of_retrying_fo
     placement = Placement((0,), (2,), (1,), policy="tiny_pool")
     with pytest.raises(ValueError, match="needs 2 cache slots on server 0, which has 1"):
         simulate(problem, placement, PetalsDijkstraRouter(), [(0.0, 0)])
+
+
+# sha256 of the request table and event log of two seeded runs, computed with the simulator before the compute
+# model existed (placement/simulator.py at 2c00daa): without contention the results must stay exactly these.
+GOLDEN = {"cg_bp": "f7b900bfeb8250fb4b59a4f5746fe50ae34a034c0d018b9c541c226c105c38c6",
+          "petals": "f2c723d16ab87a4f7d2c2f686403b06fb217642d6742e81dd6c358930efca8f5"}
+
+
+def _digest(rows: list[dict[str, object]], log: list[Event]) -> str:
+    text = pd.DataFrame(rows).to_csv(float_format="%.9g") + "".join(
+        f"{e.time_s:.9g}{e.kind}{e.request_id}{e.detail}" for e in log)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("unbounded", [None, (None,), (0,)])
+def test_unbounded_compute_reproduces_the_old_results_exactly(unbounded: tuple[int | None, ...] | None) -> None:
+    problem = clustered_problem(64, 10)
+    arrivals = poisson_arrivals(np.random.default_rng(1), 0.5, 30, [0])
+    for name, pl, router in (("cg_bp", CgBpPlacement(), WsRrRouter()),
+                             ("petals", PetalsPlacement(), PetalsDijkstraRouter())):
+        placement = pl.place(problem, np.random.default_rng(0))
+        compute = None if unbounded is None else ServerCompute(unbounded * len(placement.cache_slots))
+        rows, log = simulate(problem, placement, router, arrivals, compute=compute)
+        assert _digest(rows, log) == GOLDEN[name], name
+        assert "compute_wait_s" not in rows[0]
+
+
+def _two_sessions_one_server(capacity: int, share: float = 1.0) -> tuple[list[dict[str, object]], list[Event]]:
+    problem = replace(toy_problem([10.0], [0.005], [[0.0]], num_blocks=2, concurrency=2), max_tokens=3)
+    placement = Placement((0,), (2,), (4,), policy="fixed")  # room for both sessions' slots: no slot wait
+    shares = (share,) if share != 1.0 else ()
+    return simulate(problem, placement, ShortestPathRouter(), [(0.0, 0), (0.0, 0)],
+                    compute=ServerCompute((capacity,), shares))
+
+
+def test_capacity_one_makes_the_second_session_wait_for_the_first_ones_compute() -> None:
+    rows, log = _two_sessions_one_server(1)
+    prefill_compute_s = 0.01 * 2  # τ^I (base 0.01 s, slope 0) × 2 blocks
+    computes = [e for e in log if e.kind == "compute"]
+    assert len(computes) == 2 * 3  # 2 sessions × (prefill + 2 decode steps) × 1 hop
+    first = [e for e in computes if e.request_id == 0]
+    second = [e for e in computes if e.request_id == 1]
+    assert all(e.wait_s == 0 for e in first)
+    assert second[0].wait_s == pytest.approx(prefill_compute_s)
+    assert second[0].time_s - first[0].time_s == pytest.approx(prefill_compute_s)
+    # decode hops come back after the relay latency (> 20 ms), so they no longer collide
+    assert [e.wait_s for e in second[1:]] == [0, 0]
+    assert rows[1]["compute_wait_s"] == pytest.approx(prefill_compute_s)
+    assert float(rows[1]["ttft_s"]) - float(rows[0]["ttft_s"]) == pytest.approx(prefill_compute_s)  # type: ignore[arg-type]
+    assert rows[0]["wait_s"] == rows[1]["wait_s"] == 0  # slots were free: the wait is for compute only
+
+
+def test_capacity_two_or_a_partial_share_shortens_the_wait() -> None:
+    _, log2 = _two_sessions_one_server(2)
+    assert all(e.wait_s == 0 for e in log2 if e.kind == "compute")
+    _, log_share = _two_sessions_one_server(1, share=0.25)  # an emulated slower device: only 1/4 is compute
+    waits = [e.wait_s for e in log_share if e.kind == "compute" and e.request_id == 1]
+    assert waits[0] == pytest.approx(0.25 * 0.02)
+
+
+def test_bounded_compute_without_overlap_matches_the_paper_model() -> None:
+    # Hop-by-hop service with a bound that never binds sums to route_times: same per-token time and TTFT.
+    problem = clustered_problem(64, 10)
+    placement = CgBpPlacement().place(problem, np.random.default_rng(0))
+    arrivals = [(0.0, 0), (500.0, 1)]
+    old, _ = simulate(problem, placement, WsRrRouter(), arrivals)
+    new, log = simulate(problem, placement, WsRrRouter(), arrivals,
+                        compute=ServerCompute((1,) * len(placement.cache_slots)))
+    assert any(e.kind == "compute" for e in log)
+    for a, b in zip(old, new, strict=True):
+        for key in ("per_token_s", "ttft_s", "service_s", "completion_s"):
+            assert b[key] == pytest.approx(a[key], rel=1e-9), key
+        assert b["compute_wait_s"] == 0
+
+
+def test_server_compute_is_validated() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        ServerCompute((-1,))
+    with pytest.raises(ValueError, match="busy_share"):
+        ServerCompute((1,), (0.0,))
+    problem = toy_problem([10.0], [0.01], [[0.0]], num_blocks=2, concurrency=1)
+    with pytest.raises(ValueError, match="one per server"):
+        simulate(problem, Placement((0,), (2,), (2,), policy="fixed"), ShortestPathRouter(), [(0.0, 0)],
+                 compute=ServerCompute((1, 1)))
