@@ -46,6 +46,11 @@ class ServerCompute:
 
     capacity: tuple[int | None, ...]
     busy_share: tuple[float, ...] = field(default=())
+    # The part of a decode / prefill hop's fixed overhead that is server compute (a real server's per-call
+    # intercept), per server: it occupies the compute too. Taken out of the hop's latency, not added, so a hop
+    # that does not queue takes the time it takes without the compute model.
+    fixed_busy_s: tuple[float, ...] = field(default=())
+    prefill_fixed_busy_s: tuple[float, ...] = field(default=())
 
     def __post_init__(self) -> None:
         for c in self.capacity:
@@ -57,6 +62,11 @@ class ServerCompute:
                              "servers; allowed: one per server, or none (all 1)")
         if any(not 0 < b <= 1 for b in self.busy_share):
             raise ValueError(f"ServerCompute.busy_share={self.busy_share} is invalid; allowed: 0 < share <= 1")
+        for name in ("fixed_busy_s", "prefill_fixed_busy_s"):
+            v = getattr(self, name)
+            if v and (len(v) != len(self.capacity) or min(v) < 0):
+                raise ValueError(f"ServerCompute.{name}={v} is invalid; allowed: none, or one value >= 0 per "
+                                 "server")
 
     @property
     def bounded(self) -> bool:
@@ -64,6 +74,10 @@ class ServerCompute:
 
     def share(self, j: int) -> float:
         return self.busy_share[j] if self.busy_share else 1.0
+
+    def fixed(self, j: int, prefill: bool) -> float:
+        v = self.prefill_fixed_busy_s if prefill else self.fixed_busy_s
+        return v[j] if v else 0.0
 
 
 def poisson_arrivals(rng: np.random.Generator, rate_per_s: float, num_requests: int,
@@ -130,6 +144,8 @@ def _contended(env: simpy.Environment, problem: Problem, client: int, route: Rou
             else:
                 work = t.tau_s * h.blocks
                 latency = hop_token_s(problem, client, j, h.blocks) - work
+            fixed = min(compute.fixed(j, step == 0), latency)
+            work, latency = work + fixed, latency - fixed
             yield from _hop(env, servers[j], compute.share(j), latency, work, rid, j, log, waits)
         if step == 0:
             first_token.append(env.now)

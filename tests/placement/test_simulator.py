@@ -181,6 +181,18 @@ def test_capacity_two_or_a_partial_share_shortens_the_wait() -> None:
     assert waits[0] == pytest.approx(0.25 * 0.02)
 
 
+def test_fixed_busy_time_queues_too_but_keeps_an_uncontended_hop_as_long() -> None:
+    problem = replace(toy_problem([10.0], [0.005], [[0.0]], num_blocks=2, concurrency=2), max_tokens=3)
+    placement = Placement((0,), (2,), (4,), policy="fixed")
+    plain, _ = simulate(problem, placement, ShortestPathRouter(), [(0.0, 0)])
+    compute = ServerCompute((1,), fixed_busy_s=(0.004,), prefill_fixed_busy_s=(0.003,))
+    alone, _ = simulate(problem, placement, ShortestPathRouter(), [(0.0, 0)], compute=compute)
+    assert alone[0]["completion_s"] == pytest.approx(plain[0]["completion_s"], rel=1e-12)
+    _, log = simulate(problem, placement, ShortestPathRouter(), [(0.0, 0), (0.0, 0)], compute=compute)
+    second = [e for e in log if e.kind == "compute" and e.request_id == 1]
+    assert second[0].wait_s == pytest.approx(0.02 + 0.003)  # the first one's prefill: 2 blocks × τ^I + fixed
+
+
 def test_bounded_compute_without_overlap_matches_the_paper_model() -> None:
     # Hop-by-hop service with a bound that never binds sums to route_times: same per-token time and TTFT.
     problem = clustered_problem(64, 10)
@@ -201,6 +213,8 @@ def test_server_compute_is_validated() -> None:
         ServerCompute((-1,))
     with pytest.raises(ValueError, match="busy_share"):
         ServerCompute((1,), (0.0,))
+    with pytest.raises(ValueError, match="fixed_busy_s"):
+        ServerCompute((1,), fixed_busy_s=(0.1, 0.1))
     problem = toy_problem([10.0], [0.01], [[0.0]], num_blocks=2, concurrency=1)
     with pytest.raises(ValueError, match="one per server"):
         simulate(problem, Placement((0,), (2,), (2,), policy="fixed"), ShortestPathRouter(), [(0.0, 0)],
