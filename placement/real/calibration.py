@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,34 @@ def _median_times(host: Host, d_model: int, first: int, last: int, tokens: int, 
     return (float(np.median(pre_b)), float(np.median(pre_o)), float(np.median(dec_b)), float(np.median(dec_o)))
 
 
+def parallelism(host: Host, d_model: int, blocks: int, tokens: int, decode_steps: int, reps: int) -> float:
+    """How many hops the server computes at once, measured: two sessions' decode hops one after the other vs
+    from two threads at once, wall ratio (1: one hop at a time; 2: fully parallel). Median of ``reps``."""
+    gen = torch.Generator().manual_seed(1)
+
+    def session(sid: str) -> None:
+        if not host.call("open_session", sid, 0, blocks, 0.0):
+            raise RuntimeError(f"calibration server refused session {sid}: its slots are still held")
+        host.call("forward", sid, torch.randn(1, tokens, d_model, generator=gen) * 0.02,
+                  torch.arange(tokens).unsqueeze(0))
+        for step in range(decode_steps):
+            host.call("forward", sid, torch.randn(1, 1, d_model, generator=gen) * 0.02, torch.tensor([[tokens + step]]))
+        host.call("close_session", sid)
+
+    ratios = []
+    for r in range(reps):
+        t0 = time.perf_counter()
+        session(f"par-{r}-a")
+        session(f"par-{r}-b")
+        one_by_one = time.perf_counter() - t0
+        with ThreadPoolExecutor(2) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(session, (f"par-{r}-c", f"par-{r}-d")))
+            together = time.perf_counter() - t0
+        ratios.append(one_by_one / together)
+    return float(np.median(ratios))
+
+
 def client_step_s(parts: ClientParts, reps: int = 30) -> float:
     """Median client work per generated token: embed one token and apply the head."""
     times = []
@@ -99,13 +128,14 @@ def calibrate(spec: ModelSpec, real: Mapping[str, RealServerType], host: HostFac
             tau_in = (mk[0] - m1[0]) / span if k > 1 else m1[0]
             tau_in_2 = (mkb[0] - m1b[0]) / span if k > 1 else m1b[0]
             slope = max((tau_in_2 - tau_in) / input_tokens, 0.0)
+            par = parallelism(h, model.d_model, k, input_tokens, steps, reps)
             rows.append({"server_type": t.name, "blocks_measured": k, "threads": t.threads, "slowdown": t.slowdown,
                          "mem_gb": t.mem_gb, "tau_s": max(tau, 1e-7),
                          "tau_in_s": max(tau_in, 1e-7), "tau_in_slope_s": slope,
                          "tau_in_base_s": max(tau_in - slope * input_tokens, 0.0),
                          "decode_intercept_s": max(m1[2] - tau, 0.0), "prefill_intercept_s": max(m1[0] - tau_in, 0.0),
                          "decode_relay_s": mk[3], "prefill_relay_s": mk[1], "decode_busy_k_s": mk[2],
-                         "prefill_busy_k_s": mk[0],
+                         "prefill_busy_k_s": mk[0], "parallelism": par,
                          "block_bytes": model.block_gb * GB, "cache_bytes_per_session_block":
                              model.cache_gb(input_tokens + max_tokens) * GB})
     types = {r["server_type"]: ServerType(r["server_type"], mem_gb=real[r["server_type"]].mem_gb, tau_s=r["tau_s"],

@@ -18,10 +18,11 @@ from harness.zoo import ModelSpec
 from placement.base import Network, Placement, Problem, Router
 from placement.experiments import option_name
 from placement.real.blocks import ClientParts, build_synthetic, chain_spec, one_process_greedy
-from placement.real.calibration import calibrate, in_situ
+from placement.real.calibration import Calibration, calibrate, in_situ
 from placement.real.client import ChainClient
 from placement.real.deployment import (
     HostFactory,
+    RealServerType,
     deploy,
     real_types,
     run_workload,
@@ -31,9 +32,11 @@ from placement.real.deployment import (
 from placement.real.hosting import InProcessHost, WorkerHost
 from placement.real.server import real_block_model
 from placement.scenario import auto_concurrency, block_counts_by_type
-from placement.simulator import poisson_arrivals, simulate
+from placement.simulator import ServerCompute, poisson_arrivals, simulate
 
 log = logging.getLogger("coldstart.pipeline_real")
+
+SIM_MODES = ("sim", "sim_in_situ", "sim_contended")
 
 
 def _settings(cfg: DictConfig) -> DictConfig:
@@ -47,6 +50,10 @@ def _settings(cfg: DictConfig) -> DictConfig:
             raise ValueError(f"pipeline.{key}={p[key]!r} is invalid; allowed: an integer >= 1")
     if not p.arrival_rate_per_s > 0:
         raise ValueError(f"pipeline.arrival_rate_per_s={p.arrival_rate_per_s!r} is invalid; allowed: > 0")
+    cap = p.get("sim_server_capacity", "threads")
+    if not (cap in ("threads", "measured") or (isinstance(cap, int) and cap >= 1)):
+        raise ValueError(f"pipeline.sim_server_capacity={cap!r} is invalid; allowed: threads, measured or an "
+                         "integer >= 1")
     if len(p.server_types) != 2:
         raise ValueError(f"pipeline.server_types has {len(p.server_types)} types; allowed: exactly 2 (the "
                          "clustered topology's cluster-1 and cluster-2 types, in that order)")
@@ -57,6 +64,32 @@ def _spec(cfg: DictConfig, p: DictConfig) -> ModelSpec:
     spec = chain_spec(instantiate(cfg.model), p.get("num_layers"))
     overrides = dict(p.get("hf_overrides") or {})
     return replace(spec, hf_config={**spec.hf_config, **overrides}) if overrides else spec
+
+
+def server_compute(net: Network, real: dict[str, RealServerType], cal: Calibration, capacity: str | int
+                   ) -> ServerCompute:
+    """The simulator's compute model of the real servers (``sim_contended``), from what a block server does.
+
+    Capacity: ``threads`` = the type's thread budget: a server computes that many hops at once (one torch
+    thread; its call threads are serialized by the interpreter, which calibration's ``parallelism`` column
+    measures); ``measured`` = that measured parallelism, rounded (at least 1); or a fixed integer. Busy share
+    1/slowdown: the emulated slowdown sleeps after computing and holds nothing. Fixed busy time: the type's
+    measured per-call intercept (server time that does not grow with blocks), which queues with the blocks.
+    """
+    rows = {r["server_type"]: r for r in cal.rows}
+    caps, shares, fixed, pre_fixed = [], [], [], []
+    for server in net.servers:
+        t, r = real[server.name], rows.get(server.name, {})
+        if capacity == "threads":
+            caps.append(t.threads)
+        elif capacity == "measured":
+            caps.append(max(1, round(float(r.get("parallelism", 1.0)))))
+        else:
+            caps.append(int(capacity))
+        shares.append(1.0 / t.slowdown)
+        fixed.append(float(r.get("decode_intercept_s", 0.0)))
+        pre_fixed.append(float(r.get("prefill_intercept_s", 0.0)))
+    return ServerCompute(tuple(caps), tuple(shares), tuple(fixed), tuple(pre_fixed))
 
 
 def _fault(client: ChainClient, placement: Placement, prompt: list[int], max_tokens: int, reference: list[int],
@@ -81,8 +114,8 @@ def _fault(client: ChainClient, placement: Placement, prompt: list[int], max_tok
 
 
 def _summary(requests: pd.DataFrame) -> pd.DataFrame:
-    """Per policy: mean per-token time and TTFT, real and simulated (isolated and in-situ calibration), and the
-    simulator's relative error |sim − real| / real."""
+    """Per policy: mean per-token time and TTFT, real and simulated (isolated and in-situ calibration, and the
+    isolated one with server compute contention), and the simulator's relative error |sim − real| / real."""
     rows = []
     for policy, g in requests.groupby("policy", sort=False):
         real = g[g["mode"] == "real"]
@@ -90,7 +123,7 @@ def _summary(requests: pd.DataFrame) -> pd.DataFrame:
         for metric in ("per_token_s", "ttft_s", "wait_s"):
             r = float(real[metric].mean())
             row[f"real_{metric}_mean"] = r
-            for mode in ("sim", "sim_in_situ"):
+            for mode in SIM_MODES:
                 s = float(g[g["mode"] == mode][metric].mean())
                 row[f"{mode}_{metric}_mean"] = s
                 if metric != "wait_s":
@@ -103,7 +136,7 @@ def _summary(requests: pd.DataFrame) -> pd.DataFrame:
 def _advantage(summary: pd.DataFrame, petals: str, proposed: str) -> pd.DataFrame:
     """The proposed method's reduction of mean per-token time vs PETALS, measured and predicted."""
     out = []
-    for mode in ("real", "sim", "sim_in_situ"):
+    for mode in ("real", *SIM_MODES):
         by = dict(zip(summary["policy"], summary[f"{mode}_per_token_s_mean"], strict=True))
         p, q = float(by[petals]), float(by[proposed])
         out.append({"mode": mode, "petals_per_token_s": p, "proposed_per_token_s": q,
@@ -143,6 +176,7 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
                                             "inference_rps", "network_rps")} for n, t in cal.types.items()}
     net = instantiate(cfg.topology, a100_type=names[0], mig_type=names[1], extra_server_types=extra
                       ).build(np.random.default_rng(seed))
+    compute = server_compute(net, real, cal, p.get("sim_server_capacity", "threads"))
     clients = [c for c, g in enumerate(net.client_groups) if g == int(p.client_group)] or [0]
     base = Problem(real_block_model(spec, dtype), net, l_in, l_max, 1, cal.overheads)
     rate = float(p.arrival_rate_per_s)
@@ -166,6 +200,9 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
         router: Router = instantiate(spec_p.routing)
         sim_rows, _ = simulate(problem, placement, router, arrivals)
         sim = pd.DataFrame(sim_rows).assign(mode="sim", reroutes=0, tokens_match=True)
+        # The same, with each server's compute bounded as the real one is: hops of concurrent sessions queue.
+        cont_rows, _ = simulate(problem, placement, router, arrivals, compute=compute)
+        contended = pd.DataFrame(cont_rows).assign(mode="sim_contended", reroutes=0, tokens_match=True)
         configs = server_configs(problem, placement, real, seed, dtype)
         log.info("%s: %d servers, placement start=%s count=%s", name, len(configs), placement.start, placement.count)
         with deploy(spec, configs, host) as hosts:
@@ -188,7 +225,7 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
         situ_cal.extend({"policy": name, **r} for r in situ.rows)
         measured = pd.DataFrame(rows).assign(mode="real", tokens_match=[t == references[r["request_id"]]
                                                                          for t, r in zip(tokens, rows, strict=True)])
-        both = pd.concat([measured, sim, situ_sim], ignore_index=True)
+        both = pd.concat([measured, sim, situ_sim, contended], ignore_index=True)
         both = both.assign(policy=name, placement=option_name(spec_p.placement._target_),
                            routing=option_name(spec_p.routing._target_))
         frames.append(both)
@@ -206,5 +243,8 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
               "faults": pd.DataFrame(faults)}
     if len(policies) >= 2:
         tables["advantage"] = _advantage(summary, str(policies[0].name), str(policies[-1].name))
-    docs = {"pipeline": OmegaConf.to_container(p, resolve=True), "model": {"name": spec.name, **spec.hf_config}}
+    docs = {"pipeline": OmegaConf.to_container(p, resolve=True), "model": {"name": spec.name, **spec.hf_config},
+            "sim_contended": {"capacity": list(compute.capacity), "busy_share": list(compute.busy_share),
+                              "fixed_busy_s": list(compute.fixed_busy_s),
+                              "prefill_fixed_busy_s": list(compute.prefill_fixed_busy_s)}}
     return ExperimentResult(tables=tables, documents=docs)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ def test_pipeline_real_smoke_tables(compose_cfg: Callable[..., Any], tmp_path: P
     result = run_pipeline_real(cfg, tmp_path)
     t = result.tables
     req = t["requests"]
-    assert set(req["mode"]) == {"real", "sim", "sim_in_situ"}
+    assert set(req["mode"]) == {"real", "sim", "sim_in_situ", "sim_contended"}
     assert set(req["policy"]) == {"petals", "cg_bp+ws_rr"}
     # same seeded arrivals in both modes, every request served, chained tokens == one-process tokens
     for _, g in req.groupby("policy"):
@@ -29,10 +29,19 @@ def test_pipeline_real_smoke_tables(compose_cfg: Callable[..., Any], tmp_path: P
         assert list(real["arrival_s"]) == pytest.approx(list(sim["arrival_s"]))
         assert bool(real["tokens_match"].all())
     summary = t["summary"]
-    errors = {"sim_per_token_s_error_pct", "sim_in_situ_per_token_s_error_pct", "sim_ttft_s_error_pct"}
+    errors = {"sim_per_token_s_error_pct", "sim_in_situ_per_token_s_error_pct", "sim_ttft_s_error_pct",
+              "sim_contended_per_token_s_error_pct"}
     assert errors <= set(summary.columns)
     assert (summary["real_per_token_s_mean"] > 0).all()
-    assert set(t["advantage"]["mode"]) == {"real", "sim", "sim_in_situ"}
+    assert set(t["advantage"]["mode"]) == {"real", "sim", "sim_in_situ", "sim_contended"}
+    # contention only ever adds waiting: the contended simulation is never faster than the unbounded one
+    for _, g in req.groupby("policy"):
+        sim, cont = g[g["mode"] == "sim"], g[g["mode"] == "sim_contended"]
+        assert list(cont["completion_s"]) >= list(sim["completion_s"] - 1e-9)
+        assert (cont["compute_wait_s"] >= 0).all()
+    model = result.documents["sim_contended"]
+    assert model["capacity"] == [1] * len(model["capacity"])  # the smoke types' thread budget
+    assert model["busy_share"] == [1.0] * len(model["capacity"])  # smoke servers are not slowed
     fault = t["faults"].iloc[0]
     assert fault["killed_server"] >= 0
     assert fault["reroutes"] == 1
@@ -53,3 +62,6 @@ def test_calibration_sees_the_slowdown() -> None:
     assert all(t.tau_s > 0 and t.tau_in_s(4) >= 0 for t in cal.types.values())
     assert cal.overheads.per_token_s >= 0
     assert {r["server_type"] for r in cal.rows} == {"fast", "slow"}
+    # the slow server sleeps (holds no compute) for 5/6 of each hop, so two sessions overlap on it
+    assert rows["slow"]["parallelism"] > 1.3
+    assert rows["fast"]["parallelism"] > 0
