@@ -1,7 +1,9 @@
 """Zero-copy CPU loads: map checkpoint files privately and populate the mappings in parallel.
 
 When a checkpoint's bytes already sit in memory (the page cache, or the DRAM tier's tmpfs), copying them into a
-fresh buffer costs an allocation and a copy per byte; mapping them costs only page-table entries. Reader threads
+fresh buffer costs an allocation and a copy per byte; mapping them costs only page-table entries. Cold files are
+mapped too: populating the mapping reads them with the kernel's readahead into the page cache, whose pages are
+then the tensors. Reader threads
 call ``madvise(MADV_POPULATE_READ)`` on disjoint ranges (Linux ≥ 5.14; elsewhere they touch one byte per page),
 verifying each chunk's checksum from the mapping when asked, so the load ends with every page resident and mapped.
 Mappings are MAP_PRIVATE with write permission: tensors are writable, a write copies that page and never reaches
@@ -12,16 +14,14 @@ from __future__ import annotations
 
 import mmap
 import os
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import xxhash
 
-from loaders.native.format import ChunkChecksumError, PartitionSizeError
-from loaders.native.pipeline import PipelineStats, Segment
+from loaders.native.format import PartitionSizeError
+from loaders.native.pipeline import PipelineStats, Segment, parallel_for, verify_segment
 
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux uapi value; Python 3.11 lacks the name
 PAGE = mmap.PAGESIZE
@@ -53,42 +53,23 @@ def _populate(mm: mmap.mmap, start: int, length: int) -> None:
 def populate(maps: dict[Path, mmap.mmap], segments: Sequence[Segment], threads: int) -> PipelineStats:
     """Populate (and verify) the segments' ranges of their files' mappings with ``threads`` workers."""
     stats = PipelineStats()
-    items = iter(range(len(segments)))
-    lock = threading.Lock()
-    errors: list[BaseException] = []
 
-    def worker() -> None:
-        try:
-            while not errors:
-                with lock:
-                    i = next(items, None)
-                if i is None:
-                    return
-                seg = segments[i]
-                mm = maps[seg.path]
-                if seg.file_offset + seg.length > len(mm):
-                    raise PartitionSizeError(f"{seg.path}: {len(mm)} bytes, but a chunk ends at "
-                                             f"{seg.file_offset + seg.length}: the file is truncated")
-                t0 = time.perf_counter()
-                _populate(mm, seg.file_offset, seg.length)
-                t1 = time.perf_counter()
-                if seg.digest is not None:
-                    view = memoryview(mm)[seg.file_offset : seg.file_offset + seg.length]
-                    ok = xxhash.xxh3_64_hexdigest(view) == seg.digest
-                    view.release()
-                    if not ok:
-                        raise ChunkChecksumError(f"{seg.label or seg.path}: bytes [{seg.file_offset}, "
-                                                 f"{seg.file_offset + seg.length}) of {seg.path.name} fail their "
-                                                 "checksum: the file is corrupted; re-convert or re-download it")
-                stats.add(read_s=t1 - t0, verify_s=time.perf_counter() - t1, bytes_read=seg.length)
-        except BaseException as exc:
-            errors.append(exc)
+    def work(i: int, _: None) -> None:
+        seg = segments[i]
+        mm = maps[seg.path]
+        if seg.file_offset + seg.length > len(mm):
+            raise PartitionSizeError(f"{seg.path}: {len(mm)} bytes, but a chunk ends at "
+                                     f"{seg.file_offset + seg.length}: the file is truncated")
+        t0 = time.perf_counter()
+        _populate(mm, seg.file_offset, seg.length)
+        t1 = time.perf_counter()
+        if seg.digest is not None:
+            view = memoryview(mm)[seg.file_offset : seg.file_offset + seg.length]
+            try:
+                verify_segment(view, seg)
+            finally:
+                view.release()
+        stats.add(read_s=t1 - t0, verify_s=time.perf_counter() - t1, bytes_read=seg.length)
 
-    pool = [threading.Thread(target=worker, name=f"coldstart-map-{w}") for w in range(max(1, threads))]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise errors[0]
+    parallel_for(len(segments), threads, work, lambda: None, "coldstart-map")
     return stats

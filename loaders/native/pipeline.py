@@ -17,12 +17,43 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 import xxhash
 
 from loaders.native.format import ALIGNMENT, ChunkChecksumError
+
+S = TypeVar("S")
+
+
+def parallel_for(count: int, threads: int, work: Callable[[int, S], None], state: Callable[[], S],
+                 name: str = "coldstart-worker") -> None:
+    """Run ``work(i, st)`` for every ``i < count`` on ``threads`` threads, each with its own ``st = state()`` (a
+    reused buffer, say), items handed out in order; the first error stops the others and is re-raised."""
+    items = iter(range(count))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            st = state()
+            while not errors:
+                with lock:
+                    i = next(items, None)
+                if i is None:
+                    return
+                work(i, st)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, name=f"{name}-{w}") for w in range(max(1, min(threads, count or 1)))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 @dataclass(frozen=True)

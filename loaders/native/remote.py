@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from loaders.base import LoaderError
+from loaders.native.pipeline import parallel_for
 
 T = TypeVar("T")
 
@@ -249,41 +250,24 @@ def remote_download(url: str, names: list[str], threads: int = 4, chunk_bytes: i
                 break
             jobs.append((name, off, n))
             total += n
-    it = iter(jobs)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
     fds: dict[str, int] = {}
 
-    def worker() -> None:
-        buf = memoryview(bytearray(chunk_bytes))
-        try:
-            while not errors:
-                with lock:
-                    job = next(it, None)
-                if job is None:
-                    return
-                remote.read_into(job[0], job[1], buf[: job[2]])
-                if job[0] in fds:
-                    view, done = buf[: job[2]], 0
-                    while done < len(view):
-                        done += os.pwrite(fds[job[0]], view[done:], job[1] + done)
-        except BaseException as exc:
-            errors.append(exc)
+    def work(i: int, buf: memoryview) -> None:
+        name, off, n = jobs[i]
+        remote.read_into(name, off, buf[:n])
+        if name in fds:
+            view, done = buf[:n], 0
+            while done < n:
+                done += os.pwrite(fds[name], view[done:], off + done)
 
-    pool = [threading.Thread(target=worker) for _ in range(max(1, threads))]
     t0 = time.perf_counter()
     try:
         if to_dir is not None:
             fds.update({n: os.open(Path(to_dir) / n, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for n in names})
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        parallel_for(len(jobs), threads, work, lambda: memoryview(bytearray(chunk_bytes)), "coldstart-download")
     finally:
         for fd in fds.values():
             os.close(fd)
     elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
     return {"gbps": total / elapsed / 1e9 if elapsed > 0 and total else None, "bytes": total, "s": elapsed,
             "threads": threads, "url": url}

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loaders.native.format import INDEX, UnsafePartitionNameError, parse_index
-from loaders.native.pipeline import PipelineStats, Segment, verify_segment
+from loaders.native.pipeline import PipelineStats, Segment, parallel_for, verify_segment
 from loaders.native.remote import RemoteDirectory, RemoteError, RemoteNotFoundError, RemoteShortReadError
 from loaders.native.sllm import DATA_PREFIX, SLLM_INDEX
 
@@ -133,42 +133,23 @@ def receive_into_files(segments: Sequence[Segment], fetch: Callable[[Segment, me
     stats = PipelineStats()
     fds = {path: os.open(path, os.O_WRONLY) for path in dict.fromkeys(s.path for s in segments)}
     seg_max = max((s.length for s in segments), default=0)
-    items = iter(range(len(segments)))
-    lock = threading.Lock()
-    errors: list[BaseException] = []
 
-    def worker() -> None:
-        buf = memoryview(bytearray(seg_max))
-        try:
-            while not errors:
-                with lock:
-                    i = next(items, None)
-                if i is None:
-                    return
-                seg = segments[i]
-                view = buf[: seg.length]
-                t0 = time.perf_counter()
-                fetch(seg, view)
-                t1 = time.perf_counter()
-                verify_segment(view, seg)
-                t2 = time.perf_counter()
-                _pwrite_all(fds[seg.path], view, seg.file_offset)
-                stats.add(read_s=t1 - t0, verify_s=t2 - t1, copy_s=time.perf_counter() - t2, bytes_read=seg.length)
-        except BaseException as exc:
-            errors.append(exc)
+    def work(i: int, buf: memoryview) -> None:
+        seg = segments[i]
+        view = buf[: seg.length]
+        t0 = time.perf_counter()
+        fetch(seg, view)
+        t1 = time.perf_counter()
+        verify_segment(view, seg)
+        t2 = time.perf_counter()
+        _pwrite_all(fds[seg.path], view, seg.file_offset)
+        stats.add(read_s=t1 - t0, verify_s=t2 - t1, copy_s=time.perf_counter() - t2, bytes_read=seg.length)
 
     try:
-        pool = [threading.Thread(target=worker, name=f"coldstart-fetch-{w}")
-                for w in range(max(1, min(threads, len(segments) or 1)))]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        parallel_for(len(segments), threads, work, lambda: memoryview(bytearray(seg_max)), "coldstart-fetch")
     finally:
         for fd in fds.values():
             os.close(fd)
-    if errors:
-        raise errors[0]
     return stats
 
 
