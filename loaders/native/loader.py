@@ -1,4 +1,5 @@
-"""``loader=native``: one destination allocation, tensors as views, threaded chunked reads, DRAM tier."""
+"""``loader=native``: tensors as views of one destination allocation (or, on CPU, of private file mappings), threaded
+chunked reads, DRAM and remote tiers."""
 
 from __future__ import annotations
 
