@@ -22,7 +22,7 @@ from placement.real.blocks import ClientParts
 from placement.real.hosting import Host, ServerDiedError
 
 HOP_COLUMNS = ("request_id", "step", "hop", "server", "first", "last", "tokens", "rtt_s", "busy_s", "hop_s",
-               "replay")
+               "replay", "call_start_s", "call_end_s")
 
 
 class AllServersGoneError(RuntimeError):
@@ -172,11 +172,14 @@ class ChainClient:
         rtt = float(self.problem.network.client_rtt_s[self.client, j])
         t0 = time.perf_counter()
         self.sleep(rtt / 2)
+        call_start = time.perf_counter()
         out, busy_s = self.hosts[j].call("forward", leg.sid, hidden, positions)
+        call_end = time.perf_counter()
         self.sleep(rtt / 2)
         records.append({"request_id": rid, "step": step, "hop": index, "server": j, "first": leg.hop.first,
                         "last": leg.hop.last, "tokens": int(hidden.shape[1]), "rtt_s": rtt, "busy_s": busy_s,
-                        "hop_s": time.perf_counter() - t0, "replay": replay})
+                        "hop_s": time.perf_counter() - t0, "replay": replay,
+                        "call_start_s": call_start, "call_end_s": call_end})  # perf_counter: one clock per run
         return out
 
     def _replace(self, legs: list[_Leg], i: int, rid: int, step: int, records: list[dict[str, Any]]

@@ -92,6 +92,28 @@ def server_compute(net: Network, real: dict[str, RealServerType], cal: Calibrati
     return ServerCompute(tuple(caps), tuple(shares), tuple(fixed), tuple(pre_fixed))
 
 
+def overlaps(hops: pd.DataFrame) -> pd.DataFrame:
+    """Measured contention between sessions on the real servers: per policy and server type, the share of
+    decode hops whose server call overlapped another session's call on the same server (call intervals as the
+    client saw them, relay included: an upper bound), and the busy time per block with and without overlap."""
+    rows = []
+    dec = hops[(hops["step"] > 0) & (~hops["replay"])]
+    for (policy, kind), g in dec.groupby(["policy", "server_type"], sort=False):
+        hit = np.zeros(len(g), dtype=bool)
+        for _, s in g.groupby("server"):
+            idx = np.flatnonzero(g.index.isin(s.index))
+            a, b, rid = (s["call_start_s"].to_numpy(), s["call_end_s"].to_numpy(), s["request_id"].to_numpy())
+            for n, i in enumerate(idx):
+                hit[i] = bool(np.any((a < b[n]) & (b > a[n]) & (rid != rid[n])))
+        per_block = (g["busy_s"] / (g["last"] - g["first"])).to_numpy()
+        rows.append({"policy": policy, "server_type": kind, "decode_hops": len(g),
+                     "overlapped_pct": 100 * float(hit.mean()),
+                     "busy_per_block_s_mean": float(per_block.mean()),
+                     "busy_per_block_s_overlapped": float(per_block[hit].mean()) if hit.any() else float("nan"),
+                     "busy_per_block_s_alone": float(per_block[~hit].mean()) if (~hit).any() else float("nan")})
+    return pd.DataFrame(rows)
+
+
 def _fault(client: ChainClient, placement: Placement, prompt: list[int], max_tokens: int, reference: list[int],
            hosts: dict[int, Any]) -> dict[str, Any]:
     """Kill the first server of a session's route mid-session; the client re-routes and replays."""
@@ -237,7 +259,8 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
                            **block_counts_by_type(problem, placement)})
     requests = pd.concat(frames, ignore_index=True)
     summary = _summary(requests)
-    tables = {"requests": requests, "hops": pd.concat(hop_frames, ignore_index=True), "summary": summary,
+    all_hops = pd.concat(hop_frames, ignore_index=True)
+    tables = {"requests": requests, "hops": all_hops, "summary": summary, "overlaps": overlaps(all_hops),
               "calibration": pd.DataFrame(cal.rows), "calibration_in_situ": pd.DataFrame(situ_cal),
               "placements": pd.DataFrame(placements),
               "faults": pd.DataFrame(faults)}

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from placement.real.calibration import calibrate
 from placement.real.deployment import RealServerType
-from placement.real.experiment import run_pipeline_real
+from placement.real.experiment import overlaps, run_pipeline_real
 from placement.real.hosting import InProcessHost
 from tests.placement.real_helpers import SEED, parts, spec
 
@@ -39,6 +40,8 @@ def test_pipeline_real_smoke_tables(compose_cfg: Callable[..., Any], tmp_path: P
         sim, cont = g[g["mode"] == "sim"], g[g["mode"] == "sim_contended"]
         assert list(cont["completion_s"]) >= list(sim["completion_s"] - 1e-9)
         assert (cont["compute_wait_s"] >= 0).all()
+    assert set(t["overlaps"]["policy"]) <= {"petals", "cg_bp+ws_rr"}
+    assert ((t["overlaps"]["overlapped_pct"] >= 0) & (t["overlaps"]["overlapped_pct"] <= 100)).all()
     model = result.documents["sim_contended"]
     assert model["capacity"] == [1] * len(model["capacity"])  # the smoke types' thread budget
     assert model["busy_share"] == [1.0] * len(model["capacity"])  # smoke servers are not slowed
@@ -65,3 +68,18 @@ def test_calibration_sees_the_slowdown() -> None:
     # the slow server sleeps (holds no compute) for 5/6 of each hop, so two sessions overlap on it
     assert rows["slow"]["parallelism"] > 1.3
     assert rows["fast"]["parallelism"] > 0
+
+
+def test_overlaps_counts_calls_of_other_sessions_on_the_same_server() -> None:
+    # server 0: request 0's call [0, 2] overlaps request 1's [1, 3]; request 2's [5, 6] is alone; a call of the
+    # same request never counts, nor one on another server (server 1 at [0, 9]).
+    hops = pd.DataFrame({
+        "policy": ["p"] * 5, "server_type": ["a"] * 5, "server": [0, 0, 0, 0, 1], "request_id": [0, 1, 2, 2, 3],
+        "step": [1, 1, 1, 2, 1], "replay": [False] * 5, "first": [0] * 5, "last": [2] * 5,
+        "busy_s": [4.0, 2.0, 1.0, 1.0, 1.0], "call_start_s": [0.0, 1.0, 5.0, 5.5, 0.0],
+        "call_end_s": [2.0, 3.0, 6.0, 6.5, 9.0]})
+    row = overlaps(hops).iloc[0]
+    assert row["decode_hops"] == 5
+    assert row["overlapped_pct"] == pytest.approx(40.0)
+    assert row["busy_per_block_s_overlapped"] == pytest.approx((2.0 + 1.0) / 2)
+    assert row["busy_per_block_s_alone"] == pytest.approx(0.5)
