@@ -64,6 +64,7 @@ def _run(cfg: DictConfig, tmp_path: Path, requests: list[Request], during: Calla
 def test_serverless_real_writes_the_simulator_columns(compose_cfg: Callable[..., DictConfig],
                                                       tmp_path: Path) -> None:
     cfg = _cfg(compose_cfg, tmp_path, "workload.duration_s=60", "workload.num_requests=3", "workload.rps=0.3",
+               "real.time_scale=0.2",
                "workload.models=['tiny-llama#0','tiny-llama#1']")
     out = run_serverless_real(cfg, tmp_path / "run")
     req, summary, cold = out.tables["requests"], out.tables["summary"], out.tables["cold_starts"]
