@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from placement.base import Hop, Placement, Problem, Route, SlotView
-from placement.real.blocks import SpanRunner, build_synthetic, one_process_greedy
+from placement.real.blocks import SpanRunner, build_synthetic, config_of, one_process_greedy
 from placement.real.client import ChainClient
 from placement.real.deployment import deploy
 from placement.real.hosting import InProcessHost
@@ -102,7 +102,7 @@ def test_span_chain_logits_equal_one_process(arch: str) -> None:
     client = parts(s)
     spans = [(SpanRunner(model, 0, 4), 0, 3), (SpanRunner(model, 2, 4), 3, 6)]  # the second enters mid-span
     caches = [runner.new_cache() for runner, _, _ in spans]
-    ref_cache = DynamicCache(config=model.config)
+    ref_cache = DynamicCache(config=config_of(model))
     ids, pos = torch.tensor([PROMPT]), 0
     for _ in range(4):
         positions = torch.arange(pos, pos + ids.shape[1]).unsqueeze(0)
