@@ -66,4 +66,5 @@ def test_sampled_residency_tracks_the_full_count(data_file: Path) -> None:
     assert 0.3 < full < 0.7
     assert sampled == pytest.approx(full, abs=0.1)
     resident, looked = resident_pages(data_file, windows=32, window_pages=4)
-    assert looked == 32 * 4 and 0 < resident < looked
+    assert looked == 32 * 4
+    assert 0 < resident < looked
