@@ -25,9 +25,9 @@ from typing import Any
 from harness.executors.workers import (
     WorkerCallError,
     WorkerDiedError,
-    WorkerTimeoutError,
     apply_thread_budget,
     build_target,
+    call_with_timeout,
     invoke,
     thread_env,
 )
@@ -90,13 +90,7 @@ class LocalWorker:
         return fut
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
-        fut = self.submit(method, *args, **kwargs)
-        try:
-            return fut.result(timeout=timeout_s)
-        except TimeoutError:
-            if fut.done():
-                return fut.result()
-            raise WorkerTimeoutError(f"worker {self.name!r}: {method}() gave no answer in {timeout_s:g} s") from None
+        return call_with_timeout(self.name, method, self.submit(method, *args, **kwargs), timeout_s)
 
     def alive(self) -> bool:
         return self._dead_reason is None and self._proc.poll() is None

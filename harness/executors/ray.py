@@ -14,9 +14,9 @@ from harness.executors.base import TrialError
 from harness.executors.workers import (
     WorkerCallError,
     WorkerDiedError,
-    WorkerTimeoutError,
     apply_thread_budget,
     build_target,
+    call_with_timeout,
     invoke,
     thread_env,
 )
@@ -172,13 +172,7 @@ class RayWorker:
         return out
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
-        fut = self.submit(method, *args, **kwargs)
-        try:
-            return fut.result(timeout=timeout_s)
-        except TimeoutError:
-            if fut.done():
-                return fut.result()
-            raise WorkerTimeoutError(f"worker {self.name!r}: {method}() gave no answer in {timeout_s:g} s") from None
+        return call_with_timeout(self.name, method, self.submit(method, *args, **kwargs), timeout_s)
 
     def alive(self) -> bool:
         if self._dead_reason is not None:

@@ -61,6 +61,17 @@ class WorkerTimeoutError(WorkerError, TimeoutError):
     """A blocking call waited past its ``timeout_s``."""
 
 
+def call_with_timeout(name: str, method: str, fut: Future[Any], timeout_s: float | None) -> Any:
+    """``fut``'s result, or ``WorkerTimeoutError`` naming the worker and method after ``timeout_s`` (both handles'
+    blocking ``call`` is ``submit`` plus this)."""
+    try:
+        return fut.result(timeout=timeout_s)
+    except TimeoutError:
+        if fut.done():
+            return fut.result()
+        raise WorkerTimeoutError(f"worker {name!r}: {method}() gave no answer in {timeout_s:g} s") from None
+
+
 @runtime_checkable
 class WorkerHandle(Protocol):
     """A live worker hosting one object; see the module docstring."""
