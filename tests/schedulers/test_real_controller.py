@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -145,17 +146,24 @@ def test_ctrl_c_stops_workers_and_writes_what_was_measured(compose_cfg: Callable
         cfg.experiment.policies = [{"name": "first", "scheduler": "serverless"},
                                    {"name": "second", "scheduler": "serverless"}]
 
+    before = {p.pid for p in _workers()}  # a previous test's workers may still be exiting: not this run's
+
     def interrupt() -> None:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not _workers():  # once the first instance process runs
-            time.sleep(0.05)
-        time.sleep(1.0)
+        while time.monotonic() < deadline and not {p.pid for p in _workers()} - before:
+            time.sleep(0.05)  # until this run's first instance process runs
+        time.sleep(0.5)
         _thread.interrupt_main()
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    out = run_serverless_real(cfg, tmp_path / "run")
+    # Ctrl-C raises KeyboardInterrupt only under Python's default handler; earlier tests (Ray) may replace it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        out = run_serverless_real(cfg, tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     req, summary = out.tables["requests"], out.tables["summary"]
-    assert list(summary["policy"]) == ["first"]  # no further policy ran
+    assert list(summary["policy"]) == ["first"], req[["policy", "status", "error"]].to_string()  # no further policy
     assert len(req) == 4
     assert req["error"].str.contains("interrupted").any()
     assert _no_workers_left()
