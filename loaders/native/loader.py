@@ -298,7 +298,7 @@ class NativeLoader(BaseLoader):
         tmp.mkdir()
         fds: dict[Path, int] = {}
         try:
-            files, _ = make_skeleton(remote, tmp)
+            files = make_skeleton(remote, tmp)
             plan = self._plan(tmp)
 
             def fetch(seg: Segment, view: memoryview) -> None:

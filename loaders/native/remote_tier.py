@@ -88,9 +88,9 @@ def _reserve(fd: int, size: int) -> bool:
     return True
 
 
-def make_skeleton(remote: RemoteDirectory, tmp: Path) -> tuple[list[Path], bool]:
-    """Fetch metadata into ``tmp``, create its data files at their remote sizes; return the data files and
-    whether every one has its blocks reserved."""
+def make_skeleton(remote: RemoteDirectory, tmp: Path) -> list[Path]:
+    """Fetch metadata into ``tmp``, create its data files at their remote sizes (blocks reserved where the file
+    system can); return the data files."""
     meta: dict[str, bytes] = {}
     for name in METADATA:
         try:
@@ -100,14 +100,14 @@ def make_skeleton(remote: RemoteDirectory, tmp: Path) -> tuple[list[Path], bool]
     names = _data_names(remote, meta)
     for name, data in meta.items():
         (tmp / name).write_bytes(data)
-    files, reserved = [], True
+    files = []
     for name in names:
         size = remote.size(name)
         path = tmp / name
         with open(path, "wb") as f:
             f.truncate(size)
             if size:
-                reserved = _reserve(f.fileno(), size) and reserved
+                _reserve(f.fileno(), size)
             if name.endswith(".safetensors"):  # the plan reads the header locally
                 head = bytearray(8)
                 remote.read_into(name, 0, memoryview(head))
@@ -118,7 +118,7 @@ def make_skeleton(remote: RemoteDirectory, tmp: Path) -> tuple[list[Path], bool]
                 remote.read_into(name, 8, memoryview(header))
                 f.write(head + header)
         files.append(path)
-    return files, reserved
+    return files
 
 
 def receive_into_files(segments: Sequence[Segment], fetch: Callable[[Segment, memoryview], None],
