@@ -66,6 +66,12 @@ class RayExecutor:
         except (ray.exceptions.GetTimeoutError, ray.exceptions.WorkerCrashedError) as exc:
             raise TrialError(f"ray trial task failed: {exc}") from None
 
+    def nodes(self) -> list[str]:
+        """Each alive node's ``node:IP`` resource, sorted: asking a worker for 0.001 of one pins it to that node."""
+        names = {k for n in self.ray.nodes() if n.get("Alive") for k in n.get("Resources", {})
+                 if k.startswith("node:") and k != "node:__internal_head__"}
+        return sorted(names)
+
     def start_worker(self, target: str, kwargs: dict[str, Any], *, name: str, num_cpus: float = 1,
                      memory_bytes: int | None = None, env: dict[str, str] | None = None, num_gpus: float = 0,
                      resources: dict[str, float] | None = None, max_concurrency: int = 1) -> RayWorker:

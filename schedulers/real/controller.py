@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler
+from schedulers.real import lifecycle
 from schedulers.real.jobs import load_job, serve_job
 from schedulers.real.records import RealConfig, Req
 from schedulers.real.serving import Stream
@@ -50,7 +51,8 @@ class Controller:
         self.active: dict[str, int] = dict.fromkeys(models, 0)
         self.stats: dict[str, float] = {"gpu_seconds": 0.0, "idle_gpu_gb_s": 0.0, "migrations": 0,
                                         "preemptions": 0, "loads": 0, "events": 0, "load_failures": 0,
-                                        "migrations_aborted": 0, "decisions": 0, "decision_s": 0.0}
+                                        "migrations_aborted": 0, "prewarms": 0, "decisions": 0,
+                                        "decision_s": 0.0}
         self.cold_starts: list[dict[str, Any]] = []
         self._t0 = 0.0
         self._drain_until: float | None = None
@@ -109,8 +111,8 @@ class Controller:
         now = self.now()
         self.stats["end_s"] = now
         for inst in list(self.instances.values()):
-            self._account_idle(inst)
-            self._account_release(inst, now)
+            lifecycle.account_idle(self, inst)
+            lifecycle.account_release(self, inst, now)
             if inst.handle is not None:
                 try:
                     inst.handle.close(timeout_s=5)
@@ -154,7 +156,7 @@ class Controller:
         if idle:
             inst = max(idle, key=lambda i: i.idle_since_s or 0.0)
             r.tier, r.server, r.placed_s, r.load_s = "gpu", inst.server, self.now(), 0.0
-            self._account_idle(inst)
+            lifecycle.account_idle(self, inst)
             self._start_serving(inst, r)
             return
         self._decide(r)
@@ -186,12 +188,12 @@ class Controller:
             victim = self.instances.get(iid)
             if victim is not None and victim.request is not None:
                 self.stats["preemptions"] += 1
-                self.reqs[victim.request].preempted += 1
-                victim.preempted = True  # its serving thread sees the worker die and restarts the request
-                self._kill_instance(victim, "preempted")
+                victim.preempted = True
+                self._restart(self.reqs[victim.request])
+                lifecycle.kill_instance(self, victim, "preempted")
         for m in d.migrations:
-            self._start_migration(m.instance_id, m.dst_server)
-        self._evict_idle_for(server, info.gpus)
+            lifecycle.start_migration(self, m.instance_id, m.dst_server)
+        lifecycle.evict_idle_for(self, server, info.gpus)
         inst = LiveInstance(next(self._ids), r.model, d.server, info.gpus, for_request=r.rid, tier=d.tier,
                             cache_to=tuple(d.cache_to))
         self.instances[inst.iid] = inst
@@ -206,7 +208,7 @@ class Controller:
         if inst.state != "pending":
             return
         if server.free_gpus < inst.gpus:
-            self._evict_idle_for(server, inst.gpus)
+            lifecycle.evict_idle_for(self, server, inst.gpus)
         if server.free_gpus < inst.gpus:
             return  # retried when a release frees slots
         server.free_gpus -= inst.gpus
@@ -231,14 +233,14 @@ class Controller:
             r.load_s = self.now() - r.load_start_s
             self._start_serving(inst, r)  # nothing was freed: waiting requests are not asked again (as in the
         else:  # simulator, where only freed slots retry them; asking now let a waiter preempt this new one)
-            self._next_or_idle(inst)
+            lifecycle.next_or_idle(self, inst)
             self._retry()
 
     def _load_failed(self, inst: LiveInstance, reason: str) -> None:
         self.stats["load_failures"] += 1
         self.load_failures[inst.model] = self.load_failures.get(inst.model, 0) + 1
         log.error("instance %d (%s) failed to load: %s", inst.iid, inst.model, reason)
-        self._kill_instance(inst, reason)
+        lifecycle.kill_instance(self, inst, reason)
         r = self.reqs[inst.for_request] if inst.for_request is not None else None
         if r is not None and r.state == "assigned":
             self._requeue_or_fail(r, f"load failed: {reason}")
@@ -256,29 +258,41 @@ class Controller:
         self._pool.submit(serve_job, self, inst, r)
 
     def _served(self, inst: LiveInstance, r: Req, stream: Stream) -> None:
+        if inst.preempted:  # it finished before the kill landed: keep the result if it is still only waiting
+            if r.state != "waiting":
+                return  # restarted elsewhere already; that run's result counts
+            self.waiting.remove(r.rid)
         r.first_token_s = stream.times_s[0] - self._t0
         r.prefill_s = r.first_token_s - r.serve_start_s
         r.done_s = stream.times_s[-1] - self._t0
         r.migrated, r.max_gap_s, r.state = stream.migrated, stream.max_gap_s(), "done"
         r.tokens = list(stream.tokens)
         self.active[r.model] -= 1
+        if inst.preempted:
+            self._retry()
+            return
         dst = inst.migrate_to
         if dst is not None:  # finished before the destination was ready: it becomes an ordinary instance
             inst.migrate_to, inst.migrating, dst.migrating = None, False, False
             self.stats["migrations_aborted"] += 1
             if dst.state == "idle-migration":
-                self._next_or_idle(dst)
-        self._next_or_idle(inst)
+                lifecycle.next_or_idle(self, dst)
+        lifecycle.next_or_idle(self, inst)
         self._retry()
 
+    def _restart(self, r: Req) -> None:
+        """A preempted request restarts from scratch, first in line, at once (as in the simulator: retried when
+        resources change), not when its serving thread notices: that can be after the newcomer started."""
+        r.preempted += 1
+        r.state, r.load_start_s = "waiting", math.nan
+        self.waiting.appendleft(r.rid)
+
     def _serve_failed(self, inst: LiveInstance, r: Req, reason: str) -> None:
-        self._kill_instance(inst, reason)
-        if inst.preempted:  # a policy's choice, not a fault: the request restarts from scratch, first in line
-            r.state, r.load_start_s = "waiting", math.nan  # (as in the simulator: retried when resources change)
-            self.waiting.appendleft(r.rid)
-        else:
-            log.error("request %d on instance %d failed: %s", r.rid, inst.iid, reason)
-            self._requeue_or_fail(r, reason)
+        lifecycle.kill_instance(self, inst, reason)
+        if inst.preempted:  # the policy's choice, already handled in _place
+            return
+        log.error("request %d on instance %d failed: %s", r.rid, inst.iid, reason)
+        self._requeue_or_fail(r, reason)
         self._retry()
 
     def _requeue_or_fail(self, r: Req, reason: str) -> None:
@@ -307,7 +321,7 @@ class Controller:
             if idle:
                 self.waiting.remove(rid)
                 r.tier, r.server, r.placed_s, r.load_s = "gpu", idle[0].server, self.now(), 0.0
-                self._account_idle(idle[0])
+                lifecycle.account_idle(self, idle[0])
                 self._start_serving(idle[0], r)
             elif not self._decide(r):
                 break
@@ -320,89 +334,3 @@ class Controller:
                 self.waiting.remove(rid)
                 r.state = "timed_out"
                 self.active[r.model] = max(self.active[r.model] - 1, 0)
-
-    # ---------------------------------------------------------------- instances
-    def _next_or_idle(self, inst: LiveInstance) -> None:
-        for rid in list(self.waiting):
-            r = self.reqs[rid]
-            if r.model == inst.model:
-                self.waiting.remove(rid)
-                r.tier, r.server, r.placed_s, r.load_s = "gpu", inst.server, self.now(), 0.0
-                self._start_serving(inst, r)
-                return
-        inst.state, inst.request, inst.idle_since_s = "idle", None, self.now()
-        inst.version += 1
-        if self.active[inst.model] == 0:
-            self.last_idle_start[inst.model] = self.now()
-        keep = self.keepalive.decide(inst.model).keep_alive_s  # pre-warming is not replayed for real
-        if math.isfinite(keep):
-            self.at(self.now() + keep, self._expire, inst, inst.version)
-
-    def _expire(self, inst: LiveInstance, version: int) -> None:
-        if inst.state == "idle" and inst.version == version:
-            self._evict(inst)
-            self._retry()
-
-    def _evict(self, inst: LiveInstance) -> None:
-        """Take an idle instance off its slot; demote its checkpoint as the keep-alive policy says."""
-        self._account_idle(inst)
-        self.tiers.demote(self.servers[inst.server], inst.model, self.keepalive.demote_to)
-        self._kill_instance(inst, None)
-
-    def _evict_idle_for(self, server: LiveServer, gpus: int) -> None:
-        for inst in sorted((i for i in server.instances.values() if i.state == "idle"),
-                           key=lambda i: i.idle_since_s or 0.0):
-            if server.free_gpus >= gpus:
-                return
-            self._evict(inst)
-
-    def _account_idle(self, inst: LiveInstance) -> None:
-        if inst.state == "idle" and inst.idle_since_s is not None:
-            gb = (self.cfg.slot_memory_bytes or 0) / 1e9
-            self.stats["idle_gpu_gb_s"] += inst.gpus * gb * (self.now() - inst.idle_since_s)
-            inst.idle_since_s = None
-
-    def _account_release(self, inst: LiveInstance, now: float) -> None:
-        if inst.acquired_s is not None:
-            self.stats["gpu_seconds"] += inst.gpus * (now - inst.acquired_s)
-            inst.acquired_s = None
-
-    def _release(self, inst: LiveInstance) -> None:
-        if inst.state == "gone":
-            return
-        server = self.servers[inst.server]
-        if inst.state != "pending":
-            server.free_gpus += inst.gpus
-        self._account_release(inst, self.now())
-        inst.state = "gone"
-        server.instances.pop(inst.iid, None)
-        self.instances.pop(inst.iid, None)
-
-    def _kill_instance(self, inst: LiveInstance, reason: str | None) -> None:
-        handle = inst.handle
-        self._release(inst)
-        if handle is not None:
-            self._pool.submit(handle.kill if reason else handle.close)
-
-    # ---------------------------------------------------------------- live migration
-    def _start_migration(self, iid: int, dst_server: int) -> None:
-        src = self.instances.get(iid)
-        if src is None or src.state != "busy" or src.migrate_to is not None:
-            return
-        self.stats["migrations"] += 1
-        dst = LiveInstance(next(self._ids), src.model, dst_server, src.gpus, tier=
-                           self.servers[dst_server].view().best_tier(src.model))
-        dst.migrating = src.migrating = True
-        self.instances[dst.iid] = dst
-        self.servers[dst_server].instances[dst.iid] = dst
-        src.migrate_to = dst
-        self._grab_gpus(dst)
-
-    def _migration_started(self, src: LiveInstance, dst: LiveInstance) -> None:
-        """The rounds are over and ``dst`` decodes: free ``src``; its slot goes to whoever was placed behind it."""
-        dst.state, dst.request, dst.migrating = "busy", src.request, False
-        dst.prompt_tokens, dst.first_token_s, dst.done_s = src.prompt_tokens, src.first_token_s, src.done_s
-        dst.decode_s_per_token = src.decode_s_per_token
-        src.migrating = False
-        self._kill_instance(src, None)
-        self._retry()

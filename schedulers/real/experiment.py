@@ -99,12 +99,23 @@ def request_rows(reqs: list[Req], timeout_s: float) -> pd.DataFrame:
     return df.astype(REQUEST_DTYPES)
 
 
-def setup_servers(cfg: DictConfig, run_root: Path, dram_root: Path) -> list[LiveServer]:
+def setup_servers(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[str] | None = None
+                  ) -> list[LiveServer]:
+    """The servers, each pinned round-robin to one of ``nodes`` (Ray node resources) when there are any. Their
+    SSD directories are under ``real.ssd_root`` (a node-local disk on a cluster) or, when null, the run's."""
     rc = cfg.real
     gbps = {k: float(v) for k, v in rc.gbps.items()}
-    return [LiveServer(s, int(rc.gpus_per_server), run_root / f"server{s}", dram_root / f"server{s}",
-                       int(float(rc.dram_gb) * 1e9), int(float(rc.ssd_gb) * 1e9), gbps)
+    ssd_root = run_root if rc.get("ssd_root") is None else Path(str(rc.ssd_root)) / dram_root.name
+    return [LiveServer(s, int(rc.gpus_per_server), ssd_root / f"server{s}", dram_root / f"server{s}",
+                       int(float(rc.dram_gb) * 1e9), int(float(rc.ssd_gb) * 1e9), gbps,
+                       node=nodes[s % len(nodes)] if nodes else None)
             for s in range(int(rc.servers))]
+
+
+def executor_nodes(executor: Any) -> list[str]:
+    """The nodes an executor can pin workers to (a Ray cluster's ``node:IP`` resources); none on one machine."""
+    nodes = getattr(executor, "nodes", None)
+    return list(nodes()) if callable(nodes) else []
 
 
 def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...], run_root: Path,
@@ -124,7 +135,9 @@ def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...]
     tiers = TierOps(store, cast(dict[str, dict[str, Any]], model_cfgs), list(models), str(cfg.dtype),
                     str(rc.checkpoint_format), int(cfg.seed), cast(dict[str, Any], loader_cfg), sizes)
     dram_root = Path(tempfile.mkdtemp(prefix="coldstart-real-", dir=str(rc.dram_root)))
-    servers = setup_servers(cfg, run_root, dram_root)
+    nodes = list(rc.nodes) if rc.get("nodes") else executor_nodes(executor)
+    servers = setup_servers(cfg, run_root, dram_root, [str(n) for n in nodes])
+    tiers.start_agents(servers, executor)
     k = 0  # the simulator's preload: ssd_replicas copies of each checkpoint, round-robin over servers
     for m in models:
         for _ in range(min(int(rc.ssd_replicas), len(servers))):

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from harness.executors.workers import WorkerError, start_worker
+from schedulers.real.lifecycle import migration_started
 from schedulers.real.records import Req
 from schedulers.real.serving import Stream, serve
 from schedulers.real.slots import LiveInstance
@@ -30,7 +31,7 @@ def load_job(ctl: Controller, inst: LiveInstance) -> None:
                                   {"model": ctl.tiers.model_cfg(inst.model), "dtype": ctl.cfg.dtype,
                                    "device": ctl.cfg.device, "spawn_ts": spawn},
                                   name=f"s{inst.server}-i{inst.iid}-{inst.model}", num_cpus=ctl.cfg.slot_threads,
-                                  memory_bytes=ctl.cfg.slot_memory_bytes)
+                                  memory_bytes=ctl.cfg.slot_memory_bytes, resources=server.placement())
             inst.handle = handle
             ctl._handles.append(handle)
             phases = handle.call("load", str(path), ctl.tiers.loader_cfg(server),
@@ -59,7 +60,7 @@ def serve_job(ctl: Controller, inst: LiveInstance, r: Req) -> None:
         return dst.handle
 
     def migrated() -> None:
-        ctl.post(ctl._migration_started, holder["src"], holder["inst"])
+        ctl.post(migration_started, ctl, holder["src"], holder["inst"])
 
     try:
         serve(lambda: inst.handle, r.rid, stream, r.output_tokens, ctl.cfg.decode_chunk, ctl.cfg.call_timeout_s,

@@ -3,7 +3,6 @@ each server with its DRAM and SSD tiers, and the read-only views the policies ge
 
 from __future__ import annotations
 
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ class LiveInstance:
     for_request: int | None = None  # the request this cold start was placed for
     tier: str = "ssd"
     cache_to: tuple[str, ...] = ("dram", "ssd")
+    prewarm_keep_s: float | None = None  # a pre-warmed instance: its first keep-alive window
     phases: dict[str, float] = field(default_factory=dict)
 
     def view(self) -> InstanceView:
@@ -50,10 +50,11 @@ class LiveServer:
     """One server: ``num_gpus`` slots, a loading queue (one load at a time), and its checkpoint tiers on disk."""
 
     def __init__(self, sid: int, num_gpus: int, root: Path, dram_dir: Path, dram_bytes: int, ssd_bytes: int,
-                 gbps: dict[str, float]) -> None:
+                 gbps: dict[str, float], node: str | None = None) -> None:
         self.sid, self.num_gpus, self.free_gpus = sid, num_gpus, num_gpus
         self.ssd_dir, self.dram_dir = root / "ssd", dram_dir
-        self.ssd_dir.mkdir(parents=True, exist_ok=True)
+        self.node = node  # a Ray node's resource ("node:IP") its instances and tier agent are pinned to
+        self.agent: Any = None  # the TierAgent doing this server's file operations (on its node)
         self.dram = TierStore(f"server{sid}.dram", dram_bytes)
         self.ssd = TierStore(f"server{sid}.ssd", ssd_bytes)
         self.gbps = dict(gbps)
@@ -70,15 +71,6 @@ class LiveServer:
     def ssd_path(self, model: str) -> Path:
         return self.ssd_dir / model.replace("#", "_")
 
-    def copy_to_ssd(self, model: str, src: Path, nbytes: int) -> list[str]:
-        """Put ``model``'s checkpoint in this server's SSD tier (a copy of the remote store's); LRU-evicts."""
-        dst = self.ssd_path(model)
-        if not dst.exists():
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp)
-            tmp.rename(dst)
-        evicted = self.ssd.insert(model, nbytes) or []
-        for victim in evicted:
-            shutil.rmtree(self.ssd_path(victim), ignore_errors=True)
-        return evicted
+    def placement(self) -> dict[str, float] | None:
+        """The Ray resources that pin a worker to this server's node (None: wherever the executor runs it)."""
+        return {self.node: 0.001} if self.node else None

@@ -11,7 +11,11 @@ from typing import Any
 from harness.checkpoints import CheckpointStore
 from schedulers.base import Tier
 from schedulers.catalog import base_name
+from schedulers.real.agent import InProcessAgent, TierAgent
 from schedulers.real.slots import LiveServer
+
+AGENT_CPUS = 0.01  # Ray CPUs a tier agent reserves: it only copies files
+AGENT_TIMEOUT_S = 600.0  # one file operation of an agent (a checkpoint copy)
 
 
 class TierOps:
@@ -48,13 +52,24 @@ class TierOps:
             cfg["dram_capacity_bytes"] = max(int(server.dram.capacity_bytes), 1)
         return cfg
 
-    def _loader(self, server: LiveServer) -> Any:
-        from harness.trial import instantiate
+    def start_agents(self, servers: list[LiveServer], executor: Any) -> None:
+        """Give each server its tier agent: an actor on the server's node when it has one, else an object here."""
+        from harness.executors.workers import start_worker
 
-        return instantiate(self.loader_cfg(server))
+        for s in servers:
+            kwargs: dict[str, Any] = {"ssd_dir": str(s.ssd_dir), "dram_dir": str(s.dram_dir),
+                                      "loader": self.loader_base}
+            if s.node is None:
+                s.agent = InProcessAgent(TierAgent(**kwargs))
+            else:
+                s.agent = start_worker(executor, "schedulers.real.agent:TierAgent", kwargs, name=f"tiers-server{s.sid}",
+                                       num_cpus=AGENT_CPUS, resources=s.placement())
 
     def preload_ssd(self, server: LiveServer, model: str) -> None:
-        server.copy_to_ssd(model, self.paths[model], self.sizes[model])
+        """Put ``model``'s checkpoint in the server's SSD tier (a copy of the remote store's); LRU-evicts."""
+        server.agent.call("copy_to_ssd", str(self.paths[model]), str(server.ssd_path(model)), timeout_s=AGENT_TIMEOUT_S)
+        for victim in server.ssd.insert(model, self.sizes[model]) or []:
+            server.agent.call("remove", str(server.ssd_path(victim)), timeout_s=AGENT_TIMEOUT_S)
 
     def prepare(self, server: LiveServer, model: str, tier: str) -> tuple[Path, float]:
         """Make ``tier`` serve ``model`` on ``server``: returns the path to load and the download time."""
@@ -65,11 +80,10 @@ class TierOps:
             download_s = time.perf_counter() - t0
         path = server.ssd_path(model)
         if self.tiered:
-            loader = self._loader(server)
             if tier == "dram":
-                loader.stage_in_dram(path)
+                self._dram(server, "stage", path)
             else:  # this load must not be served by a DRAM copy
-                loader.unstage_from_dram(path)
+                self._dram(server, "unstage", path)
                 server.dram.items.pop(model, None)
                 server.dram.used_bytes = sum(server.dram.items.values())
                 server.dram._names = None
@@ -86,11 +100,20 @@ class TierOps:
             evicted = server.dram.insert(model, self.sizes[model])
             if evicted is None:
                 return
-            loader = self._loader(server)
             for victim in evicted:
-                loader.unstage_from_dram(server.ssd_path(victim))
-            loader.stage_in_dram(server.ssd_path(model))
+                self._dram(server, "unstage", server.ssd_path(victim))
+            self._dram(server, "stage", server.ssd_path(model))
+
+    def _dram(self, server: LiveServer, op: str, path: Path) -> None:
+        server.agent.call(op, str(path), int(server.dram.capacity_bytes), timeout_s=AGENT_TIMEOUT_S)
 
     def cleanup(self, servers: list[LiveServer]) -> None:
         for s in servers:
-            shutil.rmtree(s.dram_dir, ignore_errors=True)
+            if s.agent is None:
+                shutil.rmtree(s.dram_dir, ignore_errors=True)
+                continue
+            try:
+                s.agent.call("cleanup", timeout_s=AGENT_TIMEOUT_S)
+            finally:
+                s.agent.close()
+                s.agent = None

@@ -45,12 +45,19 @@ def test_ray_instances_serve_and_a_dead_actor_is_retried(ray_local: Any, compose
             time.sleep(0.01)
 
     threading.Thread(target=kill_busy, daemon=True).start()
+    agents = list(ctl.servers)
+    agent_types = [type(srv.agent).__name__ for srv in agents]
     try:
         reqs = ctl.run(requests)
     finally:
         cleanup()
         executor.close()
     pids = [h.pid() for h in ctl._handles]
+    node = executor.nodes()
+    assert len(node) == 1  # the loopback Ray: one node, which every server is pinned to
+    assert node[0].startswith("node:")
+    assert [s.node for s in ctl.servers] == node * len(ctl.servers)
+    assert agent_types == ["RayWorker"] * len(agents)  # the tier agents were Ray actors on that node
     assert killed
     assert reqs[1].state == "done"
     assert reqs[0].retries == 1
