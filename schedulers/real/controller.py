@@ -268,16 +268,14 @@ class Controller:
         r.migrated, r.max_gap_s, r.state = stream.migrated, stream.max_gap_s(), "done"
         r.tokens = list(stream.tokens)
         self.active[r.model] -= 1
-        if inst.preempted:
-            self._retry()
-            return
-        dst = inst.migrate_to
-        if dst is not None:  # finished before the destination was ready: it becomes an ordinary instance
-            inst.migrate_to, inst.migrating, dst.migrating = None, False, False
-            self.stats["migrations_aborted"] += 1
-            if dst.state == "idle-migration":
-                lifecycle.next_or_idle(self, dst)
-        lifecycle.next_or_idle(self, inst)
+        if not inst.preempted:  # a preempted instance is gone already
+            dst = inst.migrate_to
+            if dst is not None:  # finished before the destination was ready: it becomes an ordinary instance
+                inst.migrate_to, inst.migrating, dst.migrating = None, False, False
+                self.stats["migrations_aborted"] += 1
+                if dst.state == "idle-migration":
+                    lifecycle.next_or_idle(self, dst)
+            lifecycle.next_or_idle(self, inst)
         self._retry()
 
     def _restart(self, r: Req) -> None:
