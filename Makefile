@@ -9,8 +9,10 @@ TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,wandb,peers,ray
 STAMP := $(VENV)/.coldstart-installed
 PYTEST_ARGS ?=
+DRAM_DIR ?= /dev/shm/coldstart-dram
+DRAM_SIZE ?= 16G
 
-.PHONY: setup demo test lint typecheck clean
+.PHONY: setup demo test lint typecheck clean dram-tier
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +39,11 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+
+# The native loader's DRAM tier on a tmpfs with 2 MiB pages, so hot loads map 2 MiB at a time (needs root; undo with
+# `$(PY) -m loaders.native.hugetmpfs unmount`). Without it the tier lives on /dev/shm's 4 KiB pages.
+dram-tier: setup
+	$(PY) -m loaders.native.hugetmpfs mount --path $(DRAM_DIR) --size $(DRAM_SIZE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -209,7 +209,7 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             elif state == "cold":
                 path, resident, cold_method = cold.prepare(ckpt, copies_needed[cell.fmt], rng)
             elif state == "warm":
-                path, resident = ckpt.path, warm(ckpt.files)
+                path, resident = ckpt.path, warm(ckpt.files, fresh=True)
             else:
                 path, resident = ckpt.path, resident_fraction(ckpt.files)
                 cell.loader.stage_in_dram(ckpt.path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import mmap
 import os
 import shutil
@@ -46,6 +47,8 @@ from loaders.native.sllm import (
     tensor_view,
 )
 from loaders.native.tiers import DramTier, TierCapacityError
+
+log = logging.getLogger("coldstart.native")
 
 FORMATS = ("auto", "native", "safetensors", "sllm")
 DIRECT_IO = ("auto", "on", "off")
@@ -204,6 +207,7 @@ class NativeLoader(BaseLoader):
         self.ssd_root = Path(os.path.expanduser(ssd_dir)) if ssd_dir else Path(cache) / "remote-ssd"
         self.remote_retries, self.remote_timeout_s = remote_retries, remote_timeout_s
         self.remote_to_dram = remote_to_dram
+        self._warned_small_pages = False
 
     # -- tiers -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -225,6 +229,11 @@ class NativeLoader(BaseLoader):
         """Put a checkpoint in the DRAM tier (the ``hot`` state)."""
         if self.dram is None:
             raise UnsupportedCheckpointError("the DRAM tier is off: set loader.dram_dir")
+        if not self.dram.huge_pages and not self._warned_small_pages:
+            self._warned_small_pages = True
+            log.warning("DRAM tier %s has 4 KiB pages: a hot load populates 512× more page-table entries than on a "
+                        "huge-page tmpfs (`make dram-tier`, root: python -m loaders.native.hugetmpfs mount)",
+                        self.dram.root)
         src = Path(checkpoint_dir)
         copy = self.dram.insert(self.tier_key(src), src)
         if (src / INDEX).exists():  # our byte-for-byte copy of a verified source needs no second hashing pass
@@ -233,8 +242,9 @@ class NativeLoader(BaseLoader):
                 _mark_verified(copy, [copy / f.name for f in files])
         return copy
 
-    def _map(self, plan: _Plan, tier: str, t0: float) -> LoadResult:
-        """CPU, bytes already in memory: tensors are views of private mappings, populated in parallel."""
+    def _map(self, plan: _Plan, tier: str, t0: float, cold: bool | None = None) -> LoadResult:
+        """CPU: tensors are views of private mappings, populated in parallel (and, for files read from the disk now,
+        touched inside the pipeline: ``populate``). ``cold=None`` asks the page cache."""
         maps: dict[Path, mmap.mmap] = {}
         bases: dict[Path, int] = {}
         tensors: dict[Path, torch.Tensor] = {}
@@ -242,8 +252,10 @@ class NativeLoader(BaseLoader):
             maps[path], tensors[path] = map_file(path)
         for seg in plan.segments:  # each file's place in the plan's address space
             bases.setdefault(seg.path, seg.dest_offset - seg.file_offset)
+        if cold is None:
+            cold = resident_fraction(plan.files, windows=64) < 0.5
         t_map = time.perf_counter()
-        stats = populate(maps, plan.segments, self.threads)
+        stats = populate(maps, plan.segments, self.threads, touch=tensors if cold else None)
         t_read = time.perf_counter()
         ordered = sorted(bases.items(), key=lambda kv: kv[1])
         state_dict = {}
@@ -257,7 +269,7 @@ class NativeLoader(BaseLoader):
             state_dict[v.name] = _tensor(flat, v)
         phases = {"plan_alloc_s": t_map - t0, "pipeline_s": t_read - t_map, "read_s": stats.read_s,
                   "copy_s": 0.0, "wait_s": 0.0, "verify_s": stats.verify_s, "direct_io": 0.0,
-                  "max_in_flight": 0.0, "mapped": 1.0}
+                  "max_in_flight": 0.0, "mapped": 1.0, "touched": float(cold)}
         return LoadResult(state_dict, phases, {tier: stats.bytes_read})
 
     def unstage_from_dram(self, checkpoint_dir: Path) -> None:
@@ -280,7 +292,9 @@ class NativeLoader(BaseLoader):
         if self.dram is not None:
             with self.dram.reading(key) as hot:
                 if hot is not None:
-                    return self._load_from(hot, device, "dram", direct=False)
+                    result = self._load_from(hot, device, "dram", direct=False)
+                    result.phases_s["dram_huge_pages"] = float(self.dram.huge_pages)
+                    return result
         if not is_url(checkpoint_dir):
             return self._load_from(Path(checkpoint_dir), device, "ssd", direct=None)
         local = self.ssd_root / key
@@ -315,7 +329,7 @@ class NativeLoader(BaseLoader):
                 if plan.verifying:  # re-verifiable: durable and marked verified in the background
                     entry = [local / n for n in names]
                     sync_then(entry, local, lambda: _mark_verified(local, entry))
-                result = self._map(self._plan(local, verify="never"), "remote", time.perf_counter())
+                result = self._map(self._plan(local, verify="never"), "remote", time.perf_counter(), cold=False)
                 result.bytes_by_tier = {"remote": stats.bytes_read}
                 ph = result.phases_s
                 ph.update(plan_alloc_s=t_plan - t0 + ph["plan_alloc_s"], pipeline_s=t_fetch - t_plan + ph["pipeline_s"],
@@ -359,7 +373,7 @@ class NativeLoader(BaseLoader):
         # against 2.9–7.1 s with O_DIRECT preads into a fresh buffer and 2.1–2.5 s for safetensors
         # (benchmarks/cold_inprocess.py): a fresh model-sized buffer costs more than the page cache it avoids.
         if device.type == "cpu" and (self.staging == "map" or (self.staging == "auto" and self.direct_io != "on")):
-            result = self._map(plan, tier, t0)
+            result = self._map(plan, tier, t0, cold=False if tier == "dram" else None)
         else:
             if direct is None:  # O_DIRECT only when reading cold from the SSD tier
                 direct = self.direct_io == "on" or (

@@ -16,6 +16,7 @@ import mmap
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from loaders.native.pipeline import PipelineStats, Segment, parallel_for, verify
 
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux uapi value; Python 3.11 lacks the name
 PAGE = mmap.PAGESIZE
+HUGE = 2 << 20  # a huge page: pieces cut at its boundaries keep 2 MiB mappings whole
 
 
 def map_file(path: Path) -> tuple[mmap.mmap, torch.Tensor]:
@@ -50,9 +52,40 @@ def _populate(mm: mmap.mmap, start: int, length: int) -> None:
         view.release()
 
 
-def populate(maps: dict[Path, mmap.mmap], segments: Sequence[Segment], threads: int) -> PipelineStats:
-    """Populate (and verify) the segments' ranges of their files' mappings with ``threads`` workers."""
+def spans(segments: Sequence[Segment], threads: int, align: int = HUGE) -> list[Segment]:
+    """The segments' contiguous runs per file, cut into about ``threads`` pieces at ``align`` boundaries: one
+    ``madvise`` per piece instead of one per chunk when no chunk needs its own checksum (on a warm 2.6 GB file the
+    per-chunk calls cost 8–10 ms against 6–7 ms for one call)."""
+    runs: list[Segment] = []
+    for seg in segments:
+        last = runs[-1] if runs else None
+        if last is not None and last.path == seg.path and last.file_offset + last.length == seg.file_offset:
+            runs[-1] = replace(last, length=last.length + seg.length, digest=None, label=seg.path.name)
+        else:
+            runs.append(replace(seg, digest=None, label=seg.path.name))
+    total = sum(r.length for r in runs)
+    piece = max(align, -(-total // max(1, threads) // align) * align)
+    out = []
+    for run in runs:
+        for off in range(0, run.length, piece):
+            out.append(replace(run, file_offset=run.file_offset + off, length=min(piece, run.length - off),
+                               dest_offset=run.dest_offset + off))
+    return out
+
+
+def populate(maps: dict[Path, mmap.mmap], segments: Sequence[Segment], threads: int,
+             touch: dict[Path, torch.Tensor] | None = None) -> PipelineStats:
+    """Populate (and verify) the segments' ranges of their files' mappings with ``threads`` workers.
+
+    ``touch`` (the files' tensors): after populating a chunk, read one byte of each of its 4 KiB pages while the
+    other workers still wait on the disk. For cold files: pages the disk just filled cost a first CPU access each,
+    which on the CI VM (a Firecracker guest) is 0.14–1.3 s for 2.6 GB when paid after the load, against 0.011 s
+    for a second pass; touched inside the pipeline that cost overlaps the reads. Without ``touch`` and checksums
+    the chunks are merged into one range per worker (``spans``).
+    """
     stats = PipelineStats()
+    if touch is None and all(s.digest is None for s in segments):
+        segments = spans(segments, threads)
 
     def work(i: int, _: None) -> None:
         seg = segments[i]
@@ -62,6 +95,9 @@ def populate(maps: dict[Path, mmap.mmap], segments: Sequence[Segment], threads: 
                                      f"{seg.file_offset + seg.length}: the file is truncated")
         t0 = time.perf_counter()
         _populate(mm, seg.file_offset, seg.length)
+        if touch is not None:  # torch reads without the GIL: the other workers keep their reads going
+            flat = touch[seg.path]
+            int(flat[seg.file_offset : seg.file_offset + seg.length : PAGE].sum())
         t1 = time.perf_counter()
         if seg.digest is not None:
             view = memoryview(mm)[seg.file_offset : seg.file_offset + seg.length]

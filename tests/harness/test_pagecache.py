@@ -68,3 +68,18 @@ def test_sampled_residency_tracks_the_full_count(data_file: Path) -> None:
     resident, looked = resident_pages(data_file, windows=32, window_pages=4)
     assert looked == 32 * 4
     assert 0 < resident < looked
+
+
+def test_fresh_warm_rereads_a_resident_file(data_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fresh=True drops what is cached first (so the cache holds the file as one read leaves it), then reads it."""
+    import harness.pagecache as pc
+
+    warm([data_file])
+    evicted: list[float] = []
+    real_evict = pc.evict
+    monkeypatch.setattr(pc, "evict", lambda paths: evicted.append(real_evict(paths)) or evicted[-1])
+    assert pc.warm([data_file]) > 0.99
+    assert evicted == []
+    assert pc.warm([data_file], fresh=True) > 0.99
+    assert len(evicted) == 1
+    assert evicted[0] < 0.05, evicted
