@@ -55,6 +55,12 @@ class _LoaderCell:
     loader: Any = None
 
 
+def smoke_loaders(names: list[str]) -> list[str]:
+    """``smoke=true``: ours and the first other loader, so a smoke run takes seconds (every loader runs in its own
+    tests; each trial is a fresh interpreter, ~4 s of imports here)."""
+    return ([n for n in names if n == "native"] + [n for n in names if n != "native"])[:2]
+
+
 def _loader_cells(names: list[str], variants: dict[str, Any] | None = None) -> list[_LoaderCell]:
     """One cell per name: a ``conf/loader`` option, or a variant ``{base: option, overrides: {...}}`` (ablations)."""
     cells = []
@@ -155,7 +161,10 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     store: CheckpointStore = instantiate(cfg.storage)
     executor = instantiate(cfg.executor)
     variants = cfg.get("loader_variants")
-    cells = _loader_cells(list(cfg.loaders),
+    names = [str(n) for n in cfg.loaders]
+    if cfg.smoke and not variants:
+        names = smoke_loaders(names)
+    cells = _loader_cells(names,
                           cast(dict[str, Any], OmegaConf.to_container(variants, resolve=True)) if variants else None)
     rng = random.Random(cfg.seed)
 

@@ -52,7 +52,7 @@ def test_unknown_option_lists_the_allowed_ones() -> None:
 
 
 # Rough smoke-run seconds of the experiments that start loading trials (2-core VM, 2026-12-02); others ≈ 10 s.
-SMOKE_COST_S = {"sllm_loading": 180, "loading": 110, "dtype_coldstart": 90, "sllm_ablation": 60, "calibrate": 40,
+SMOKE_COST_S = {"dtype_coldstart": 90, "sllm_loading": 60, "sllm_ablation": 60, "loading": 50, "calibrate": 40,
                 "sim_vs_real": 20, "serverless_real": 20}
 
 

@@ -84,3 +84,11 @@ def test_bad_settings_are_named(compose_cfg: Callable[..., Any], tmp_path: Path)
         run_experiment(compose_cfg(["model=tiny-opt", "cache_states=[lukewarm]"]), tmp_path / "b")
     with pytest.raises(ValueError, match="device"):
         loading.resolve_device("tpu")
+
+
+def test_smoke_runs_ours_and_the_first_other_loader() -> None:
+    from harness.loading import smoke_loaders
+
+    assert smoke_loaders(["torch", "safetensors", "native", "runai"]) == ["native", "torch"]
+    assert smoke_loaders(["safetensors", "torch"]) == ["safetensors", "torch"]
+    assert smoke_loaders(["native"]) == ["native"]
