@@ -199,7 +199,7 @@ def parse_index(raw: str | bytes, where: str = INDEX) -> NativeIndex:
         nbytes = _nonneg_int(t, "nbytes", tw)
         if part >= len(partitions):
             raise TensorBoundsError(f"{tw}: partition {part} does not exist ({len(partitions)} partitions)")
-        expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        expected = math.prod(shape) * dtype.itemsize
         if nbytes != expected:
             raise TensorBoundsError(f"{tw}: nbytes {nbytes} but shape {shape} of {dtype_name} needs {expected}")
         if offset % alignment:

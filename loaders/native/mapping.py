@@ -81,11 +81,12 @@ def populate(maps: dict[Path, mmap.mmap], segments: Sequence[Segment], threads: 
     other workers still wait on the disk. For cold files: pages the disk just filled cost a first CPU access each,
     which on the CI VM (a Firecracker guest) is 0.14–1.3 s for 2.6 GB when paid after the load, against 0.011 s
     for a second pass; touched inside the pipeline that cost overlaps the reads. Without ``touch`` and checksums
-    the chunks are merged into one range per worker (``spans``).
+    the pages are resident already and each file is populated with one call (``spans``).
     """
     stats = PipelineStats()
     if touch is None and all(s.digest is None for s in segments):
-        segments = spans(segments, threads)
+        # resident pages: one call per file from one thread (more threads only contend for the mm's locks)
+        segments, threads = spans(segments, 1), 1
 
     def work(i: int, _: None) -> None:
         seg = segments[i]
