@@ -26,7 +26,6 @@ from loaders.native.pipeline import PipelineStats, Segment, parallel_for, verify
 
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux uapi value; Python 3.11 lacks the name
 PAGE = mmap.PAGESIZE
-HUGE = 2 << 20  # a huge page: pieces cut at its boundaries keep 2 MiB mappings whole
 
 
 def map_file(path: Path) -> tuple[mmap.mmap, torch.Tensor]:
@@ -52,25 +51,17 @@ def _populate(mm: mmap.mmap, start: int, length: int) -> None:
         view.release()
 
 
-def spans(segments: Sequence[Segment], threads: int, align: int = HUGE) -> list[Segment]:
-    """The segments' contiguous runs per file, cut into about ``threads`` pieces at ``align`` boundaries: one
-    ``madvise`` per piece instead of one per chunk when no chunk needs its own checksum (on a warm 2.6 GB file the
-    per-chunk calls cost 8–10 ms against 6–7 ms for one call)."""
+def spans(segments: Sequence[Segment]) -> list[Segment]:
+    """The segments merged into their contiguous runs per file, without checksums: one ``madvise`` per run instead
+    of one per chunk (on a warm 2.6 GB file the per-chunk calls cost 8–10 ms against 6–7 ms for one call)."""
     runs: list[Segment] = []
     for seg in segments:
         last = runs[-1] if runs else None
         if last is not None and last.path == seg.path and last.file_offset + last.length == seg.file_offset:
-            runs[-1] = replace(last, length=last.length + seg.length, digest=None, label=seg.path.name)
+            runs[-1] = replace(last, length=last.length + seg.length)
         else:
             runs.append(replace(seg, digest=None, label=seg.path.name))
-    total = sum(r.length for r in runs)
-    piece = max(align, -(-total // max(1, threads) // align) * align)
-    out = []
-    for run in runs:
-        for off in range(0, run.length, piece):
-            out.append(replace(run, file_offset=run.file_offset + off, length=min(piece, run.length - off),
-                               dest_offset=run.dest_offset + off))
-    return out
+    return runs
 
 
 def populate(maps: dict[Path, mmap.mmap], segments: Sequence[Segment], threads: int,
@@ -86,7 +77,7 @@ def populate(maps: dict[Path, mmap.mmap], segments: Sequence[Segment], threads: 
     stats = PipelineStats()
     if touch is None and all(s.digest is None for s in segments):
         # resident pages: one call per file from one thread (more threads only contend for the mm's locks)
-        segments, threads = spans(segments, 1), 1
+        segments, threads = spans(segments), 1
 
     def work(i: int, _: None) -> None:
         seg = segments[i]
