@@ -17,13 +17,11 @@ from pathlib import Path
 
 import safetensors.torch as st
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from harness.checkpoints import CheckpointStore
-from harness.pagecache import evict
-from harness.paths import repo_root
+from harness.config import instantiate_option
 from loaders.native.loader import NativeLoader
+from loaders.pagecache import evict
 
 CPU = torch.device("cpu")
 
@@ -41,7 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--root", default=str(Path.home() / ".cache/coldstart/checkpoints"))
     args = parser.parse_args()
-    spec = instantiate(OmegaConf.load(repo_root() / "conf" / "model" / f"{args.model}.yaml"))
+    spec = instantiate_option("model", args.model)
     store = CheckpointStore(args.root)
     nat = store.ensure(spec, args.dtype, "native")
     sft = store.ensure(spec, args.dtype, "safetensors")

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from harness.checkpoints import CheckpointStore
 from harness.paths import repo_root
 model, dtype, fmt, root = sys.argv[1:5]
-spec = instantiate(OmegaConf.load(repo_root() / "conf" / "model" / f"{model}.yaml"))
+spec = instantiate_option("model", model)
 CheckpointStore(root).write(spec, dtype, fmt, 0, __import__("pathlib").Path(root) / "src", progress=False)
 """
 
@@ -33,6 +33,7 @@ CONVERT = """
 import json, resource, sys, time
 from pathlib import Path
 import loaders.native.convert as convert
+from harness.config import instantiate_option
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t0 = time.perf_counter()

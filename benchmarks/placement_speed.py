@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 
+from experiments.placement.scenario import auto_concurrency
 from placement.base import Network, Problem
 from placement.catalog import A100_80GB, BLOOM_176B, MIG_1G_10GB
 from placement.cg_bp import CgBpPlacement
 from placement.clustered import ClusteredTopology
 from placement.dag import dag_shortest_route, link_costs
 from placement.milp import request_clients, solve_bprr
-from placement.scenario import auto_concurrency
 from placement.simulator import poisson_arrivals, simulate
 from placement.topology_zoo import TopologyZooTopology
 from placement.ws_rr import WsRrRouter

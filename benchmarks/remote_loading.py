@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from benchmarks.nginx_serve import serve
 from harness.checkpoints import CheckpointStore, verify_state_dict
-from harness.paths import repo_root
+from harness.config import instantiate_option
 from loaders.native.loader import NativeLoader
 from loaders.native.remote import remote_download
 
@@ -41,7 +39,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--root", default=str(Path.home() / ".cache/coldstart/checkpoints"))
     args = parser.parse_args()
-    spec = instantiate(OmegaConf.load(repo_root() / "conf" / "model" / f"{args.model}.yaml"))
+    spec = instantiate_option("model", args.model)
     ckpt = CheckpointStore(args.root).ensure(spec, args.dtype, args.format)
     ssd = Path(tempfile.mkdtemp(prefix="coldstart-remote-ssd-"))
     ratios: list[float] = []

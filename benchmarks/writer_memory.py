@@ -23,8 +23,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from harness.checkpoints import CheckpointStore
 from harness.paths import repo_root
+from harness.config import instantiate_option
 model, dtype, fmt, root = sys.argv[1:5]
-spec = instantiate(OmegaConf.load(repo_root() / "conf" / "model" / f"{model}.yaml"))
+spec = instantiate_option("model", model)
 spec.tensor_specs(dtype)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from harness.pagecache import evict, warm
+from loaders.pagecache import evict, warm
 
 ALIGN = 4096
 

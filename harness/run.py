@@ -11,12 +11,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config import CONF_DIR, register_schema
 from harness.experiment import ExperimentResult
 from harness.results import write_result
 
 log = logging.getLogger("coldstart")
-# an absolute path: Hydra resolves a relative one as a Python package when started from a console script
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
@@ -48,4 +47,5 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console script ``coldstart``."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(name)s] %(message)s")
+    register_schema()
     _main()

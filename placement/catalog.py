@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from placement.base import BlockModel, ServerType
@@ -27,20 +26,18 @@ LLAMA_2_70B = BlockModel("llama-2-70b", num_blocks=80,
 BLOCK_MODELS: dict[str, BlockModel] = {m.name: m for m in (BLOOM_176B, LLAMA_2_70B)}
 
 
-def block_model(name: str, zoo_dir: Path | None = None) -> BlockModel:
+def block_model(name: str) -> BlockModel:
     """A block model by name: the two of the papers (``bloom-176b``, ``llama-2-70b``), else any model-zoo
-    option ``<zoo_dir>/<name>.yaml`` (counted on the meta device, NF4 4.25 bits like PETALS)."""
+    option (counted on the meta device, NF4 4.25 bits like PETALS)."""
     if name in BLOCK_MODELS:
         return BLOCK_MODELS[name]
-    zoo = sorted(p.stem for p in zoo_dir.glob("*.yaml")) if zoo_dir is not None and zoo_dir.is_dir() else []
+    from harness.config import instantiate_option, options  # the zoo is Hydra config; imported only for this path
+
+    zoo = options("model")
     if name not in zoo:
         raise ValueError(f"model={name!r} is not a placement block model; allowed: {sorted(BLOCK_MODELS)}"
                          + (f" or a model-zoo option {zoo}" if zoo else ""))
-    from hydra.utils import instantiate  # the zoo spec is a Hydra config; imported only for this path
-    from omegaconf import OmegaConf
-
-    assert zoo_dir is not None
-    return BlockModel.from_zoo(instantiate(OmegaConf.load(zoo_dir / f"{name}.yaml")))
+    return BlockModel.from_zoo(instantiate_option("model", name))
 
 
 def server_types(extra: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, ServerType]:

@@ -6,10 +6,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-from harness.paths import repo_root
+from harness.config import instantiate_option, options
 from schedulers.base import ModelInfo
 from schedulers.cluster import Cluster
 from schedulers.errors import ModelTooLargeError, UnknownModelError
@@ -31,18 +28,13 @@ class ArchFacts:
     num_params: int
 
 
-def zoo_names() -> list[str]:
-    """Model option names available in ``conf/model/``."""
-    return sorted(p.stem for p in (repo_root() / "conf" / "model").glob("*.yaml"))
-
-
 @lru_cache(maxsize=128)
 def arch_facts(arch: str, dtype: str = "fp16") -> ArchFacts:
     """Checkpoint size and parameter count of a zoo model (built on the meta device once, then cached)."""
-    path = repo_root() / "conf" / "model" / f"{arch}.yaml"
-    if not path.exists():
-        raise UnknownModelError(f"model {arch!r} is not in the model zoo (conf/model/); known: {zoo_names()}")
-    spec = instantiate(OmegaConf.load(path))
+    known = options("model")
+    if arch not in known:
+        raise UnknownModelError(f"model {arch!r} is not in the model zoo (conf/model/); known: {known}")
+    spec = instantiate_option("model", arch)
     return ArchFacts(arch, int(spec.checkpoint_bytes(dtype)), int(spec.num_params()))
 
 

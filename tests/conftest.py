@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
 
 from harness.checkpoints import CheckpointStore
-from harness.paths import repo_root
+from harness.config import compose_config, instantiate_option
 from harness.zoo import ModelSpec
-
-CONF_DIR = repo_root() / "conf"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def model_spec(name: str) -> ModelSpec:
-    spec = instantiate(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    spec = instantiate_option("model", name)
     assert isinstance(spec, ModelSpec)
     return spec
 
@@ -46,17 +43,32 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> CheckpointStore:
                            torch_shard_bytes=200_000)
 
 
+def compose(*overrides: str | list[str]) -> DictConfig:
+    """The app's config as ``coldstart OVERRIDES...`` composes it: ``compose("experiment=x", ["smoke=true"])``."""
+    flat = [o for ov in overrides for o in ([ov] if isinstance(ov, str) else ov)]
+    return compose_config(flat)
+
+
+@pytest.fixture(scope="session")
+def compose_cfg() -> Callable[..., DictConfig]:
+    """``compose_cfg(overrides)`` or ``compose_cfg(*overrides)`` → the app's config as Hydra composes it."""
+    return compose
+
+
 @pytest.fixture
-def compose_cfg() -> Iterator[object]:
-    """``compose_cfg(overrides)`` → the app's config as Hydra composes it (hydra.* resolvers available)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+def extra_options() -> Iterator[Callable[[str, str, dict[str, Any]], None]]:
+    """``extra_options(group, name, node)``: a test-only option, composed by Hydra like any file under ``conf/``
+    (stored in Hydra's ConfigStore), removed when the test ends."""
+    added: list[tuple[str, str]] = []
 
-        def _compose(overrides: list[str]) -> DictConfig:
-            return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+    def _add(group: str, name: str, node: dict[str, Any]) -> None:
+        ConfigStore.instance().store(group=group, name=name, node=node)
+        added.append((group, name))
 
-        yield _compose
-    GlobalHydra.instance().clear()
+    yield _add
+    repo = ConfigStore.instance().repo
+    for group, name in added:
+        repo[group].pop(f"{name}.yaml", None)
 
 
 @pytest.fixture(scope="session")

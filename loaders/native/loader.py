@@ -19,7 +19,6 @@ from typing import ClassVar
 
 import torch
 
-from harness.pagecache import resident_fraction
 from loaders.base import BaseLoader, LoadResult, UnsupportedCheckpointError
 from loaders.native import remote_tier
 from loaders.native.convert import ST_CODES, _clean_stale_temps
@@ -47,6 +46,7 @@ from loaders.native.sllm import (
     tensor_view,
 )
 from loaders.native.tiers import DramTier, TierCapacityError
+from loaders.pagecache import resident_fraction
 
 log = logging.getLogger("coldstart.native")
 

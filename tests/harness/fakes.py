@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
+from harness.executors.base import TrialError
 from loaders.base import BaseLoader, LoadResult
 from loaders.safetensors import SafetensorsLoader
 
@@ -63,3 +64,16 @@ class MissingPackageLoader(BaseLoader):
 
     def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
         raise AssertionError("never called: unavailable")
+
+
+class RecordingExecutor:
+    """An executor that records every trial spec it is handed and runs none (each trial is a recorded failure)."""
+
+    specs: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, **_: Any) -> None:  # the executor option's own keys (python: ...) are not used
+        pass
+
+    def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        RecordingExecutor.specs.append(spec)
+        raise TrialError("recorded, not run")

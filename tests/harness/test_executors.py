@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
+from harness.config import option_dict
 from harness.executors.base import TrialError
 from harness.executors.local import LocalExecutor
 from harness.executors.ray import RayExecutor
@@ -201,11 +202,10 @@ def test_ray_trial_task_reports_a_failed_trial_as_trial_error(ray_executor: RayE
 @pytest.mark.slow
 def test_ray_runs_a_real_cold_start_trial(ray_executor: RayExecutor, tmp_path: Path) -> None:
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from harness.checkpoints import CheckpointStore
 
-    model = OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" / "tiny-opt.yaml"))
+    model = option_dict("model", "tiny-opt")
     ckpt = CheckpointStore(tmp_path / "ckpts").ensure(instantiate(model), "fp32", "safetensors", 0, progress=False)
     spec = {"loader": {"_target_": "loaders.safetensors.SafetensorsLoader"}, "model": model,
             "checkpoint": str(ckpt.path), "dtype": "fp32", "device": "cpu", "prompt_tokens": 8, "verify": True,

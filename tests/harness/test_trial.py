@@ -6,18 +6,17 @@ import time
 from typing import Any
 
 import pytest
-from omegaconf import OmegaConf
 
 from harness.checkpoints import CheckpointStore
+from harness.config import option_dict
 from harness.executors.base import TrialError
 from harness.executors.local import LocalExecutor
-from harness.paths import repo_root
 from tests.conftest import model_spec
 
 
 def _spec(store: CheckpointStore, target: str) -> dict[str, Any]:
     ckpt = store.ensure(model_spec("tiny-opt"), "fp16", "safetensors", progress=False)
-    model = OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" / "tiny-opt.yaml"))
+    model = option_dict("model", "tiny-opt")
     return {"loader": {"_target_": target}, "model": model, "checkpoint": str(ckpt.path), "dtype": "fp16",
             "device": "cpu", "prompt_tokens": 8, "verify": True}
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from harness.checkpoints import CheckpointStore, verify_state_dict
-from harness.config import load_option
+from harness.config import instantiate_option
 from harness.modelbuild import build_model, first_token, materialize
 from harness.zoo import DTYPES
 from loaders.base import Loader, LoaderUnavailableError, UnsupportedCheckpointError
@@ -23,7 +22,7 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("name", BASELINES)
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_loader_equivalence(shared_store: CheckpointStore, name: str, dtype: str) -> None:
-    loader = instantiate(load_option("loader", name))
+    loader = instantiate_option("loader", name)
     assert isinstance(loader, Loader)
     spec = model_spec("tiny-llama")
     for fmt in loader.formats:
@@ -42,7 +41,7 @@ def test_every_loader_builds_the_same_model(shared_store: CheckpointStore) -> No
     spec = model_spec("tiny-opt")
     tokens = set()
     for name in BASELINES:
-        loader = instantiate(load_option("loader", name))
+        loader = instantiate_option("loader", name)
         ckpt = shared_store.ensure(spec, "fp32", loader.formats[0], progress=False)
         model = build_model(spec, "fp32", loader.load(ckpt.path, CPU).state_dict, CPU)
         tokens.add(first_token(model, CPU))
@@ -50,7 +49,7 @@ def test_every_loader_builds_the_same_model(shared_store: CheckpointStore) -> No
 
 
 def test_wrong_directory_is_a_named_error(tmp_path: Path) -> None:
-    loader = instantiate(load_option("loader", "safetensors"))
+    loader = instantiate_option("loader", "safetensors")
     with pytest.raises(UnsupportedCheckpointError, match="safetensors"):
         loader.load(tmp_path, CPU)
 
@@ -62,4 +61,4 @@ def test_missing_package_names_the_extra() -> None:
 
 def test_unknown_loader_lists_options() -> None:
     with pytest.raises(ValueError, match="safetensors"):
-        load_option("loader", "no-such-loader")
+        instantiate_option("loader", "no-such-loader")

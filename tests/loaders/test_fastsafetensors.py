@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from harness.checkpoints import CheckpointStore
-from harness.config import load_option
+from harness.config import instantiate_option
 from harness.zoo import DTYPES
 from loaders.base import LoaderUnavailableError
 from loaders.fastsafetensors import FastsafetensorsLoader, GdsUnavailableError
@@ -25,7 +24,7 @@ pytest.importorskip("fastsafetensors", reason="needs the peers extra: pip instal
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_loads_the_manifest(shared_store: CheckpointStore, dtype: str) -> None:
-    loader = instantiate(load_option("loader", "fastsafetensors"))
+    loader = instantiate_option("loader", "fastsafetensors")
     assert isinstance(loader, FastsafetensorsLoader)
     loader.check_available()
     assert_loads_manifest(loader, shared_store, dtype)

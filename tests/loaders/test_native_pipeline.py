@@ -99,7 +99,7 @@ def test_spans_merge_a_files_contiguous_chunks_into_one_range(tmp_path: Path) ->
 
 
 def test_cold_cpu_load_touches_its_pages_inside_the_pipeline(shared_store: CheckpointStore) -> None:
-    from harness.pagecache import evict, warm
+    from loaders.pagecache import evict, warm
 
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
     loader = NativeLoader(dram_dir=None)

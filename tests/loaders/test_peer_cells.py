@@ -10,26 +10,20 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import harness.loading as loading
-from harness.config import load_option
+from harness.config import option_dict
 from harness.run import run_experiment
 
 PEERS = {"runai": "runai_model_streamer", "fastsafetensors": "fastsafetensors", "tensorizer": "tensorizer"}
 
 
 @pytest.fixture
-def missing_options(monkeypatch: pytest.MonkeyPatch) -> None:
+def missing_options(extra_options: Callable[[str, str, dict[str, Any]], None]) -> None:
     """``<peer>_missing`` options: the real peer loader on a machine without its package (test-only options)."""
     fakes = {"runai_missing": "RunaiMissingLoader", "fastsafetensors_missing": "FastsafetensorsMissingLoader",
              "tensorizer_missing": "TensorizerMissingLoader"}
-
-    def _load(group: str, name: str) -> dict[str, Any]:
-        if group == "loader" and name in fakes:
-            return {**load_option(group, name.removesuffix("_missing")),
-                    "_target_": f"tests.loaders.peer_checks.{fakes[name]}"}
-        return load_option(group, name)
-
-    monkeypatch.setattr(loading, "load_option", _load)
+    for name, cls in fakes.items():
+        extra_options("loader", name, {**option_dict("loader", name.removesuffix("_missing")),
+                                       "_target_": f"tests.loaders.peer_checks.{cls}"})
 
 
 @pytest.mark.slow

@@ -6,10 +6,9 @@ import os
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from harness.checkpoints import CheckpointStore
-from harness.config import load_option
+from harness.config import instantiate_option
 from harness.zoo import DTYPES
 from loaders.base import LoaderUnavailableError
 from loaders.runai import CHUNK_BYTES_ENV, CONCURRENCY_ENV, MEMORY_LIMIT_ENV, RunaiLoader, scoped_environ
@@ -27,7 +26,7 @@ pytest.importorskip("runai_model_streamer", reason="needs the peers extra: pip i
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_loads_the_manifest(shared_store: CheckpointStore, dtype: str) -> None:
-    loader = instantiate(load_option("loader", "runai"))
+    loader = instantiate_option("loader", "runai")
     assert isinstance(loader, RunaiLoader)
     loader.check_available()
     assert_loads_manifest(loader, shared_store, dtype)

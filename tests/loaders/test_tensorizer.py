@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from harness.checkpoints import CheckpointStore
-from harness.config import load_option
+from harness.config import instantiate_option
 from harness.zoo import DTYPES
 from loaders.base import LoaderUnavailableError, UnsupportedCheckpointError
 from loaders.tensorizer import TensorizerLoader
@@ -26,7 +25,7 @@ pytest.importorskip("tensorizer", reason="needs the peers extra: pip install 'co
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_loads_the_manifest(shared_store: CheckpointStore, dtype: str) -> None:
-    loader = instantiate(load_option("loader", "tensorizer"))
+    loader = instantiate_option("loader", "tensorizer")
     assert isinstance(loader, TensorizerLoader)
     loader.check_available()
     assert_loads_manifest(loader, shared_store, dtype)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
-from harness.paths import repo_root
+from harness.config import instantiate_option
 from placement.base import BlockModel, Network, ServerType
 from placement.catalog import BLOOM_176B, LLAMA_2_70B, block_model, server_types
 
@@ -29,10 +28,9 @@ def test_block_size_scales_with_bits() -> None:
 
 @pytest.mark.slow
 def test_catalog_block_params_match_the_model_zoo() -> None:
-    from hydra.utils import instantiate
 
     for name, model in (("bloom-176b", BLOOM_176B), ("llama-2-70b", LLAMA_2_70B)):
-        spec = instantiate(OmegaConf.load(repo_root() / "conf" / "model" / f"{name}.yaml"))
+        spec = instantiate_option("model", name)
         zoo = BlockModel.from_zoo(spec)
         assert (zoo.block_params, zoo.num_blocks, zoo.d_model, zoo.kv_dim) == (
             model.block_params, model.num_blocks, model.d_model, model.kv_dim)
@@ -73,9 +71,8 @@ def test_grouped_query_attention_shrinks_the_cache() -> None:
 
 
 def test_any_model_zoo_option_is_a_block_model() -> None:
-    zoo_dir = repo_root() / "conf" / "model"
-    tiny = block_model("tiny-llama", zoo_dir)
+    tiny = block_model("tiny-llama")
     assert (tiny.num_blocks, tiny.d_model, tiny.kv_dim) == (2, 64, 32)  # 2 of 4 heads carry K/V
     assert tiny.block_gb > 0
     with pytest.raises(ValueError, match="tiny-llama"):
-        block_model("gpt-5", zoo_dir)
+        block_model("gpt-5")

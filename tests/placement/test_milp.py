@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments.placement.optimality import cg_bprr_objective_s
 from placement.base import InfeasiblePlacementError, Problem
 from placement.instances import random_problem
 from placement.milp import MilpPlacement, request_clients, solve_bprr
-from placement.optimality import cg_bprr_objective_s
 from placement.perf import check_route
 from tests.placement.conftest import toy_problem
 
@@ -110,7 +110,7 @@ def test_bad_time_limit_is_rejected() -> None:
 
 
 def test_milp_placement_reports_objective_bound_and_gap_in_the_run_tables() -> None:
-    from placement.scenario import Policy, run_policy
+    from experiments.placement.scenario import Policy, run_policy
     from placement.shortest_path import ShortestPathRouter
 
     problem = random_problem(np.random.default_rng(0), 3, 4, 2, 2)
@@ -120,7 +120,7 @@ def test_milp_placement_reports_objective_bound_and_gap_in_the_run_tables() -> N
     assert info["milp_gap"] == pytest.approx(0.0, abs=1e-6)
     assert info["milp_bound_s"] == pytest.approx(info["milp_objective_s"], rel=1e-6)
     assert info["milp_objective_s"] == pytest.approx(brute_force(problem, request_clients(problem)))
-    from placement.scenario import summarize
+    from experiments.placement.scenario import summarize
 
     summary = summarize(df, pd.DataFrame([info]))
     assert summary["milp_gap"].iloc[0] == pytest.approx(0.0, abs=1e-6)

@@ -2,31 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
-from harness.paths import repo_root
 from schedulers.base import ModelInfo
-
-
-@pytest.fixture(scope="session")
-def conf_dir() -> Path:
-    return repo_root() / "conf"
-
-
-@pytest.fixture(scope="session")
-def compose_cfg(conf_dir: Path) -> Callable[..., DictConfig]:
-    """``compose_cfg("experiment=sllm_scheduler", "smoke=true")`` → the composed config."""
-
-    def _compose(*overrides: str) -> DictConfig:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            return compose("config", overrides=list(overrides))
-
-    return _compose
 
 
 def fake_model(

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.calibrate import calibration_document
+from experiments.loading.calibrate import calibration_document
 from schedulers.calibrated import calibrated
 from schedulers.catalog import model_info
 from schedulers.cluster import Cluster, ModelTimes

@@ -10,18 +10,14 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from harness.paths import repo_root
+from harness.config import CONF_DIR, options
 from harness.results import write_result
 
 GROUPS = ("cluster", "workload", "scheduler", "keepalive")
 EXPERIMENTS = ("serverless", "sllm_scheduler", "sllm_e2e", "keepalive")
 
 
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (repo_root() / "conf" / group).glob("*.yaml"))
-
-
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_instantiates(compose_cfg: Callable[..., DictConfig], group: str, option: str) -> None:
     cfg = compose_cfg("experiment=serverless", f"{group}={option}")
     obj = instantiate(cfg[group])
@@ -29,13 +25,13 @@ def test_every_option_instantiates(compose_cfg: Callable[..., DictConfig], group
         return
     # the option names its class ("hybrid_histogram"), or is a variant of another option ("fixed_short")
     base = option if option.replace("_", "") in type(obj).__name__.lower() else option.rsplit("_", 1)[0]
-    assert base in _options(group)
+    assert base in options(group)
     assert base.replace("_", "") in type(obj).__name__.lower()
 
 
 def test_experiment_files_are_deltas() -> None:
     for name in EXPERIMENTS:
-        lines = (repo_root() / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()
+        lines = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
         assert lines[0] == "# @package _global_"
         assert lines[1].startswith(f"# coldstart experiment={name}")
 

@@ -17,10 +17,10 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from experiments.serverless.real import build_controller, request_rows, run_serverless_real
+from experiments.serverless.simulated import policies_of
 from schedulers.base import Request
-from schedulers.experiments import policies_of
 from schedulers.metrics import REQUEST_COLUMNS
-from schedulers.real.experiment import build_controller, request_rows, run_serverless_real
 
 MODELS = ("tiny-llama#0", "tiny-llama#1")
 

@@ -6,16 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from harness.checkpoints import CheckpointStore
+from harness.config import option_dict
 from harness.executors.local import LocalExecutor
 from harness.executors.workers import WorkerCallError, WorkerHandle, start_worker
-from harness.paths import repo_root
 from schedulers.real.instance import prompt_tokens
 from schedulers.real.serving import Stream, begin, decode, live_migrate, restart
 
-MODEL = OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" / "tiny-llama.yaml"))
+MODEL = option_dict("model", "tiny-llama")
 LOADER = {"_target_": "loaders.native.loader.NativeLoader", "dram_dir": None, "threads": 1}
 OUT = 40
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from experiments.serverless.real import build_controller
+from experiments.serverless.simulated import policies_of
 from schedulers.base import Request
-from schedulers.experiments import policies_of
-from schedulers.real.experiment import build_controller
 from tests.schedulers.inprocess import InProcessExecutor
 
 MODELS = ("tiny-llama#0", "tiny-llama#1")

@@ -14,10 +14,10 @@ import psutil
 import pytest
 from omegaconf import DictConfig
 
+from experiments.serverless.real import build_controller
+from experiments.serverless.simulated import policies_of
 from harness.executors.ray import RayExecutor
 from schedulers.base import Request
-from schedulers.experiments import policies_of
-from schedulers.real.experiment import build_controller
 
 MODELS = ("tiny-llama#0", "tiny-llama#1")
 

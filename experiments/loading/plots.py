@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from harness.metrics import PHASES
+from experiments.loading.metrics import PHASES
 
 PHASE_LABELS = {"t_imports_s": "imports", "t_device_init_s": "device init", "t_weights_s": "weights",
                 "t_model_build_s": "model build", "t_first_token_s": "first token"}

@@ -14,9 +14,9 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness import loading
+from experiments.loading import experiment as loading
 from harness.checkpoints import CheckpointStore
-from harness.config import load_option
+from harness.config import check_args, listed
 from harness.experiment import ExperimentResult
 
 log = logging.getLogger("coldstart.loading_suite")
@@ -33,24 +33,35 @@ def copy_config(cfg: DictConfig) -> DictConfig:
     return sub
 
 
-def cell_config(cfg: DictConfig, model: str, dtype: str) -> DictConfig:
-    """``cfg`` with ``model`` replaced by the named ``conf/model`` option and ``dtype`` set (a copy)."""
+def cell_config(cfg: DictConfig, model: str | None, dtype: str) -> DictConfig:
+    """``cfg`` with ``dtype`` set and ``model`` replaced by the named ``conf/model`` option (with the run's
+    ``model_args.<name>``); ``model=None`` keeps the composed model (a copy either way)."""
     sub = copy_config(cfg)
     with open_dict(sub):
-        sub.model = load_option("model", model)
+        if model is not None:
+            sub.model = OmegaConf.to_container(listed(cfg, "model", model), resolve=True)
         sub.dtype = dtype
     return sub
 
 
 def _formats(cfg: DictConfig) -> set[str]:
-    variants = cfg.get("loader_variants") or {}
-    names = [str(variants[n]["base"]) if n in variants else str(n) for n in cfg.loaders]
-    return {f for n in names for f in instantiate(load_option("loader", n)).formats[:1]}
+    names, variants = loading.listed_loaders(cfg)
+    return {f for n in loading.loader_bases(names, variants) for f in instantiate(listed(cfg, "loader", n)).formats[:1]}
 
 
-def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str, str]],
-              runner: CellRunner = loading.run) -> ExperimentResult:
-    """Run the loading experiment once per (model, dtype) cell and stack the tables.
+def check_cells(cfg: DictConfig, models: list[str] | None) -> None:
+    """Fail before anything runs on an override the cells would ignore (``models=None``: the composed model)."""
+    names, variants = loading.listed_loaders(cfg)
+    lists = {"loader": loading.loader_bases(names, variants)}
+    if models is not None:
+        lists["model"] = models
+    check_args(cfg, lists, singles=() if models is not None else ("model",))
+
+
+def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]],
+              runner: CellRunner = loading.run_cell) -> ExperimentResult:
+    """Run the loading experiment once per (model, dtype) cell and stack the tables (model ``None``: the composed
+    model). The caller has checked the run's overrides (:func:`check_cells`).
 
     With ``delete_checkpoints: true`` the checkpoints a cell generated are deleted before the next cell starts,
     so a size ladder fits a disk that holds one model at a time (ServerlessLLM's evaluation does the same).
@@ -64,6 +75,7 @@ def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str, str]],
     for i, (model, dtype) in enumerate(cells):
         log.info("cell %d/%d: %s %s", i + 1, len(cells), model, dtype)
         sub = cell_config(cfg, model, dtype)
+        model = str(sub.model.name)
         store: CheckpointStore = instantiate(sub.storage)
         spec = instantiate(sub.model)
         paths = [store.path_for(spec, dtype, fmt, int(sub.seed)) for fmt in sorted(_formats(sub))]
@@ -103,14 +115,18 @@ def speedups(summary: pd.DataFrame, baselines: tuple[str, ...] = SPEEDUP_BASELIN
     return pd.DataFrame(rows)
 
 
-def _models(cfg: DictConfig) -> list[str]:
-    return [str(cfg.model.name)] if cfg.smoke else [str(m) for m in cfg.models]
+def _models(cfg: DictConfig) -> list[str] | None:
+    """The model ladder; ``None`` when the run uses the composed model (``smoke=true``)."""
+    return None if cfg.smoke else [str(m) for m in cfg.models]
 
 
 def run_sllm_loading(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """``experiment=sllm_loading``: loaders × a model size ladder × cache states, with speedups vs torch and
     safetensors (the loading figure of ServerlessLLM, measured on this machine)."""
-    result = run_cells(cfg, out_dir, [(m, str(cfg.dtype)) for m in _models(cfg)])
+    models = _models(cfg)
+    check_cells(cfg, models)
+    ladder: list[str | None] = list(models) if models is not None else [None]
+    result = run_cells(cfg, out_dir, [(m, str(cfg.dtype)) for m in ladder])
     result.tables["speedups"] = speedups(result.tables["summary"])
     return result
 
@@ -118,7 +134,8 @@ def run_sllm_loading(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
 def run_dtype_coldstart(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """``experiment=dtype_coldstart``: cold-start time and bytes per dtype for one model."""
     dtypes = [str(d) for d in cfg.dtypes][: 2 if cfg.smoke else None]
-    result = run_cells(cfg, out_dir, [(str(cfg.model.name), d) for d in dtypes])
+    check_cells(cfg, None)
+    result = run_cells(cfg, out_dir, [(None, d) for d in dtypes])  # the composed model
     summary = result.tables["summary"]
     ref = summary[(summary["dtype"] == dtypes[0]) & (summary["n"] > 0)]
     base = ref.set_index(["loader", "cache_state"])["cold_start_s_median"]

@@ -9,22 +9,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import harness.loading as loading
-from harness.config import load_option
+import experiments.loading.experiment as loading
 from harness.run import run_experiment
 
 
 @pytest.fixture
-def fake_options(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_options(extra_options: Callable[[str, str, dict[str, Any]], None]) -> None:
     """Extra loader options that exist only in this test (conf/loader stays the real registry)."""
-    fakes = {"crashing": "tests.harness.fakes.CrashingLoader", "missing": "tests.harness.fakes.MissingPackageLoader"}
-
-    def _load(group: str, name: str) -> dict[str, Any]:
-        if group == "loader" and name in fakes:
-            return {"_target_": fakes[name]}
-        return load_option(group, name)
-
-    monkeypatch.setattr(loading, "load_option", _load)
+    extra_options("loader", "crashing", {"_target_": "tests.harness.fakes.CrashingLoader"})
+    extra_options("loader", "missing", {"_target_": "tests.harness.fakes.MissingPackageLoader"})
 
 
 def test_loading_experiment(compose_cfg: Callable[..., Any], tmp_path: Path, fake_options: None) -> None:
@@ -87,7 +80,7 @@ def test_bad_settings_are_named(compose_cfg: Callable[..., Any], tmp_path: Path)
 
 
 def test_smoke_runs_ours_and_the_first_other_loader() -> None:
-    from harness.loading import smoke_loaders
+    from experiments.loading.experiment import smoke_loaders
 
     assert smoke_loaders(["torch", "safetensors", "native", "runai"]) == ["native", "torch"]
     assert smoke_loaders(["safetensors", "torch"]) == ["safetensors", "torch"]

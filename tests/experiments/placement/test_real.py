@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from experiments.placement.real import overlaps, run_pipeline_real
 from placement.real.calibration import calibrate
 from placement.real.deployment import RealServerType
-from placement.real.experiment import overlaps, run_pipeline_real
 from placement.real.hosting import InProcessHost
 from tests.placement.real_helpers import SEED, parts, spec
 

@@ -8,28 +8,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from harness.paths import repo_root
+from experiments.placement.bprr import _fast_share
+from harness.config import CONF_DIR, compose_config, instantiate_option, options
 from harness.results import write_result
-from placement.experiments import _fast_share
 
 EXPERIMENTS = ["bprr_clustered", "bprr_scattered", "bprr_optimality", "placement"]
 GROUPS = ["topology", "placement", "routing"]
 
 
-@pytest.fixture(scope="module")
-def conf_dir() -> Path:
-    return repo_root() / "conf"
-
-
-def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+def _compose(overrides: list[str]) -> DictConfig:
+    return compose_config(overrides)
 
 
 def _run(cfg: DictConfig, out: Path) -> dict[str, pd.DataFrame]:
@@ -42,24 +33,24 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_instantiates_standalone(group: str) -> None:
-    for path in sorted((repo_root() / "conf" / group).glob("*.yaml")):
-        obj = instantiate(OmegaConf.load(path))
-        stem = path.stem.replace("_", "")
+    for name in options(group):
+        obj = instantiate_option(group, name)
+        stem = name.replace("_", "")
         module = type(obj).__module__.rsplit(".", 1)[1].replace("_", "")
-        assert module == stem or group == "topology", f"{path.name} → {type(obj).__module__}"
+        assert module == stem or group == "topology", f"{name} → {type(obj).__module__}"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_file_is_a_delta_with_its_command(experiment: str) -> None:
-    lines = (repo_root() / "conf" / "experiment" / f"{experiment}.yaml").read_text().splitlines()
+    lines = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text().splitlines()
     assert lines[0] == "# @package _global_"
     assert lines[1].startswith(f"# coldstart experiment={experiment}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_in_smoke_mode(conf_dir: Path, tmp_path: Path, experiment: str) -> None:
-    cfg = _compose(conf_dir, [f"experiment={experiment}", "smoke=true"])
+def test_experiment_runs_in_smoke_mode(tmp_path: Path, experiment: str) -> None:
+    cfg = _compose([f"experiment={experiment}", "smoke=true"])
     t0 = time.perf_counter()
     tables = _run(cfg, tmp_path)
     assert time.perf_counter() - t0 < 30
@@ -79,26 +70,26 @@ def test_experiment_runs_in_smoke_mode(conf_dir: Path, tmp_path: Path, experimen
 
 
 @pytest.mark.slow
-def test_same_seed_same_tables_other_seed_other_arrivals(conf_dir: Path, tmp_path: Path) -> None:
-    a = _run(_compose(conf_dir, ["experiment=bprr_clustered", "smoke=true", "seed=3"]), tmp_path / "a")
-    b = _run(_compose(conf_dir, ["experiment=bprr_clustered", "smoke=true", "seed=3"]), tmp_path / "b")
-    c = _run(_compose(conf_dir, ["experiment=bprr_clustered", "smoke=true", "seed=4"]), tmp_path / "c")
+def test_same_seed_same_tables_other_seed_other_arrivals(tmp_path: Path) -> None:
+    a = _run(_compose(["experiment=bprr_clustered", "smoke=true", "seed=3"]), tmp_path / "a")
+    b = _run(_compose(["experiment=bprr_clustered", "smoke=true", "seed=3"]), tmp_path / "b")
+    c = _run(_compose(["experiment=bprr_clustered", "smoke=true", "seed=4"]), tmp_path / "c")
     pd.testing.assert_frame_equal(a["requests"], b["requests"])
     pd.testing.assert_frame_equal(a["summary"], b["summary"])
     assert not a["requests"]["arrival_s"].equals(c["requests"]["arrival_s"])
 
 
-def test_table3_carries_the_papers_values(conf_dir: Path, tmp_path: Path) -> None:
-    tables = _run(_compose(conf_dir, ["experiment=bprr_clustered", "smoke=true"]), tmp_path)
+def test_table3_carries_the_papers_values(tmp_path: Path) -> None:
+    tables = _run(_compose(["experiment=bprr_clustered", "smoke=true"]), tmp_path)
     row = tables["table3"].iloc[0]
     assert (row["paper_petals_per_token_s"], row["paper_proposed_per_token_s"]) == (6.28, 2.00)
     ratio = row["proposed_per_token_s"] / row["petals_per_token_s"]
     assert row["reduction_pct"] == pytest.approx(100 * (1 - ratio))
 
 
-def test_sweep_point_a_policy_cannot_serve_is_a_failure_row_not_a_crash(conf_dir: Path, tmp_path: Path) -> None:
+def test_sweep_point_a_policy_cannot_serve_is_a_failure_row_not_a_crash(tmp_path: Path) -> None:
     # 5 servers (1 A100, 4 MIG): PETALS covers 53 + 16 = 69 < 70 blocks and CG-BP is infeasible for |R|.
-    cfg = _compose(conf_dir, ["experiment=bprr_scattered", "smoke=true", "bprr.num_servers=5"])
+    cfg = _compose(["experiment=bprr_scattered", "smoke=true", "bprr.num_servers=5"])
     tables = _run(cfg, tmp_path)
     failures = pd.read_parquet(tmp_path / "failures.parquet")
     assert set(failures["policy"]) == {"petals", "cg_bp+ws_rr", "opt_order+ws_rr", "opt_num+ws_rr"}
@@ -112,8 +103,8 @@ def test_sweep_point_a_policy_cannot_serve_is_a_failure_row_not_a_crash(conf_dir
     assert tables["requests"].empty
 
 
-def test_generic_experiment_names_the_policy_by_option_names(conf_dir: Path, tmp_path: Path) -> None:
-    cfg = _compose(conf_dir, ["experiment=placement", "smoke=true", "placement=petals", "routing=shortest_path"])
+def test_generic_experiment_names_the_policy_by_option_names(tmp_path: Path) -> None:
+    cfg = _compose(["experiment=placement", "smoke=true", "placement=petals", "routing=shortest_path"])
     summary = _run(cfg, tmp_path)["summary"]
     assert list(summary["policy"]) == ["petals+shortest_path"]
     assert (summary["placement"].iloc[0], summary["routing"].iloc[0]) == ("petals", "shortest_path")
@@ -128,24 +119,24 @@ def test_generic_experiment_names_the_policy_by_option_names(conf_dir: Path, tmp
     ("bprr.allocation_delay_petals_s=-1", "allocation_delay_petals_s"),
     ("bprr.client_clusters=[3]", "client_clusters"),
 ])
-def test_bad_bprr_keys_are_named_before_anything_runs(conf_dir: Path, tmp_path: Path, override: str,
+def test_bad_bprr_keys_are_named_before_anything_runs(tmp_path: Path, override: str,
                                                       key: str) -> None:
-    cfg = _compose(conf_dir, ["experiment=bprr_clustered", override])
+    cfg = _compose(["experiment=bprr_clustered", override])
     with pytest.raises(ValueError, match=rf"bprr\.{key}="):
         instantiate(cfg.experiment.run)(cfg, tmp_path)
 
 
-def test_unknown_scattered_topology_names_the_options(conf_dir: Path, tmp_path: Path) -> None:
+def test_unknown_scattered_topology_names_the_options(tmp_path: Path) -> None:
     # No smoke=true here: its overrides reset bprr.topologies. The check fires before anything simulates.
-    cfg = _compose(conf_dir, ["experiment=bprr_scattered", "bprr.topologies=[abvt,nowhere]"])
-    with pytest.raises(ValueError, match=r"'nowhere' is not a topology option; allowed: .*gtsce"):
+    cfg = _compose(["experiment=bprr_scattered", "bprr.topologies=[abvt,nowhere]"])
+    with pytest.raises(ValueError, match=r"topology='nowhere' is not an option; choose one of .*gtsce"):
         instantiate(cfg.experiment.run)(cfg, tmp_path)
 
 
 @pytest.mark.parametrize("topology", ["clustered", "gtsce"])
-def test_user_defined_server_type_from_the_command_line(conf_dir: Path, topology: str) -> None:
+def test_user_defined_server_type_from_the_command_line(topology: str) -> None:
     h100 = "{h100: {mem_gb: 80, tau_s: 0.002, tau_in_slope_s: 5e-5, tau_in_base_s: 0.02}}"
-    cfg = _compose(conf_dir, ["experiment=placement", f"topology={topology}",
+    cfg = _compose(["experiment=placement", f"topology={topology}",
                               f"topology.extra_server_types={h100}", "topology.a100_type=h100"])
     topo = instantiate(cfg.topology)
     net = topo.build(np.random.default_rng(0))
@@ -157,9 +148,9 @@ def test_user_defined_server_type_from_the_command_line(conf_dir: Path, topology
     assert _fast_share(topo, net) == pytest.approx(share)
 
 
-def test_cell_with_no_placement_even_for_one_request_fails_per_policy(conf_dir: Path, tmp_path: Path) -> None:
+def test_cell_with_no_placement_even_for_one_request_fails_per_policy(tmp_path: Path) -> None:
     # 7 MIGs alone hold 28 of 70 blocks: the auto |R| rule has no T1, every policy gets a failure row.
-    cfg = _compose(conf_dir, ["experiment=bprr_clustered", "smoke=true", "topology.a100_count=0"])
+    cfg = _compose(["experiment=bprr_clustered", "smoke=true", "topology.a100_count=0"])
     tables = _run(cfg, tmp_path)
     failures = tables["failures"]
     assert set(failures["policy"]) == {"petals", "cg_bp+ws_rr"}

@@ -16,12 +16,12 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.serverless.simulated import build_policy, check_policies, policies_of, workload_cfg
+from harness.config import option_dict
 from harness.experiment import ExperimentResult
-from harness.paths import repo_root
 from schedulers.base import Request
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import Cluster, ModelTimes
-from schedulers.experiments import build_policy, policies_of, workload_cfg
 from schedulers.metrics import REQUEST_COLUMNS, REQUEST_DTYPES, summarize, summary_frame
 from schedulers.real.controller import Controller
 from schedulers.real.records import RealConfig, Req
@@ -127,9 +127,7 @@ def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...]
     infos = model_infos(list(models), cluster, str(cfg.dtype))
     scheduler, keepalive = build_policy(cfg, entry)
     store = instantiate(cfg.storage)
-    model_cfgs = {base_name(m): OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" /
-                                                                      f"{base_name(m)}.yaml"))
-                  for m in models}
+    model_cfgs = {base_name(m): option_dict("model", base_name(m)) for m in models}
     loader_cfg = OmegaConf.to_container(cfg.loader, resolve=True)
     sizes = {m: i.size_bytes for m, i in infos.items()}
     tiers = TierOps(store, cast(dict[str, dict[str, Any]], model_cfgs), list(models), str(cfg.dtype),
@@ -180,6 +178,7 @@ def trace(cfg: DictConfig) -> tuple[list[Request], tuple[str, ...]]:
 
 def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Every listed policy (or the composed one) on the same seeded trace, for real."""
+    check_policies(cfg, singles=("loader",))
     requests, models = trace(cfg)
     frames, rows, colds = [], [], []
     for name, entry in policies_of(cfg):

@@ -16,15 +16,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from experiments.loading.metrics import PHASES, summarize_trials
 from harness import environment
 from harness.ceilings import STATE_CEILING, bounding_ceiling, measure_ceilings
 from harness.checkpoints import Checkpoint, CheckpointError, CheckpointStore
-from harness.config import load_option
+from harness.config import check_args, listed
 from harness.executors.base import TrialError
 from harness.experiment import ExperimentResult
-from harness.metrics import PHASES, summarize_trials
-from harness.pagecache import evict, make_copies, resident_fraction, warm
 from loaders.base import TieredLoader
+from loaders.pagecache import evict, make_copies, resident_fraction, warm
 
 log = logging.getLogger("coldstart.loading")
 
@@ -61,23 +61,30 @@ def smoke_loaders(names: list[str]) -> list[str]:
     return ([n for n in names if n == "native"] + [n for n in names if n != "native"])[:2]
 
 
-def _loader_cells(names: list[str], variants: dict[str, Any] | None = None) -> list[_LoaderCell]:
-    """One cell per name: a ``conf/loader`` option, or a variant ``{base: option, overrides: {...}}`` (ablations)."""
+def loader_bases(names: list[str], variants: dict[str, Any] | None = None) -> list[str]:
+    """The ``conf/loader`` option behind each listed name (a variant names its ``base``)."""
+    variants = variants or {}
+    return [str(variants[n]["base"]) if n in variants else n for n in names]
+
+
+def _loader_cells(cfg: DictConfig, names: list[str], variants: dict[str, Any] | None = None) -> list[_LoaderCell]:
+    """One cell per name: a ``conf/loader`` option, or a variant ``{base: option, overrides: {...}}`` (ablations),
+    composed by Hydra with the run's ``loader_args.<option>`` overrides."""
     cells = []
     variants = variants or {}
-    for name in names:
-        if name in variants:
-            variant = variants[name]
-            cfg = {**load_option("loader", str(variant["base"])), **dict(variant.get("overrides") or {})}
-        else:
-            cfg = load_option("loader", name)
-        loader = instantiate(cfg)
+    for name, base in zip(names, loader_bases(names, variants), strict=True):
+        entry = (variants.get(name) or {}).get("overrides")
+        cfg_node = listed(cfg, "loader", base, entry)
+        loader = instantiate(cfg_node)
         try:
             loader.check_available()
             reason = None
         except Exception as exc:  # LoaderUnavailableError: recorded as an unavailable cell, never dropped
             reason = str(exc)
-        cells.append(_LoaderCell(name, cfg, loader.formats[0] if loader.formats else None, reason, loader))
+        resolved = OmegaConf.to_container(cfg_node, resolve=True)
+        assert isinstance(resolved, dict)
+        cells.append(_LoaderCell(name, cast(dict[str, Any], resolved), loader.formats[0] if loader.formats else None,
+                                 reason, loader))
     return cells
 
 
@@ -147,8 +154,25 @@ def _failed_row(base: dict[str, Any], status: str, error: str) -> dict[str, Any]
     return {**base, "ok": False, "status": status, "error": error}
 
 
+def listed_loaders(cfg: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
+    """The loader names this run measures (``smoke=true``: two of them) and the ablation variants, if any."""
+    node = cfg.get("loader_variants")
+    variants = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True)) if node else None
+    names = [str(n) for n in cfg.loaders]
+    if cfg.smoke and not variants:
+        names = smoke_loaders(names)
+    return names, variants
+
+
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
-    """Run the loading experiment described by ``cfg`` (see conf/experiment/loading.yaml)."""
+    """``experiment=loading``: the composed model, every listed loader (see conf/experiment/loading.yaml)."""
+    names, variants = listed_loaders(cfg)
+    check_args(cfg, {"loader": loader_bases(names, variants)}, singles=("model",))
+    return run_cell(cfg, out_dir)
+
+
+def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """One model and dtype: loaders × cache states × trials, after the caller checked the run's overrides."""
     device = resolve_device(cfg.device)
     trials = 1 if cfg.smoke else int(cfg.trials)
     if trials < 1:
@@ -160,12 +184,8 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     spec = instantiate(cfg.model)
     store: CheckpointStore = instantiate(cfg.storage)
     executor = instantiate(cfg.executor)
-    variants = cfg.get("loader_variants")
-    names = [str(n) for n in cfg.loaders]
-    if cfg.smoke and not variants:
-        names = smoke_loaders(names)
-    cells = _loader_cells(names,
-                          cast(dict[str, Any], OmegaConf.to_container(variants, resolve=True)) if variants else None)
+    names, variants = listed_loaders(cfg)
+    cells = _loader_cells(cfg, names, variants)
     rng = random.Random(cfg.seed)
 
     ckpts: dict[str, Checkpoint] = {}

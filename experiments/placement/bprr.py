@@ -11,10 +11,11 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.placement.scenario import SCENARIO_KEYS, Policy, auto_concurrency, run_policy, summarize
+from harness.config import check_args, listed
 from harness.experiment import ExperimentResult
 from placement.base import InfeasiblePlacementError, Network, NoRouteError, Problem
 from placement.catalog import block_model
-from placement.scenario import SCENARIO_KEYS, Policy, auto_concurrency, run_policy, summarize
 
 log = logging.getLogger("coldstart.placement")
 
@@ -41,19 +42,39 @@ def option_name(target: str) -> str:
     return parts[-2] if len(parts) >= 2 else parts[-1]
 
 
-def _policies(spec: Any, delays_on: bool, b: DictConfig) -> list[Policy]:
+def policy_option(cfg: DictConfig, entry: Any, group: str) -> DictConfig:
+    """A policy entry's ``placement`` or ``routing``: an option name composed by Hydra (with the entry's
+    ``<group>_args`` and the run's ``<group>_args.<name>``), or the run's composed single option (a mapping)."""
+    chosen = entry[group]
+    if isinstance(chosen, str):
+        return listed(cfg, group, chosen, entry.get(f"{group}_args"))
+    node = OmegaConf.create(chosen)
+    assert isinstance(node, DictConfig)
+    return node
+
+
+def check_policies(cfg: DictConfig, entries: Any, lists: dict[str, list[str]] | None = None,
+                   singles: tuple[str, ...] = ()) -> None:
+    """Fail before anything runs on an override the policy entries would ignore (``placement_args.<option>``,
+    ``routing_args.<option>``); ``lists``/``singles``: the experiment's other groups (see ``check_args``)."""
+    named = {g: [str(e[g]) for e in entries if isinstance(e[g], str)] for g in ("placement", "routing")}
+    check_args(cfg, {**{g: v for g, v in named.items() if v}, **(lists or {})}, singles=singles)
+
+
+def _policies(cfg: DictConfig, spec: Any, delays_on: bool, b: DictConfig) -> list[Policy]:
     out = []
     for p in spec:
         if p.delay not in ("petals", "proposed"):
             raise ValueError(f"bprr.policies[{p.name}].delay={p.delay!r} is invalid; allowed: petals, proposed")
         delay = float(b.allocation_delay_petals_s if p.delay == "petals" else b.allocation_delay_proposed_s)
+        placement, routing = policy_option(cfg, p, "placement"), policy_option(cfg, p, "routing")
         out.append(
             Policy(
                 str(p.name),
-                instantiate(p.placement),
-                instantiate(p.routing, allocation_delay_s=delay if delays_on else 0.0),
-                option_name(p.placement._target_),
-                option_name(p.routing._target_),
+                instantiate(placement),
+                instantiate(routing, allocation_delay_s=delay if delays_on else 0.0),
+                option_name(placement._target_),
+                option_name(routing._target_),
             )
         )
     return out
@@ -122,7 +143,7 @@ def _sweep(
     cfg: DictConfig, b: DictConfig, networks: list[tuple[str, int, Network, list[int], int, float]]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every (network, λ, l_max, delay mode, policy): simulate; returns requests, placements, failures."""
-    model = block_model(str(b.model), Path(__file__).resolve().parents[1] / "conf" / "model")
+    model = block_model(str(b.model))
     frames, infos, failures = [], [], []
     for scenario, group, net, clients, run, fast_share in networks:
         for ri, rate in enumerate(b.arrival_rates_per_s):
@@ -143,7 +164,7 @@ def _sweep(
                         "design_concurrency": problem.design_concurrency,
                         "run": run,
                     }
-                    for policy in _policies(b.policies, bool(delays_on), b):
+                    for policy in _policies(cfg, b.policies, bool(delays_on), b):
                         # Common random numbers: every policy and group of a cell gets the same arrivals.
                         seed = (int(cfg.seed), run, ri, li)
                         try:
@@ -216,6 +237,7 @@ def _result(
 def run_bprr_clustered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Table III: client cluster × λ × l_max, PETALS vs CG-BP + WS-RR, Monte Carlo runs (Sun et al. §VI)."""
     b = _grid(cfg)
+    check_policies(cfg, b.policies, singles=("topology",))
     topo = instantiate(cfg.topology)
     net = topo.build(np.random.default_rng(int(cfg.seed)))
     networks = []
@@ -233,13 +255,10 @@ def run_bprr_scattered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Topology Zoo graphs: C random servers (fraction η A100), one random client, per Monte Carlo run."""
     b = _grid(cfg)
     networks = []
-    topo_dir = Path(__file__).resolve().parents[1] / "conf" / "topology"
+    check_policies(cfg, b.policies, {"topology": [str(n) for n in b.topologies]})
     for name in b.topologies:
-        if not (topo_dir / f"{name}.yaml").exists():
-            zoo = sorted(p.stem for p in topo_dir.glob("*.yaml") if p.stem != "clustered")
-            raise ValueError(f"bprr.topologies: {name!r} is not a topology option; allowed: {zoo}")
-        topo_cfg = OmegaConf.load(topo_dir / f"{name}.yaml")
-        topo = instantiate(topo_cfg, num_servers=int(b.num_servers), a100_fraction=float(b.a100_fraction))
+        topo = instantiate(listed(cfg, "topology", str(name)), num_servers=int(b.num_servers),
+                           a100_fraction=float(b.a100_fraction))
         for run in range(int(b.monte_carlo_runs)):
             net = topo.build(np.random.default_rng([int(cfg.seed), run, 7]))
             networks.append((str(name), 0, net, [0], run, _fast_share(topo, net)))
@@ -258,6 +277,7 @@ def run_placement(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             "delay": str(b.delay),
         }
     ]
+    check_args(cfg, {}, singles=("topology", "placement", "routing"))
     topo = instantiate(cfg.topology)
     networks = []
     for run in range(int(b.monte_carlo_runs)):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import report
+from experiments.loading import report
 
 
 @pytest.mark.slow

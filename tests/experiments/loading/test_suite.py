@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.ablation import cumulative_gains, cumulative_variants
-from harness.loading_suite import speedups
+from experiments.loading.ablation import cumulative_gains, cumulative_variants
+from experiments.loading.suite import speedups
 from harness.run import run_experiment
 from schedulers.calibrated import calibrated
 

@@ -13,10 +13,11 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.placement.bprr import check_policies, option_name, policy_option
+from experiments.placement.scenario import auto_concurrency, block_counts_by_type
 from harness.experiment import ExperimentResult
 from harness.zoo import ModelSpec
 from placement.base import Network, Placement, Problem, Router
-from placement.experiments import option_name
 from placement.real.blocks import ClientParts, build_synthetic, chain_spec, one_process_greedy
 from placement.real.calibration import Calibration, calibrate, in_situ
 from placement.real.client import ChainClient
@@ -31,7 +32,6 @@ from placement.real.deployment import (
 )
 from placement.real.hosting import InProcessHost, WorkerHost
 from placement.real.server import real_block_model
-from placement.scenario import auto_concurrency, block_counts_by_type
 from placement.simulator import ServerCompute, poisson_arrivals, simulate
 
 log = logging.getLogger("coldstart.pipeline_real")
@@ -169,6 +169,7 @@ def _advantage(summary: pd.DataFrame, petals: str, proposed: str) -> pd.DataFram
 def run_pipeline_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Calibrate τ, τ^I per server type, then per policy: place, simulate, deploy for real, replay the workload."""
     p = _settings(cfg)
+    check_policies(cfg, p.policies, singles=("model", "topology"))
     seed, smoke = int(cfg.seed), bool(cfg.get("smoke", False))
     spec = _spec(cfg, p)
     dtype = str(p.dtype)
@@ -218,8 +219,9 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
     policies = list(p.policies)
     for idx, spec_p in enumerate(policies):
         name = str(spec_p.name)
-        placement: Placement = instantiate(spec_p.placement).place(problem, np.random.default_rng([seed, 1]))
-        router: Router = instantiate(spec_p.routing)
+        placement_cfg, routing_cfg = policy_option(cfg, spec_p, "placement"), policy_option(cfg, spec_p, "routing")
+        placement: Placement = instantiate(placement_cfg).place(problem, np.random.default_rng([seed, 1]))
+        router: Router = instantiate(routing_cfg)
         sim_rows, _ = simulate(problem, placement, router, arrivals)
         sim = pd.DataFrame(sim_rows).assign(mode="sim", reroutes=0, tokens_match=True)
         # The same, with each server's compute bounded as the real one is: hops of concurrent sessions queue.
@@ -248,8 +250,8 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
         measured = pd.DataFrame(rows).assign(mode="real", tokens_match=[t == references[r["request_id"]]
                                                                          for t, r in zip(tokens, rows, strict=True)])
         both = pd.concat([measured, sim, situ_sim, contended], ignore_index=True)
-        both = both.assign(policy=name, placement=option_name(spec_p.placement._target_),
-                           routing=option_name(spec_p.routing._target_))
+        both = both.assign(policy=name, placement=option_name(placement_cfg._target_),
+                           routing=option_name(routing_cfg._target_))
         frames.append(both)
         hop_frame = pd.DataFrame(hops).assign(policy=name)
         hop_frame["server_type"] = [net.servers[j].name for j in hop_frame["server"]]

@@ -1,4 +1,4 @@
-"""Live migration vs restart, measured: ``python -m schedulers.real.pause [--model tiny-llama] [--trials 5]``.
+"""Live migration vs restart, measured: ``python -m experiments.serverless.pause [--model tiny-llama] [--trials 5]``.
 
 Two fresh instances load the same checkpoint; one request is decoded without migration (the reference), then
 again with a live migration (rounds of re-prefill while the source decodes), then with a restart from scratch
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.checkpoints import CheckpointStore
+from harness.config import option_dict
 from harness.executors.local import LocalExecutor
 from harness.executors.workers import WorkerHandle, start_worker
-from harness.paths import repo_root
 from schedulers.real.instance import prompt_tokens
 from schedulers.real.serving import Stream, begin, decode, live_migrate, restart
 
@@ -45,9 +45,8 @@ def _stream(src: WorkerHandle, dst: WorkerHandle | None, rid: int, prompt: list[
 def measure(model: str = "tiny-llama", trials: int = 5, prompt_len: int = 64, out: int = 60, chunk: int = 1,
             stop_tokens: int = 4) -> dict[str, Any]:
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_container(OmegaConf.load(repo_root() / "conf" / "model" / f"{model}.yaml"))
+    cfg = option_dict("model", model)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = CheckpointStore(Path(tmp)).ensure(instantiate(cfg), "fp32", "native", 0, progress=False)
         ws = [start_worker(LocalExecutor(), "schedulers.real.instance:ModelInstance", {"model": cfg},

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from harness.metrics import CELL_KEYS, summarize_trials
-from harness.plots import plot_report
+from experiments.loading.metrics import CELL_KEYS, summarize_trials
+from experiments.loading.plots import plot_report
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(summary[cols].to_string(index=False))
     print(f"\n{len(trials)} trials from {trials['run'].nunique()} runs → {out}/report.csv, {out}/report.png")
     if args.sllm_reference:
-        from harness.reference import sllm_comparison  # builds zoo models for their byte counts: only when asked
+        from experiments.loading.reference import (
+            sllm_comparison,  # builds zoo models for their byte counts: only when asked
+        )
 
         comparison = sllm_comparison(trials)
         comparison.to_csv(out / "sllm_comparison.csv", index=False)

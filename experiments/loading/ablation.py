@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness import loading
+from experiments.loading import experiment as loading
+from experiments.loading.suite import copy_config
+from harness.config import check_args
 from harness.experiment import ExperimentResult
-from harness.loading_suite import copy_config
 
 
 def cumulative_variants(base: str, steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -57,11 +58,12 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         steps = [steps[0], {"name": "+all", "overrides": {k: v for s in steps[1:] for k, v in
                                                           dict(s.get("overrides") or {}).items()}}]
     variants = cumulative_variants(str(cfg.ablation_base), [dict(s) for s in steps])
+    check_args(cfg, {"loader": [str(cfg.ablation_base)]}, singles=("model",))
     sub = copy_config(cfg)
     with open_dict(sub):
         sub.loader_variants = variants
         sub.loaders = list(variants)
-    result = loading.run(sub, out_dir)
+    result = loading.run_cell(sub, out_dir)
     result.tables["gains"] = cumulative_gains(result.tables["summary"], list(variants))
     result.documents["ablation"] = {"base": str(cfg.ablation_base), "variants": variants}
     return result

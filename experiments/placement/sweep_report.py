@@ -1,6 +1,6 @@
 """Figs 7–10 of Sun et al.: gather the ``summary.csv`` of a placement multirun and plot a metric vs the axis.
 
-Run: ``python -m placement.sweep_report results/sweeps/bprr_scattered/<stamp> [--axis num_servers]``.
+Run: ``python -m experiments.placement.sweep_report results/sweeps/bprr_scattered/<stamp> [--axis num_servers]``.
 It reads files only (collect, then present) and writes ``sweep_summary.csv`` and ``sweep_<axis>.png``.
 """
 
@@ -68,7 +68,7 @@ def plot_sweep(summary: pd.DataFrame, axis: str, out: Path, metric: str = "per_t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m placement.sweep_report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m experiments.placement.sweep_report", description=__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="sweep (multirun) or run directories")
     parser.add_argument("--axis", default=None, help=f"x axis, one of {', '.join(AXES)} (default: guessed)")
     parser.add_argument("--metric", default="per_token_s_mean")

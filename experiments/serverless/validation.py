@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from experiments.serverless.real import as_arrays, real_cluster, run_policy_real, trace
+from experiments.serverless.simulated import build_policy, check_policies, policies_of, sim_config
 from harness.experiment import ExperimentResult
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import ModelTimes
-from schedulers.experiments import build_policy, policies_of, sim_config
 from schedulers.metrics import summarize, summary_frame
-from schedulers.real.experiment import as_arrays, real_cluster, run_policy_real, trace
 from schedulers.simulator import Simulator
 
 log = logging.getLogger("coldstart.schedulers.real")
@@ -73,6 +73,7 @@ def metric_values(requests: pd.DataFrame, stats: dict[str, float]) -> dict[str, 
 
 def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """For each policy: real run → calibration → simulation of the same trace → per-metric relative error."""
+    check_policies(cfg, singles=("loader",))
     requests, models = trace(cfg)
     frames, rows, colds = [], [], []
     errors: list[dict[str, Any]] = []

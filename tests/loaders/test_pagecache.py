@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.pagecache import evict, make_copies, resident_fraction, resident_pages, warm
+from loaders.pagecache import evict, make_copies, resident_fraction, resident_pages, warm
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_sampled_residency_tracks_the_full_count(data_file: Path) -> None:
 
 def test_fresh_warm_rereads_a_resident_file(data_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fresh=True drops what is cached first (so the cache holds the file as one read leaves it), then reads it."""
-    import harness.pagecache as pc
+    import loaders.pagecache as pc
 
     warm([data_file])
     evicted: list[float] = []

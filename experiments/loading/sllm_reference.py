@@ -1,7 +1,7 @@
 """ServerlessLLM's published loading results (sllm-store cannot run here: CUDA only, Python 3.10, torch 2.7 pin).
 
 Only what was published is typed in: load times, speedups, the hardware and its ceiling. Throughputs, speedups
-from times and fractions of the ceiling are computed from these by ``harness.reference``. Sources:
+from times and fractions of the ceiling are computed from these by ``experiments.loading.reference``. Sources:
 ``ANCHORS.md`` §1 and §2 (which cite the ServerlessLLM repository's ``sllm_store/README.md`` and the OSDI'24 paper).
 """
 

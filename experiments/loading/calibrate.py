@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, open_dict
 
-from harness import loading
+from experiments.loading import experiment as loading
+from experiments.loading.suite import check_cells, copy_config, run_cells
 from harness.experiment import ExperimentResult
-from harness.loading_suite import copy_config, run_cells
 
 # simulator tier ← the loading experiment's cache state that reads from it
 TIER_STATE = {"ssd": "cold", "dram": "hot", "remote": "remote", "page_cache": "warm"}
@@ -89,7 +89,8 @@ def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: di
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Real loads of each model from every tier this machine has; the calibration as ``calibration.yaml``."""
     states = [s for s in cfg.cache_states if s in loading.STATES]
-    models = [str(cfg.model.name)] if cfg.smoke else [str(m) for m in cfg.models]
+    models: list[str | None] = [None] if cfg.smoke else [str(m) for m in cfg.models]
+    check_cells(cfg, None if cfg.smoke else [str(m) for m in cfg.models])
     sub = copy_config(cfg)
     with open_dict(sub):
         sub.cache_states = states

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from placement.sweep_report import collect, guess_axis, main, plot_sweep
+from experiments.placement.sweep_report import collect, guess_axis, main, plot_sweep
 
 
 def _job(root: Path, name: str, num_servers: int, per_token: dict[str, float]) -> None:

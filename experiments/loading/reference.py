@@ -3,7 +3,7 @@
 Our side: per run and cell (model, dtype, device, cache state), each loader's median load time, its speedup over
 the safetensors and torch baselines measured in the same run, and its median throughput as a fraction of the
 ceiling that bounds it (measured in the same run). sllm-store's side: the same quantities computed from its
-published times (``harness.sllm_reference``), its bytes from the zoo's exact count for the architecture.
+published times (``experiments.loading.sllm_reference``), its bytes from the zoo's exact count for the architecture.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 
-from harness.config import load_option
-from harness.sllm_reference import SLLM_STORE_RESULTS, PublishedLoad
+from experiments.loading.sllm_reference import SLLM_STORE_RESULTS, PublishedLoad
+from harness.config import instantiate_option
 
 BASELINES = {"speedup_vs_safetensors": "safetensors", "speedup_vs_torch": "torch"}
 CELL = ["model", "dtype", "device", "cache_state"]
@@ -29,7 +28,7 @@ COLUMNS = ["source", "run", "hardware", "model", "dtype", "device", "cache_state
 
 def zoo_bytes(model: str, dtype: str) -> int:
     """Checkpoint bytes of a ``conf/model`` architecture at a dtype (the zoo's exact count, meta device)."""
-    return int(instantiate(load_option("model", model)).checkpoint_bytes(dtype))
+    return int(instantiate_option("model", model).checkpoint_bytes(dtype))
 
 
 def run_hardware(run: str | Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,8 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config import check_args, listed
 from harness.experiment import ExperimentResult
-from harness.paths import repo_root
 from schedulers.catalog import model_infos
 from schedulers.cluster import Cluster
 from schedulers.metrics import summarize, summary_frame
@@ -27,17 +27,6 @@ SMOKE_DURATION_S = 120.0
 SMOKE_MODELS = 4
 
 
-def load_option(group: str, name: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """Instantiate ``conf/<group>/<name>.yaml`` with ``overrides`` merged in (Hydra's option files are the
-    registry)."""
-    path = repo_root() / "conf" / group / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ValueError(f"{group}={name!r} is not an option; choose one of {known}")
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.create(dict(overrides or {})))
-    return instantiate(cfg)
-
-
 def policies_of(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     """The policies to compare: ``experiment.policies`` entries, or the composed ``scheduler`` +
     ``keepalive``."""
@@ -48,12 +37,25 @@ def policies_of(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return [(name, OmegaConf.create({"inline": True}))]
 
 
+def check_policies(cfg: DictConfig, singles: tuple[str, ...] = ()) -> None:
+    """Fail before anything runs on an override the policies would ignore: ``scheduler_args.<option>`` and
+    ``keepalive_args.<option>`` must name a listed policy's option; ``scheduler.<key>=...`` needs the composed
+    policy (``experiment.policies=null``). ``singles``: other groups the experiment reads as one option."""
+    entries = [e for _, e in policies_of(cfg) if not e.get("inline")]
+    if entries:
+        lists = {"scheduler": [str(e.scheduler) for e in entries],
+                 "keepalive": [str(e.get("keepalive", "fixed")) for e in entries]}
+        check_args(cfg, lists, singles=singles)
+    else:
+        check_args(cfg, {}, singles=("scheduler", "keepalive", *singles))
+
+
 def build_policy(cfg: DictConfig, entry: DictConfig) -> tuple[Any, Any]:
     """A fresh (scheduler, keep-alive) pair for one run: keep-alive policies learn, so never share them."""
     if entry.get("inline"):
         return instantiate(cfg.scheduler), instantiate(cfg.keepalive)
-    sched = load_option("scheduler", entry.scheduler, entry.get("scheduler_args"))
-    keep = load_option("keepalive", entry.get("keepalive", "fixed"), entry.get("keepalive_args"))
+    sched = instantiate(listed(cfg, "scheduler", str(entry.scheduler), entry.get("scheduler_args")))
+    keep = instantiate(listed(cfg, "keepalive", str(entry.get("keepalive", "fixed")), entry.get("keepalive_args")))
     return sched, keep
 
 
@@ -78,6 +80,7 @@ def simulate_grid(
 ) -> ExperimentResult:
     """Run every policy on every scenario (same seed → same requests for every policy); collect tidy
     tables."""
+    check_policies(cfg)
     cluster: Cluster = instantiate(cfg.cluster)
     sim_cfg = sim_config(cfg)
     frames, rows = [], []

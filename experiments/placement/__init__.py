@@ -1,0 +1,1 @@
+"""Placement studies: BPRR Table III and scattered runs, optimality, the real pipeline chain, sweep reports."""
