@@ -57,6 +57,13 @@ class TieredLoader(Protocol):
     def unstage_from_dram(self, checkpoint_dir: Path) -> None: ...
 
 
+@runtime_checkable
+class RemoteTieredLoader(Protocol):
+    """A loader that reads a remote URL and keeps its own local copies: the ``remote`` cache state drops them."""
+
+    def drop_remote_copies(self, url: str) -> None: ...
+
+
 class BaseLoader:
     """Shared helpers: optional-package checks and shard discovery."""
 

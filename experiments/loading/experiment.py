@@ -23,7 +23,7 @@ from harness.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from harness.config import check_args, listed
 from harness.executors.base import TrialError
 from harness.experiment import ExperimentResult
-from loaders.base import TieredLoader
+from loaders.base import RemoteTieredLoader, TieredLoader
 from loaders.pagecache import evict, make_copies, resident_fraction, warm
 
 log = logging.getLogger("coldstart.loading")
@@ -225,8 +225,7 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             if state == "hot" and not tiered:
                 rows.append(_failed_row(base, "unavailable", f"loader {cell.name} has no DRAM tier (hot state)"))
                 continue
-            remote = callable(getattr(cell.loader, "drop_remote_copies", None))  # a loader with a remote tier
-            if state == "remote" and (remote_gap or not remote):
+            if state == "remote" and (remote_gap or not isinstance(cell.loader, RemoteTieredLoader)):
                 rows.append(_failed_row(base, "unavailable", remote_gap or f"loader {cell.name} has no remote tier"))
                 continue
             cold_method = None
@@ -264,7 +263,7 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         for cell in cells:  # leave no staged copy behind in a shared DRAM tier
             if isinstance(cell.loader, TieredLoader) and cell.fmt in ckpts:
                 cell.loader.unstage_from_dram(ckpts[cell.fmt].path)
-            if "remote" in states and not remote_gap and hasattr(cell.loader, "drop_remote_copies") \
+            if "remote" in states and not remote_gap and isinstance(cell.loader, RemoteTieredLoader) \
                     and cell.fmt in ckpts:
                 cell.loader.drop_remote_copies(store.url_for(ckpts[cell.fmt]))
 

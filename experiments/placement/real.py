@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.placement.bprr import check_policies, option_name, policy_option
 from experiments.placement.scenario import auto_concurrency, block_counts_by_type
+from harness.executors.base import Executor
 from harness.experiment import ExperimentResult
 from harness.zoo import ModelSpec
 from placement.base import Network, Placement, Problem, Router
@@ -175,17 +176,16 @@ def run_pipeline_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     dtype = str(p.dtype)
     real = real_types(OmegaConf.to_container(p.server_types))  # type: ignore[arg-type]
     parts = ClientParts(build_synthetic(spec, seed, dtype))
-    executor = None if smoke else instantiate(cfg.executor)
-    if executor is not None and hasattr(type(executor), "ray"):
-        executor.ray  # noqa: B018 - connect here: ray.init must run in the main thread, servers start in a pool
+    executor: Executor | None = None if smoke else instantiate(cfg.executor)
+    if executor is not None:
+        executor.connect()  # here: ray.init must run in the main thread, servers start in a pool
     host: HostFactory = InProcessHost if smoke else partial(WorkerHost, executor=executor,
                                                              num_cpus=p.get("worker_num_cpus"))
     try:
         return _run(cfg, p, spec, real, parts, host, seed, dtype)
     finally:
-        close = getattr(executor, "close", None)
-        if close is not None:
-            close()
+        if executor is not None:
+            executor.close()
 
 
 def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], parts: ClientParts,

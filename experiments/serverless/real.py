@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, workload_cfg
 from harness.config import option_dict
+from harness.executors.base import Executor
 from harness.experiment import ExperimentResult
 from schedulers.base import Request
 from schedulers.catalog import base_name, model_infos
@@ -112,14 +113,8 @@ def setup_servers(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[
             for s in range(int(rc.servers))]
 
 
-def executor_nodes(executor: Any) -> list[str]:
-    """The nodes an executor can pin workers to (a Ray cluster's ``node:IP`` resources); none on one machine."""
-    nodes = getattr(executor, "nodes", None)
-    return list(nodes()) if callable(nodes) else []
-
-
 def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...], run_root: Path,
-                     executor: Any) -> tuple[Controller, Callable[[], None]]:
+                     executor: Executor) -> tuple[Controller, Callable[[], None]]:
     """Fresh servers (checkpoints in the store, initial SSD copies) and a controller for one policy; the
     second value removes the DRAM tiers."""
     rc, rcfg = cfg.real, real_config(cfg)
@@ -133,7 +128,7 @@ def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...]
     tiers = TierOps(store, cast(dict[str, dict[str, Any]], model_cfgs), list(models), str(cfg.dtype),
                     str(rc.checkpoint_format), int(cfg.seed), cast(dict[str, Any], loader_cfg), sizes)
     dram_root = Path(tempfile.mkdtemp(prefix="coldstart-real-", dir=str(rc.dram_root)))
-    nodes = list(rc.nodes) if rc.get("nodes") else executor_nodes(executor)
+    nodes = list(rc.nodes) if rc.get("nodes") else executor.nodes()
     servers = setup_servers(cfg, run_root, dram_root, [str(n) for n in nodes])
     tiers.start_agents(servers, executor)
     k = 0  # the simulator's preload: ssd_replicas copies of each checkpoint, round-robin over servers
@@ -161,8 +156,7 @@ def run_policy_real(cfg: DictConfig, entry: DictConfig, requests: list[Request],
         finally:
             cleanup()
     finally:
-        if callable(getattr(executor, "close", None)):
-            executor.close()
+        executor.close()
     stats = {**ctl.stats, "wall_s": time.perf_counter() - t0}
     return request_rows(reqs, ctl.cfg.timeout_s), stats, pd.DataFrame(ctl.cold_starts)
 

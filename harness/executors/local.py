@@ -57,6 +57,13 @@ class LocalExecutor:
         return LocalWorker(target, kwargs, name=name, num_cpus=num_cpus, memory_bytes=memory_bytes,
                            env={**self.env, **(env or {})}, python=self.python, max_concurrency=max_concurrency)
 
+    def nodes(self) -> list[str]:
+        """One machine: no nodes to pin workers to."""
+        return []
+
+    def connect(self) -> None:
+        """Nothing to connect to."""
+
     def close(self) -> None:
         """Nothing is held between trials or workers."""
 

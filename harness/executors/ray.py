@@ -50,6 +50,10 @@ class RayExecutor:
                 self._stack = stack
             return self._ray
 
+    def connect(self) -> None:
+        """Connect (or start Ray) now, from the calling thread: ``ray.init`` must run in the main thread."""
+        self.ray  # noqa: B018 - the property connects
+
     def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """One cold start in a fresh interpreter on a Ray node (the task runs ``harness.trial`` as a subprocess,
         so the trial pays the same interpreter start as a local one)."""

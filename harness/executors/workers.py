@@ -91,14 +91,6 @@ class WorkerHandle(Protocol):
     def close(self, timeout_s: float = 10.0) -> None: ...
 
 
-class WorkerExecutor(Protocol):
-    """An executor that can host long-lived workers."""
-
-    def start_worker(self, target: str, kwargs: dict[str, Any], *, name: str, num_cpus: float = 1,
-                     memory_bytes: int | None = None, env: dict[str, str] | None = None, num_gpus: float = 0,
-                     resources: dict[str, float] | None = None, max_concurrency: int = 1) -> WorkerHandle: ...
-
-
 def start_worker(executor: Any, target: str, kwargs: dict[str, Any] | None = None, *, name: str,
                  num_cpus: float = 1, memory_bytes: int | None = None, env: dict[str, str] | None = None,
                  num_gpus: float = 0, resources: dict[str, float] | None = None,
@@ -111,11 +103,11 @@ def start_worker(executor: Any, target: str, kwargs: dict[str, Any] | None = Non
         raise ValueError(f"memory_bytes={memory_bytes}; need > 0 or None")
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency={max_concurrency}; need >= 1")
-    if not hasattr(executor, "start_worker") and (isinstance(executor, dict) or hasattr(executor, "_target_")):
-        from hydra.utils import instantiate
+    if isinstance(executor, dict) or (hasattr(executor, "_target_") and not hasattr(executor, "start_worker")):
+        from hydra.utils import instantiate  # an executor config (the ``executor`` group's node)
 
         executor = instantiate(executor)
-    if not hasattr(executor, "start_worker"):
+    if not callable(getattr(executor, "start_worker", None)):
         raise TypeError(f"{type(executor).__name__} cannot host workers (it has no start_worker)")
     handle: WorkerHandle = executor.start_worker(
         target, dict(kwargs or {}), name=name, num_cpus=num_cpus, memory_bytes=memory_bytes, env=env,

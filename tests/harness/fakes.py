@@ -77,3 +77,12 @@ class RecordingExecutor:
     def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         RecordingExecutor.specs.append(spec)
         raise TrialError("recorded, not run")
+
+    def nodes(self) -> list[str]:
+        return []
+
+    def connect(self) -> None:
+        """Nothing to connect to."""
+
+    def close(self) -> None:
+        """Nothing held."""

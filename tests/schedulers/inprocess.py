@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from harness.executors.base import TrialError
 from harness.executors.workers import (
     WorkerCallError,
     WorkerDiedError,
@@ -97,6 +98,12 @@ class InProcessExecutor:
         self.started.append((name, dict(kwargs), worker))
         self.resources[name] = None if resources is None else dict(resources)
         return worker
+
+    def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        raise TrialError("InProcessExecutor hosts workers only; trials need a fresh process")
+
+    def connect(self) -> None:
+        """Nothing to connect to."""
 
     def close(self) -> None:
         for _, _, w in self.started:
