@@ -68,7 +68,7 @@ def test_hot_load_comes_from_the_dram_tier(shared_store: CheckpointStore, tmp_pa
 
 
 def _load_proc(path: str, dram: str, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    from tests.conftest import CONF_DIR  # noqa: F401  (import path check in the child)
+    import tests.conftest  # noqa: F401  (import path check in the child)
 
     loader = NativeLoader(dram_dir=dram, dram_capacity_bytes=1 << 30)
     loader.stage_in_dram(Path(path))
