@@ -26,7 +26,8 @@ if [ "$DRY" = 1 ]; then
   LOADERS=${GPU_QUICK_LOADERS:-[native,safetensors,torch]}
   TRIALS=${GPU_QUICK_TRIALS:-1}; RESERVE=${GPU_QUICK_RESERVE_S:-10}; TRIAL_TIMEOUT=60
   # the fadvise fallback (distinct copies) is harmless at this size; a small ceiling sample keeps it quick
-  RUN_ARGS=(cold_method=auto ceiling_max_bytes=1048576); ABLATION_SMOKE=--smoke
+  RUN_ARGS=(cold_method=auto ceiling_max_bytes=1048576)
+  ABLATION_SMOKE=--smoke ABLATION_STATES=${GPU_QUICK_ABLATION_STATES:-[cold,hot]}   # the two ends, to stay quick
 else
   DEVICE=cuda
   MACHINE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9.-')
@@ -36,7 +37,7 @@ else
   TRIALS=${GPU_QUICK_TRIALS:-3}; RESERVE=${GPU_QUICK_RESERVE_S:-20}; TRIAL_TIMEOUT=120
   # fadvise, never copies: distinct copies of a 13 GB checkpoint per cold trial would not fit a 64 GB disk; the
   # resident fraction each cold row reports says how cold it was
-  RUN_ARGS=(cold_method=fadvise); ABLATION_SMOKE=
+  RUN_ARGS=(cold_method=fadvise); ABLATION_SMOKE= ABLATION_STATES=${GPU_QUICK_ABLATION_STATES:-}
 fi
 OUT=${OUT:-results/runs/gpu_quick/$(date +%Y-%m-%d_%H-%M-%S)}
 M=$OUT/$MACHINE
@@ -45,7 +46,8 @@ M=$(cd "$M" && pwd)
 : >"$M/steps.csv.tmp"
 export COLDSTART_RESULTS=${COLDSTART_RESULTS:-$M/runs}   # nothing lands there: every run names its own dir
 CACHE=${COLDSTART_CACHE:-$HOME/.cache/coldstart}
-STOPPED=0        # 1 once a step overran the budget: later steps are recorded as skipped
+STOPPED=0        # 1 once a step overran the budget (or a GPU run found no CUDA): later steps are skipped
+WHY="budget spent"
 FAILED=0
 SMALL_OK=0
 
@@ -81,7 +83,7 @@ deadline() {
 # step NAME NOTE CMD...: run CMD under the budget left, log to logs/NAME.log, record status and seconds
 step() {
   local name=$1 note=$2; shift 2
-  if [ "$STOPPED" = 1 ]; then record "$name" skipped 0 "budget spent before this step"; say "$name: skipped"; return 1; fi
+  if [ "$STOPPED" = 1 ]; then record "$name" skipped 0 "$WHY"; say "$name: skipped ($WHY)"; return 1; fi
   local budget; budget=$(left)
   if [ "$budget" -lt 5 ]; then
     STOPPED=1; record "$name" skipped 0 "budget spent before this step"; say "$name: skipped (budget)"; return 1
@@ -142,7 +144,7 @@ EOF
   } >"$M/environment.txt" 2>&1
   [ "$DEVICE" = cpu ] || "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device visible")'
 }
-step environment "" environment || [ "$DEVICE" = cpu ] || STOPPED=1
+step environment "" environment || [ "$DEVICE" = cpu ] || { STOPPED=1; WHY="no CUDA device visible"; }
 
 # 3. the tests marked gpu (skipped on a dry run, which has no CUDA)
 gpu_tests() {
@@ -201,26 +203,27 @@ if [ $SMALL_OK = 1 ] && [ "$STOPPED" = 0 ]; then
     record "loading_$BIG" skipped 0 "$PLAN_NOTE"; say "loading_$BIG: $PLAN_NOTE"
   fi
 else
-  record "loading_$BIG" skipped 0 "$([ "$STOPPED" = 1 ] && echo "budget spent" || echo "no finished small run to size it from")"
+  record "loading_$BIG" skipped 0 "$([ "$STOPPED" = 1 ] && echo "$WHY" || echo "no finished small run to size it from")"
 fi
 
 # 7. the ablation on the small model (its checkpoints are still on disk): trials or smoke, sized the same way
 if [ $SMALL_OK = 1 ] && [ "$STOPPED" = 0 ]; then
   eval "$(facts ABL "$SMALL" sllm_ablation)"
-  n_states=$(tr -cd , <<<"$SMALL_STATES" | wc -c); n_states=$((n_states + 1))
+  ABLATION_STATES=${ABLATION_STATES:-$SMALL_STATES}
+  n_states=$(tr -cd , <<<"$ABLATION_STATES" | wc -c); n_states=$((n_states + 1))
   # shellcheck disable=SC2086
   eval "$("$PY" "$HELPER" plan-ablation --small-run "$M/sllm_loading/$SMALL" --small-step-s "$SMALL_S" \
     --small-started "$SMALL_STARTED" --avail-s "$(left)" --trials "$TRIALS" --variants "${ABL_ABLATION_STEPS:-6}" \
     --states "$n_states" $ABLATION_SMOKE | sed 's/^/PLAN_/')"
   if [ "$PLAN_TRIALS" -gt 0 ]; then
     step ablation "$PLAN_NOTE" harness experiment=sllm_ablation device="$DEVICE" progress=false dtype="$DTYPE" \
-      model="$SMALL" cache_states="$SMALL_STATES" trials="$PLAN_TRIALS" smoke="$PLAN_SMOKE" \
+      model="$SMALL" cache_states="$ABLATION_STATES" trials="$PLAN_TRIALS" smoke="$PLAN_SMOKE" \
       trial_timeout_s="$TRIAL_TIMEOUT" hydra.run.dir="$M/sllm_ablation" "${RUN_ARGS[@]}"
   else
     record ablation skipped 0 "$PLAN_NOTE"; say "ablation: $PLAN_NOTE"
   fi
 else
-  record ablation skipped 0 "$([ "$STOPPED" = 1 ] && echo "budget spent" || echo "no finished small run to size it from")"
+  record ablation skipped 0 "$([ "$STOPPED" = 1 ] && echo "$WHY" || echo "no finished small run to size it from")"
 fi
 
 # 8. tables in place (parquet -> csv, ceilings.csv) and the one-screen summary; runs out of the kept reserve

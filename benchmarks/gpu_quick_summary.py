@@ -16,6 +16,7 @@ import shlex
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -24,6 +25,7 @@ BASELINES = ("safetensors", "torch")  # the loaders the README's native ratios a
 OURS = "native"
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 SAFETY = 1.15  # estimates are multiplied by this before they are compared with the time left
+STATE_ORDER = {"cold": 0, "warm": 1, "hot": 2, "remote": 3}
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
@@ -161,7 +163,9 @@ def _parquet_to_csv(run_dir: Path) -> None:
 def ceilings_table(machine: Path) -> pd.DataFrame:
     """Every ceiling of every loading run under ``machine``: run, cell, ceiling, gbps."""
     rows = []
-    for path in sorted(machine.glob("*/*/ceilings.json")) + sorted(machine.glob("*/ceilings.json")):
+    for path in [p / "ceilings.json" for p in loading_runs(machine)] + sorted(machine.glob("*/ceilings.json")):
+        if not path.exists():
+            continue
         doc = json.loads(path.read_text())
         cells = doc if "gbps" not in doc else {"": doc}
         for cell, c in cells.items():
@@ -194,30 +198,38 @@ def ceilings(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
-def ratio_rows(machine: Path) -> list[dict[str, object]]:
+def loading_runs(machine: Path) -> list[Path]:
+    """The loading runs under ``machine`` in the order they started."""
+    runs = [p for p in (machine / "sllm_loading").glob("*/") if (p / "config.yaml").exists()]
+    return sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime)
+
+
+def ratio_rows(machine: Path) -> list[dict[str, Any]]:
     """Per model and cache state: native's median load time and the baselines' over it (from summary.csv), and
     for hot, native's throughput as a fraction of pinned H2D (of memcpy where there is no CUDA)."""
-    rows: list[dict[str, object]] = []
-    for run_dir in sorted((machine / "sllm_loading").glob("*/")):
+    rows: list[dict[str, Any]] = []
+    for run_dir in loading_runs(machine):
         if not (run_dir / "summary.csv").exists():
             continue
         summary = pd.read_csv(run_dir / "summary.csv")
+        summary = summary.sort_values("cache_state", key=lambda s: s.map(STATE_ORDER), kind="stable")
         ceils = json.loads((run_dir / "ceilings.json").read_text())
-        for (model, dtype, state), g in summary[summary["n"] > 0].groupby(["model", "dtype", "cache_state"]):
+        cells = summary[summary["n"] > 0].groupby(["model", "dtype", "cache_state"], sort=False)
+        for (model, dtype, state), g in cells:
             by = g.set_index("loader")
             if OURS not in by.index:
                 continue
             ours = float(by.at[OURS, "load_s_median"])
-            row: dict[str, object] = {"model": model, "dtype": dtype, "cache_state": state, "native_load_s": ours}
+            row: dict[str, Any] = {"model": model, "dtype": dtype, "cache_state": state, "native_load_s": ours}
             for base in BASELINES:
                 row[f"{base}_load_s"] = float(by.at[base, "load_s_median"]) if base in by.index else math.nan
-                row[f"native_vs_{base}"] = row[f"{base}_load_s"] / ours if ours > 0 else math.nan  # type: ignore[operator]
+                row[f"native_vs_{base}"] = row[f"{base}_load_s"] / ours if ours > 0 else math.nan
             if state == "hot":
                 gbps = (ceils.get(f"{model} {dtype}") or {}).get("gbps") or {}
                 name = "h2d_pinned" if gbps.get("h2d_pinned") else "memcpy"
                 row.update({"native_gbps": float(by.at[OURS, "throughput_gbps_median"]), "hot_ceiling": name,
                             "hot_ceiling_gbps": gbps.get(name) or math.nan})
-                row["hot_fraction"] = row["native_gbps"] / row["hot_ceiling_gbps"]  # type: ignore[operator]
+                row["hot_fraction"] = row["native_gbps"] / row["hot_ceiling_gbps"]
             rows.append(row)
     return rows
 
@@ -262,6 +274,8 @@ def summary(args: argparse.Namespace) -> int:
         if r["cache_state"] == "hot":
             base += " (no DRAM tier in the baselines)" if all(math.isnan(r[f"{b}_load_s"]) for b in BASELINES) else ""
         lines.append("- " + base)
+    if not rows:
+        lines.append("- no finished loading run")
     hot = [r for r in rows if r["cache_state"] == "hot"]
     lines += ["", "## Hot native as a fraction of pinned H2D", ""]
     for r in hot:
@@ -271,8 +285,10 @@ def summary(args: argparse.Namespace) -> int:
     if not hot:
         lines.append("- no hot native rows")
     unavailable = []
-    for p in sorted((machine / "sllm_loading").glob("*/summary.csv")):
-        s = pd.read_csv(p)
+    for p in loading_runs(machine):
+        if not (p / "summary.csv").exists():
+            continue
+        s = pd.read_csv(p / "summary.csv")
         for loader, g in s[s["status"] != "ok"].groupby("loader"):
             if (g["n"] == 0).all() and not g["error"].astype(str).str.contains("no DRAM tier").all():
                 unavailable.append(f"{loader} ({str(g['error'].iloc[0]).splitlines()[0][:80]})")
@@ -325,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=0.0)
     p.add_argument("--total-s", type=float, default=0.0)
     args = parser.parse_args(argv)
-    return {"facts": facts, "plan-hot": plan_hot, "plan-big": plan_big, "plan-ablation": plan_ablation, "ceilings": ceilings,
-            "summary": summary}[args.cmd](args)
+    commands = {"facts": facts, "plan-hot": plan_hot, "plan-big": plan_big, "plan-ablation": plan_ablation,
+                "ceilings": ceilings, "summary": summary}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":
