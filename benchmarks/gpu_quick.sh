@@ -95,10 +95,10 @@ step() {
   if [ $rc = 0 ]; then
     record "$name" ok "$secs" "$note"; say "$name: ok in ${secs}s"
   elif [ $rc = 124 ]; then
-    STOPPED=1; record "$name" timeout "$secs" "killed at the budget; $note"
+    STOPPED=1; record "$name" timeout "$secs" "killed at the budget${note:+; $note}"
     say "$name: TIMEOUT after ${secs}s: stopping (partial results kept)"
   else
-    record "$name" failed "$secs" "exit $rc; $note"; say "$name: FAILED (exit $rc) after ${secs}s; log tail:"
+    record "$name" failed "$secs" "exit $rc${note:+; $note}"; say "$name: FAILED (exit $rc) after ${secs}s; log tail:"
     tail -n 15 "$M/logs/$name.log" | sed 's/^/    /'
   fi
   return $rc
@@ -189,16 +189,23 @@ else
   record ceilings skipped 0 "no finished loading run"
 fi
 
+# what the ablation will need (step 7), so that step 6 leaves time for its smallest form
+ABLATION_STATES=${ABLATION_STATES:-$SMALL_STATES}
+n_states=$(tr -cd , <<<"$ABLATION_STATES" | wc -c); n_states=$((n_states + 1))
+[ $SMALL_OK = 1 ] && eval "$(facts ABL "$SMALL" sllm_ablation)"
+
 # 6. the 6-8 B model: trials and loaders sized from the small run's measured costs, the disk and the DRAM tier
 if [ $SMALL_OK = 1 ] && [ "$STOPPED" = 0 ]; then
   eval "$(facts BIG "$BIG" sllm_loading)"
-  eval "$("$PY" "$HELPER" plan-big --small-run "$M/sllm_loading/$SMALL" --small-step-s "$SMALL_S" \
-    --small-started "$SMALL_STARTED" --avail-s "$(left)" --trials "$TRIALS" --big-bytes "${BIG_BYTES:-0}" \
+  # keeps time for the smallest ablation (2 variants, 1 trial per state) after it
+  eval "$("$PY" "$HELPER" plan-big --reserve-trials $((2 * n_states)) --small-run "$M/sllm_loading/$SMALL" \
+    --small-step-s "$SMALL_S" --small-started "$SMALL_STARTED" --avail-s "$(left)" --trials "$TRIALS" --big-bytes "${BIG_BYTES:-0}" \
     --free-disk-bytes "$(free_bytes "$CACHE")" --loaders "$LOADERS" | sed 's/^/PLAN_/')"
   eval "$(plan_hot BIG)"
   if [ "$PLAN_TRIALS" -gt 0 ]; then
     step "loading_$BIG" "$PLAN_TRIALS trials $PLAN_LOADERS $BIG_STATES; $PLAN_NOTE${BIG_NOTE:+; $BIG_NOTE}" \
-      loading "$BIG" "$PLAN_TRIALS" "$PLAN_LOADERS" "$BIG_STATES" delete_checkpoints=true ${BIG_EXTRA:+"$BIG_EXTRA"}
+      loading "$BIG" "$PLAN_TRIALS" "$PLAN_LOADERS" "$BIG_STATES" delete_checkpoints=true \
+      trial_timeout_s=$((TRIAL_TIMEOUT * 2)) ${BIG_EXTRA:+"$BIG_EXTRA"}
   else
     record "loading_$BIG" skipped 0 "$PLAN_NOTE"; say "loading_$BIG: $PLAN_NOTE"
   fi
@@ -208,9 +215,6 @@ fi
 
 # 7. the ablation on the small model (its checkpoints are still on disk): trials or smoke, sized the same way
 if [ $SMALL_OK = 1 ] && [ "$STOPPED" = 0 ]; then
-  eval "$(facts ABL "$SMALL" sllm_ablation)"
-  ABLATION_STATES=${ABLATION_STATES:-$SMALL_STATES}
-  n_states=$(tr -cd , <<<"$ABLATION_STATES" | wc -c); n_states=$((n_states + 1))
   # shellcheck disable=SC2086
   eval "$("$PY" "$HELPER" plan-ablation --small-run "$M/sllm_loading/$SMALL" --small-step-s "$SMALL_S" \
     --small-started "$SMALL_STARTED" --avail-s "$(left)" --trials "$TRIALS" --variants "${ABL_ABLATION_STEPS:-6}" \

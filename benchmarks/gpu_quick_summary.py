@@ -79,26 +79,26 @@ def _startup_s(run_dir: Path, started_epoch: float) -> float:
 
 
 class Measured:
-    """What one finished loading run says about the cost of the next ones: per-round trial time and the rest."""
+    """What one finished loading run says about the cost of the next ones: per-loader trial time and the rest."""
 
     def __init__(self, run_dir: Path, step_s: float, started_epoch: float) -> None:
         trials = pd.read_parquet(run_dir / "trials.parquet")
         self.trials = trials
         self.rounds = int(trials["trial"].max()) + 1
-        ok = trials[trials["ok"].astype(bool)]
+        self.ok = trials[trials["ok"].astype(bool)]
         spawned = trials[trials["status"].isin(["ok", "failed"])]
-        self.bytes = float(ok["bytes"].max()) if len(ok) else 0.0
+        self.bytes = float(self.ok["bytes"].max()) if len(self.ok) else 0.0
         self.startup_s = _startup_s(run_dir, started_epoch)
-        self.cold_start_s = float(ok["cold_start_s"].sum())
-        self.weights_s = float(ok["t_weights_s"].sum())
-        # generation, ceilings, eviction, warming, verification, plotting: all of it scales with the bytes
-        self.other_s = max(0.0, step_s - self.startup_s - self.cold_start_s)
+        # generation, ceilings, eviction, warming, verification, plotting: taken to scale with the bytes
+        self.other_s = max(0.0, step_s - self.startup_s - float(self.ok["cold_start_s"].sum()))
         self.per_trial_s = (step_s - self.startup_s) / max(1, len(spawned))
 
-    def estimate(self, ratio: float, rounds: int) -> float:
-        """Seconds a run of ``rounds`` trials on a model ``ratio`` × as large should take (times SAFETY)."""
-        fixed = (self.cold_start_s - self.weights_s) / self.rounds
-        weights = self.weights_s / self.rounds
+    def estimate(self, ratio: float, rounds: int, loaders: list[str]) -> float:
+        """Seconds a run of ``rounds`` trials of ``loaders`` on a model ``ratio`` × as large should take: process
+        overhead per trial as measured, weights time and everything else × ``ratio`` (times SAFETY)."""
+        ok = self.ok[self.ok["loader"].isin(loaders)]
+        fixed = float((ok["cold_start_s"] - ok["t_weights_s"]).sum()) / self.rounds
+        weights = float(ok["t_weights_s"].sum()) / self.rounds
         return SAFETY * (self.startup_s + (fixed + weights * ratio) * rounds + self.other_s * ratio)
 
     def formats(self) -> dict[str, str]:
@@ -108,34 +108,41 @@ class Measured:
 
 
 def plan_big(args: argparse.Namespace) -> int:
-    """Trials and loaders for the large model that fit the time and disk left, from the small run's costs."""
+    """Trials and loaders for the large model that fit the time and disk left, from the small run's costs.
+
+    Time is kept for ``--reserve-trials`` more trials at the small run's wall time per trial (the smallest
+    ablation after it). Preference: every loader with as many trials as fit, then ours and the two baselines."""
     m = Measured(Path(args.small_run), args.small_step_s, args.small_started)
     ratio = args.big_bytes / m.bytes if args.big_bytes and m.bytes else 1.0
+    avail = args.avail_s - SAFETY * (m.startup_s + args.reserve_trials * m.per_trial_s)
     loaders = [x for x in args.loaders.strip("[]").split(",") if x]
     formats = m.formats()
     notes = [f"{ratio:.1f}x the small model's bytes"]
-    # disk: one copy of each format the loaders read (delete_checkpoints removes them after the run)
+    # disk: one copy of each format the available loaders read (delete_checkpoints removes them afterwards)
     while True:
-        used = {formats.get(x, x) for x in loaders}
-        need = len(used) * args.big_bytes * 1.1
-        if not args.big_bytes or need <= args.free_disk_bytes:
+        need = len({formats[x] for x in loaders if x in formats}) * args.big_bytes * 1.1
+        if need <= args.free_disk_bytes:
             break
-        exclusive = [x for x in loaders if x not in (OURS, *BASELINES)
-                     and sum(formats.get(y, y) == formats.get(x, x) for y in loaders) == 1]
+        exclusive = [x for x in loaders if x in formats and x not in (OURS, *BASELINES)
+                     and sum(formats.get(y) == formats[x] for y in loaders) == 1]
         if not exclusive:
             _assign(TRIALS=0, LOADERS="[]", NOTE=f"skipped: {need / 1e9:.0f} GB of checkpoints > "
                     f"{args.free_disk_bytes / 1e9:.0f} GB free")
             return 0
         notes.append(f"dropped {exclusive[-1]} (its own format does not fit the disk)")
         loaders.remove(exclusive[-1])
-    for rounds in range(args.trials, 0, -1):
-        est = m.estimate(ratio, rounds)
-        if est <= args.avail_s:
-            notes.append(f"{rounds} trials, estimated {est:.0f} s of {args.avail_s:.0f} s left")
-            _assign(TRIALS=rounds, LOADERS="[" + ",".join(loaders) + "]", NOTE="; ".join(notes))
-            return 0
-    _assign(TRIALS=0, LOADERS="[]", NOTE=f"skipped: 1 trial estimated {m.estimate(ratio, 1):.0f} s > "
-            f"{args.avail_s:.0f} s left")
+    core = [x for x in loaders if x in (OURS, *BASELINES)]
+    for chosen in (loaders, core) if core != loaders else (loaders,):
+        for rounds in range(args.trials, 0, -1):
+            est = m.estimate(ratio, rounds, chosen)
+            if est <= avail:
+                if chosen is core:
+                    notes.append("peers dropped to fit the time")
+                notes.append(f"{rounds} trials, estimated {est:.0f} s of {avail:.0f} s")
+                _assign(TRIALS=rounds, LOADERS="[" + ",".join(chosen) + "]", NOTE="; ".join(notes))
+                return 0
+    _assign(TRIALS=0, LOADERS="[]", NOTE=f"skipped: 1 trial of {','.join(core)} estimated "
+            f"{m.estimate(ratio, 1, core):.0f} s > {avail:.0f} s left for it")
     return 0
 
 
@@ -326,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--big-bytes", type=int, required=True)
             p.add_argument("--free-disk-bytes", type=int, required=True)
             p.add_argument("--loaders", required=True)
+            p.add_argument("--reserve-trials", type=int, default=0)
         else:
             p.add_argument("--variants", type=int, required=True)
             p.add_argument("--states", type=int, required=True)
