@@ -61,7 +61,10 @@ record() {  # step status seconds note
   { echo "step,status,seconds,note"; cat "$M/steps.csv.tmp"; } >"$M/steps.csv"
   [ "$2" = ok ] || FAILED=1
 }
-descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+children() {  # pgrep where procps is installed, else the parent field of /proc/<pid>/stat
+  if command -v pgrep >/dev/null; then pgrep -P "$1"; else awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null; fi
+}
+descendants() { local c; for c in $(children "$1"); do echo "$c"; descendants "$c"; done; }
 # run "$@" for at most $1 seconds; on overrun stop it, then kill it and every process it started (trial
 # processes run in sessions of their own, so a process-group kill would miss them); 124 as timeout(1) does
 deadline() {
@@ -106,12 +109,12 @@ step() {
 harness() { "$PY" -m harness "$@"; }
 
 # 1. the wheels the device image lacks (the same line as every device run; nothing to do without .whl/)
-install() {
+install_wheels() {
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl &&
     ls .whl >"$M/installed-wheels.txt"
 }
 if ls .whl/*.whl >/dev/null 2>&1; then
-  step install "$(ls .whl/*.whl | wc -l) wheels from .whl/ into .site/" install
+  step install "$(ls .whl/*.whl | wc -l) wheels from .whl/ into .site/" install_wheels
   export PYTHONPATH=$ROOT:$ROOT/.site
 else
   record install ok 0 "no .whl/: nothing installed, using $PY as is"; say "install: no .whl/, using $PY as is"
