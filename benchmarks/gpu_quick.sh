@@ -11,6 +11,7 @@
 # Knobs: GPU_QUICK_BUDGET_S, GPU_QUICK_RESERVE_S (kept for the summary), GPU_QUICK_MODELS ("small big"),
 #   GPU_QUICK_LOADERS, GPU_QUICK_TRIALS, PYTHON (default python3, or the interpreter the wheels go to).
 set -uo pipefail
+case ${OUT:-} in ""|/*) ;; *) OUT=$PWD/$OUT ;; esac   # a relative OUT is the caller's, not the repository's
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 T0=$(date +%s.%N)
