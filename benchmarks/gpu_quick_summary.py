@@ -59,7 +59,7 @@ def plan_hot(args: argparse.Namespace) -> int:
     elif "hot" in states and args.bytes and need > args.dram_cap:
         cap = min(args.tmpfs_free, int(args.bytes * 1.2))
         _assign(STATES=args.states, NOTE=f"native DRAM tier raised to {cap / 1e9:.1f} GB",
-                EXTRA=f"+loader_variants={{{OURS}:{{base:{OURS},overrides:{{dram_capacity_bytes:{cap}}}}}}}")
+                EXTRA=f"loader_args.{OURS}.dram_capacity_bytes={cap}")
     else:
         _assign(STATES=args.states, EXTRA="", NOTE="")
     return 0

@@ -177,6 +177,6 @@ def test_plan_hot_fits_the_dram_tier(capsys: pytest.CaptureFixture[str]) -> None
     raised = _plan(helper, [*base, "--bytes", str(13 << 30), "--tmpfs-free", str(64 << 30)], capsys)
     assert raised["STATES"] == "[cold,warm,hot]"
     assert "dram_capacity_bytes:" in raised["EXTRA"]
-    assert raised["EXTRA"].startswith("+loader_variants={native:")
+    assert raised["EXTRA"].startswith("loader_args.native.dram_capacity_bytes=")
     assert _plan(helper, [*base, "--bytes", str(13 << 30), "--tmpfs-free", str(1 << 30)], capsys)["STATES"] == \
         "[cold,warm]"
