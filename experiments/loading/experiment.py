@@ -240,7 +240,12 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                 path, resident = ckpt.path, warm(ckpt.files, fresh=True)
             else:
                 path, resident = ckpt.path, resident_fraction(ckpt.files)
-                cell.loader.stage_in_dram(ckpt.path)
+                try:  # the loader's own tier may refuse (too small a DRAM tier): a failed row, not a lost run
+                    cell.loader.stage_in_dram(ckpt.path)
+                except Exception as exc:
+                    rows.append(_failed_row(base, "failed", f"staging in the DRAM tier failed: {exc}"))
+                    log.error("%s hot trial %d: staging failed: %s", cell.name, trial, exc)
+                    continue
             if tiered and state != "hot":
                 cell.loader.unstage_from_dram(path)
             trial_spec = {"loader": cell.cfg, "model": OmegaConf.to_container(cfg.model, resolve=True),
