@@ -90,7 +90,8 @@ def test_smoke_runs_ours_and_the_first_other_loader() -> None:
 def test_a_dram_tier_too_small_for_hot_is_a_failed_row(compose_cfg: Callable[..., Any], tmp_path: Path) -> None:
     """The native loader's tier refuses the checkpoint: hot rows say why, and the other states still run."""
     cfg = compose_cfg(["model=tiny-opt", "trials=1", "loaders=[native]", "cache_states=[warm,hot]",
-                       "loader_args.native.dram_capacity_bytes=1000", f"loader_args.native.dram_dir={tmp_path / 'dram'}",
+                       "loader_args.native.dram_capacity_bytes=1000",
+                       f"loader_args.native.dram_dir={tmp_path / 'dram'}",
                        f"storage.root={tmp_path / 'ckpts'}", "progress=false", "ceiling_max_bytes=1048576"])
     run_experiment(cfg, tmp_path / "run")
     trials = pd.read_parquet(tmp_path / "run" / "trials.parquet").set_index("cache_state")
