@@ -29,7 +29,7 @@ ablation_dir=$($PY -m harness experiment=sllm_ablation device=cuda progress=fals
   ls -td "$COLDSTART_RESULTS"/runs/sllm_ablation/* | head -1)
 calib_dir=$($PY -m harness experiment=calibrate device=cuda progress=false models=[opt-1.3b,opt-6.7b] \
   link_gbps=1.25 >&2; ls -td "$COLDSTART_RESULTS"/runs/calibrate/* | head -1)
-$PY -m experiments.loading.report "$loading_dir" --sllm-reference --out "$ref/sllm_comparison" || true
+$PY -m experiments.report "$loading_dir" --sllm-reference --out "$ref/sllm_comparison" || true
 for d in "$loading_dir" "$ablation_dir" "$calib_dir"; do
   name=$(basename "$(dirname "$d")")
   mkdir -p "$ref/$name"

@@ -24,6 +24,18 @@ class ExperimentResult:
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+class PartialResult(Exception):
+    """Raised by an experiment that stopped early (Ctrl-C, an exception): ``result`` holds what it measured so far.
+
+    The runner writes that result with ``complete: false`` in ``status.json``, then re-raises ``cause``.
+    """
+
+    def __init__(self, result: ExperimentResult, cause: BaseException) -> None:
+        super().__init__(f"stopped early: {cause!r}")
+        self.result = result
+        self.cause = cause
+
+
 class Experiment(Protocol):
     """``experiment.run`` in a config: ``_target_`` with ``_partial_: true`` resolving to this signature."""
 

@@ -3,45 +3,143 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import CONF_DIR, register_schema
-from harness.experiment import ExperimentResult
-from harness.results import write_result
+from harness.config import CONF_DIR, ConfigError, register_schema
+from harness.experiment import ExperimentResult, PartialResult
+from harness.loggers.base import Logger
+from harness.results import write_json, write_result
+from harness.summary import console_table, objective
 
 log = logging.getLogger("coldstart")
 
 
+class OnceFilter(logging.Filter):
+    """Lets each distinct warning (logger, level, text) through once per run; repeats are counted, not printed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[tuple[str, int, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        self.seen[key] = self.seen.get(key, 0) + 1
+        return self.seen[key] == 1
+
+    def repeats(self) -> int:
+        return sum(n - 1 for n in self.seen.values())
+
+
+def _status(complete: bool, error: str, objective_value: float | None = None) -> dict[str, Any]:
+    value = None if objective_value is None or math.isnan(objective_value) else objective_value
+    return {"complete": complete, "error": error, "objective": value}
+
+
+def _plot(cfg: DictConfig, out_dir: Path) -> list[Path]:
+    if cfg.experiment.get("plot") is None:
+        return []
+    plot = instantiate(cfg.experiment.plot)
+    try:
+        figures: list[Path] = plot(out_dir)
+        return figures
+    except Exception as exc:  # a broken figure must not lose the measured tables
+        log.error("plotting failed for %s: %s", out_dir, exc)
+        return []
+
+
+def _finish(cfg: DictConfig, out_dir: Path, result: ExperimentResult, sink: Logger, complete: bool,
+            error: str) -> dict[str, Any]:
+    """Write what was measured (complete or not), its status and figures; log it; print the short table."""
+    write_result(out_dir, result)
+    summary = result.tables.get("summary")
+    value = math.nan
+    if summary is not None and len(summary):
+        try:
+            value = objective(summary, cfg.experiment.get("objective"))
+        except ValueError as exc:
+            log.error("objective: %s", exc)
+    status = _status(complete, error, value)
+    write_json(out_dir / "status.json", status)
+    figures = _plot(cfg, out_dir)
+    sink.log_run(cfg, out_dir, status)
+    if summary is not None and len(summary):
+        columns = cfg.experiment.get("console")
+        print(console_table(summary, list(columns) if columns else None), flush=True)
+    where = ", ".join(str(p) for p in figures if p.suffix == ".png") or "no figures"
+    print(f"{'' if complete else 'INCOMPLETE (' + error + '): '}results in {out_dir} ({where})", flush=True)
+    return status
+
+
 def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
-    """Run ``cfg.experiment`` into ``out_dir``: tables and documents, then figures, then the logger sink."""
+    """Run ``cfg.experiment`` into ``out_dir``: tables and documents, ``status.json``, figures, the logger sink.
+
+    An experiment that stops early (Ctrl-C, an exception) hands back what it measured as a ``PartialResult``: that is
+    written with ``complete: false`` before the cause is raised again. Any other failure still leaves ``status.json``
+    with the error (and the traceback in ``run.log``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    experiment = instantiate(cfg.experiment.run)
-    result: ExperimentResult = experiment(cfg, out_dir)
-    write_result(out_dir, result)
-    figures: list[Path] = []
-    if cfg.experiment.get("plot") is not None:
-        plot = instantiate(cfg.experiment.plot)
+    sink: Logger = instantiate(cfg.logger)
+    sink.start(cfg, out_dir)
+    exit_code = 1
+    try:
+        experiment = instantiate(cfg.experiment.run)
         try:
-            figures = plot(out_dir)
-        except Exception as exc:  # a broken figure must not lose the measured tables
-            log.error("plotting failed for %s: %s", out_dir, exc)
-    sink = instantiate(cfg.logger)
-    sink.log_run(cfg, out_dir)
-    log.info("results in %s (%s)", out_dir, ", ".join(p.name for p in figures) or "no figures")
-    return result
+            result: ExperimentResult = experiment(cfg, out_dir)
+        except PartialResult as partial:
+            log.error("stopped early (%r): writing what was measured", partial.cause)
+            _finish(cfg, out_dir, partial.result, sink, False, repr(partial.cause))
+            raise partial.cause from None
+        status = _finish(cfg, out_dir, result, sink, True, "")
+        result.documents["status"] = status
+        exit_code = 0
+        return result
+    except KeyboardInterrupt:
+        exit_code = 130
+        if not (out_dir / "status.json").exists():
+            write_json(out_dir / "status.json", _status(False, "KeyboardInterrupt()"))
+        raise
+    except BaseException as exc:
+        if not (out_dir / "status.json").exists():
+            write_json(out_dir / "status.json", _status(False, repr(exc)))
+        if not isinstance(exc, ValueError):  # configuration errors are one line (see _main); the rest in full
+            log.exception("run failed: %r", exc)
+        raise
+    finally:
+        sink.finish(exit_code)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float:
+    """One run (or one job of a multirun); returns the experiment's objective, for Hydra's sweeper plugins."""
+    filters = [OnceFilter() for _ in logging.getLogger().handlers]  # one per handler: each sees every record
+    for handler, once in zip(logging.getLogger().handlers, filters, strict=True):
+        handler.addFilter(once)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_experiment(cfg, out_dir)
+    try:
+        result = run_experiment(cfg, out_dir)
+    except (ConfigError, ValueError) as exc:  # what was typed cannot run: one line, no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s: %s (HYDRA_FULL_ERROR=1 shows the traceback)", type(exc).__name__, exc)
+        sys.exit(2)
+    finally:
+        repeats = max((f.repeats() for f in filters), default=0)
+        if repeats:
+            log.info("%d repeated warnings were shown once each", repeats)
+    value = result.documents["status"]["objective"]
+    return math.nan if value is None else float(value)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, open_dict
 
 from experiments.loading import experiment as loading
 from experiments.loading.suite import check_cells, copy_config, run_cells
+from harness.config import ConfigError
 from harness.experiment import ExperimentResult
 
 # simulator tier ← the loading experiment's cache state that reads from it
@@ -89,6 +90,10 @@ def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: di
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Real loads of each model from every tier this machine has; the calibration as ``calibration.yaml``."""
     states = [s for s in cfg.cache_states if s in loading.STATES]
+    if not (cfg.storage.get("remote_url") and "remote" in states) and not cfg.get("link_gbps") and not cfg.smoke:
+        raise ConfigError("calibrate: the simulator needs the remote store's bandwidth, and this run cannot measure "
+                          "it (storage has no remote_url, or cache_states lacks remote): measure it with "
+                          "storage=remote, or state it with link_gbps=GB/s (e.g. link_gbps=1.25 for a 10 Gbps link)")
     models: list[str | None] = [None] if cfg.smoke else [str(m) for m in cfg.models]
     check_cells(cfg, None if cfg.smoke else [str(m) for m in cfg.models])
     sub = copy_config(cfg)

@@ -22,7 +22,7 @@ from harness.ceilings import STATE_CEILING, bounding_ceiling, measure_ceilings
 from harness.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from harness.config import check_args, listed
 from harness.executors.base import TrialError
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 from loaders.base import RemoteTieredLoader, TieredLoader
 from loaders.pagecache import evict, make_copies, resident_fraction, warm
 
@@ -214,6 +214,7 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     copies_needed = {fmt: trials * sum(1 for c in cells if c.fmt == fmt and not c.unavailable) for fmt in ckpts}
     plan = [(t, s, c) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))]
     rows: list[dict[str, Any]] = []
+    stopped: BaseException | None = None
     try:
         for trial, state, cell in tqdm(plan, desc=f"loading {spec.name} {cfg.dtype}", disable=not cfg.progress):
             base = _row_base(cfg, device, cell, state, trial)
@@ -263,6 +264,8 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             by_tier: dict[str, int] = out.get("bytes_by_tier") or {}
             row["tier"] = max(by_tier, key=lambda k: by_tier[k]) if by_tier else DEFAULT_TIER[state]
             rows.append(row)
+    except BaseException as exc:  # Ctrl-C or a failure: the trials measured so far are kept (status: incomplete)
+        stopped = exc
     finally:
         cold.cleanup()
         for cell in cells:  # leave no staged copy behind in a shared DRAM tier
@@ -271,7 +274,6 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             if "remote" in states and not remote_gap and isinstance(cell.loader, RemoteTieredLoader) \
                     and cell.fmt in ckpts:
                 cell.loader.drop_remote_copies(store.url_for(ckpts[cell.fmt]))
-
     trials_df = pd.DataFrame(rows)
     for col in ("bytes", "load_s", "throughput_gbps", "ceiling_fraction", *PHASES):
         if col not in trials_df:
@@ -279,5 +281,8 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     env = environment.collect(store.root)
     env["cold_method_fallback"] = cold.fallback_reason
     env["state_ceilings"] = {s: STATE_CEILING[s] for s in states}
-    return ExperimentResult(tables={"trials": trials_df, "summary": summarize_trials(trials_df)},
-                            documents={"ceilings": ceilings, "environment": env})
+    result = ExperimentResult(tables={"trials": trials_df, "summary": summarize_trials(trials_df)},
+                              documents={"ceilings": ceilings, "environment": env})
+    if stopped is not None:
+        raise PartialResult(result, stopped) from stopped
+    return result

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiments.loading import experiment as loading
 from harness.checkpoints import CheckpointStore
 from harness.config import check_args, listed
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 
 log = logging.getLogger("coldstart.loading_suite")
 
@@ -69,32 +69,48 @@ def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]
     """
     if not cells:
         raise ValueError("no cells to run: set models=[...] and dtypes=[...] (or dtype=)")
-    trials, summaries = [], []
+    trials: list[pd.DataFrame] = []
+    summaries: list[pd.DataFrame] = []
     ceilings: dict[str, Any] = {}
     environment: dict[str, Any] = {}
-    for i, (model, dtype) in enumerate(cells):
-        log.info("cell %d/%d: %s %s", i + 1, len(cells), model, dtype)
-        sub = cell_config(cfg, model, dtype)
-        model = str(sub.model.name)
-        store: CheckpointStore = instantiate(sub.storage)
-        spec = instantiate(sub.model)
-        paths = [store.path_for(spec, dtype, fmt, int(sub.seed)) for fmt in sorted(_formats(sub))]
-        existed = {p for p in paths if p.exists()}
-        try:
-            result = runner(sub, out_dir / f"{model}_{dtype}")
-        finally:
-            if cfg.get("delete_checkpoints"):
-                for p in paths:
-                    if p not in existed:  # never delete a checkpoint this run did not write
-                        shutil.rmtree(p, ignore_errors=True)
+
+    def stacked() -> ExperimentResult:
+        return ExperimentResult(tables={"trials": pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(),
+                                        "summary": pd.concat(summaries, ignore_index=True) if summaries
+                                        else pd.DataFrame()},
+                                documents={"ceilings": ceilings, "environment": environment})
+
+    def keep(model: str, dtype: str, result: ExperimentResult) -> None:
+        nonlocal environment
         trials.append(result.tables["trials"])
         summaries.append(result.tables["summary"])
         ceilings[f"{model} {dtype}"] = result.documents.get("ceilings", {})
         environment = result.documents.get("environment", environment)
-    trials_df = pd.concat(trials, ignore_index=True)
-    summary_df = pd.concat(summaries, ignore_index=True)
-    return ExperimentResult(tables={"trials": trials_df, "summary": summary_df},
-                            documents={"ceilings": ceilings, "environment": environment})
+
+    for i, (name, dtype) in enumerate(cells):
+        log.info("cell %d/%d: %s %s", i + 1, len(cells), name or cfg.model.name, dtype)
+        try:
+            sub = cell_config(cfg, name, dtype)
+            model = str(sub.model.name)
+            store: CheckpointStore = instantiate(sub.storage)
+            spec = instantiate(sub.model)
+            paths = [store.path_for(spec, dtype, fmt, int(sub.seed)) for fmt in sorted(_formats(sub))]
+            existed = {p for p in paths if p.exists()}
+            try:
+                keep(model, dtype, runner(sub, out_dir / f"{model}_{dtype}"))
+            finally:
+                if cfg.get("delete_checkpoints"):
+                    for p in paths:
+                        if p not in existed:  # never delete a checkpoint this run did not write
+                            shutil.rmtree(p, ignore_errors=True)
+        except PartialResult as partial:  # the cell stopped early: keep its trials and the finished cells'
+            keep(model, dtype, partial.result)
+            raise PartialResult(stacked(), partial.cause) from partial.cause
+        except BaseException as exc:
+            if not trials:
+                raise
+            raise PartialResult(stacked(), exc) from exc
+    return stacked()
 
 
 def speedups(summary: pd.DataFrame, baselines: tuple[str, ...] = SPEEDUP_BASELINES) -> pd.DataFrame:

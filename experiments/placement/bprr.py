@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from experiments.placement.scenario import SCENARIO_KEYS, Policy, auto_concurrency, run_policy, summarize
 from harness.config import check_args, listed
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 from placement.base import InfeasiblePlacementError, Network, NoRouteError, Problem
 from placement.catalog import block_model
 
@@ -144,46 +145,58 @@ def _sweep(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every (network, λ, l_max, delay mode, policy): simulate; returns requests, placements, failures."""
     model = block_model(str(b.model))
-    frames, infos, failures = [], [], []
-    for scenario, group, net, clients, run, fast_share in networks:
-        for ri, rate in enumerate(b.arrival_rates_per_s):
-            for li, l_max in enumerate(b.max_tokens):
-                base = Problem(model, net, int(b.input_tokens), int(l_max))
-                problem = Problem(
-                    model, net, int(b.input_tokens), int(l_max), _concurrency(b, base, clients, float(rate))
-                )
-                for delays_on in b.allocation_delay_modes:
-                    labels = {
-                        "scenario": scenario,
-                        "client_group": group,
-                        "arrival_rate_per_s": float(rate),
-                        "max_tokens": int(l_max),
-                        "allocation_delays": bool(delays_on),
-                        "num_servers": len(net.servers),
-                        "a100_share": fast_share,
-                        "design_concurrency": problem.design_concurrency,
-                        "run": run,
-                    }
-                    for policy in _policies(cfg, b.policies, bool(delays_on), b):
-                        # Common random numbers: every policy and group of a cell gets the same arrivals.
-                        seed = (int(cfg.seed), run, ri, li)
-                        try:
-                            df, info = run_policy(
-                                problem, policy, clients, float(rate), int(b.num_requests), seed, labels
-                            )
-                        except (InfeasiblePlacementError, NoRouteError) as exc:
-                            # A sweep point where a policy cannot serve (too few servers for |R|, or PETALS
-                            # leaving blocks uncovered) is a result, not a crash: it goes to failures.
-                            log.warning("%s %s: %s", policy.name, labels, exc)
-                            failures.append({**labels, "policy": policy.name, "placement": policy.placement_name,
-                                             "routing": policy.routing_name, "error_type": type(exc).__name__,
-                                             "error": str(exc)})
-                            continue
-                        frames.append(df)
-                        infos.append(info)
+    frames: list[pd.DataFrame] = []
+    infos: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    stopped: BaseException | None = None
+    try:
+        for scenario, group, net, clients, run, fast_share in tqdm(networks, desc=f"{cfg.experiment.name} networks",
+                                                                        disable=not cfg.get("progress", True)):
+            for ri, rate in enumerate(b.arrival_rates_per_s):
+                for li, l_max in enumerate(b.max_tokens):
+                    base = Problem(model, net, int(b.input_tokens), int(l_max))
+                    problem = Problem(
+                        model, net, int(b.input_tokens), int(l_max), _concurrency(b, base, clients, float(rate))
+                    )
+                    for delays_on in b.allocation_delay_modes:
+                        labels = {
+                            "scenario": scenario,
+                            "client_group": group,
+                            "arrival_rate_per_s": float(rate),
+                            "max_tokens": int(l_max),
+                            "allocation_delays": bool(delays_on),
+                            "num_servers": len(net.servers),
+                            "a100_share": fast_share,
+                            "design_concurrency": problem.design_concurrency,
+                            "run": run,
+                        }
+                        for policy in _policies(cfg, b.policies, bool(delays_on), b):
+                            # Common random numbers: every policy and group of a cell gets the same arrivals.
+                            seed = (int(cfg.seed), run, ri, li)
+                            try:
+                                df, info = run_policy(
+                                    problem, policy, clients, float(rate), int(b.num_requests), seed, labels
+                                )
+                            except (InfeasiblePlacementError, NoRouteError) as exc:
+                                # A sweep point where a policy cannot serve (too few servers for |R|, or PETALS
+                                # leaving blocks uncovered) is a result, not a crash: it goes to failures.
+                                log.warning("%s %s: %s", policy.name, labels, exc)
+                                failures.append({**labels, "policy": policy.name, "placement": policy.placement_name,
+                                                 "routing": policy.routing_name, "error_type": type(exc).__name__,
+                                                 "error": str(exc)})
+                                continue
+                            frames.append(df)
+                            infos.append(info)
+    except BaseException as exc:  # Ctrl-C or a failure: the finished cells are kept (status: incomplete)
+        if not frames:
+            raise
+        stopped = exc
     requests = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     failure_columns = ["policy", "placement", "routing", *labels_order(), "error_type", "error"]
-    return requests, pd.DataFrame(infos), pd.DataFrame(failures, columns=failure_columns)
+    tables = requests, pd.DataFrame(infos), pd.DataFrame(failures, columns=failure_columns)
+    if stopped is not None:
+        raise PartialResult(_result(*tables, b), stopped) from stopped
+    return tables
 
 
 def labels_order() -> list[str]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, workload_cfg
 from harness.config import option_dict
 from harness.executors.base import Executor
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 from schedulers.base import Request
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import Cluster, ModelTimes
@@ -175,6 +175,7 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     check_policies(cfg, singles=("loader",))
     requests, models = trace(cfg)
     frames, rows, colds = [], [], []
+    interrupted = False
     for name, entry in policies_of(cfg):
         log.info("%s: %d requests for real on %d servers", name, len(requests), int(cfg.real.servers))
         df, stats, cold = run_policy_real(cfg, entry, requests, models, out_dir / "servers" / name)
@@ -184,11 +185,15 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         colds.append(cold)
         rows.append({"policy": name, **summarize(df, stats, stats["wall_s"])})
         if stats.get("interrupted"):  # Ctrl-C: write what was measured, run no further policy
+            interrupted = True
             break
     meta = {"servers": int(cfg.real.servers), "gpus_per_server": int(cfg.real.gpus_per_server),
             "time_scale": float(cfg.real.time_scale), "executor": str(cfg.executor._target_),
             "seed": int(cfg.seed), "requests": len(requests)}
-    return ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
-                                    "summary": summary_frame(rows, ["policy"]),
-                                    "cold_starts": pd.concat(colds, ignore_index=True)},
-                            documents={"serverless_real": meta})
+    result = ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
+                                      "summary": summary_frame(rows, ["policy"]),
+                                      "cold_starts": pd.concat(colds, ignore_index=True)},
+                              documents={"serverless_real": meta})
+    if interrupted:
+        raise PartialResult(result, KeyboardInterrupt())  # Ctrl-C: what was measured is written, marked incomplete
+    return result

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import check_args, listed
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 from schedulers.catalog import model_infos
 from schedulers.cluster import Cluster
 from schedulers.metrics import summarize, summary_frame
@@ -83,32 +83,33 @@ def simulate_grid(
     check_policies(cfg)
     cluster: Cluster = instantiate(cfg.cluster)
     sim_cfg = sim_config(cfg)
-    frames, rows = [], []
+    frames: list[pd.DataFrame] = []
+    rows: list[dict[str, Any]] = []
     keys: list[str] = []
-    for labels, wcfg in scenarios:
-        workload: Workload = instantiate(wcfg)
-        reqs = workload.generate(int(cfg.seed))
-        infos = model_infos(list(workload.models), cluster, str(cfg.dtype))
-        for name, entry in policies_of(cfg):
-            scheduler, keepalive = build_policy(cfg, entry)
-            t0 = time.perf_counter()
-            result = Simulator(cluster, infos, scheduler, keepalive, sim_cfg).run(reqs)
-            wall = time.perf_counter() - t0
-            tags = {"policy": name, **labels}
-            keys = list(tags)
-            df = result.requests
-            for k, v in reversed(tags.items()):
-                df.insert(0, k, v)
-            frames.append(df)
-            rows.append({**tags, **summarize(result.requests, result.stats, wall)})
-            log.info(
-                "%s %s: %d requests, P99 TTFT %.2f s, %.2f s wall",
-                name,
-                labels,
-                len(reqs),
-                rows[-1]["ttft_s_p99"],
-                wall,
-            )
+    stopped: BaseException | None = None
+    try:
+        for labels, wcfg in scenarios:
+            workload: Workload = instantiate(wcfg)
+            reqs = workload.generate(int(cfg.seed))
+            infos = model_infos(list(workload.models), cluster, str(cfg.dtype))
+            for name, entry in policies_of(cfg):
+                scheduler, keepalive = build_policy(cfg, entry)
+                t0 = time.perf_counter()
+                result = Simulator(cluster, infos, scheduler, keepalive, sim_cfg).run(reqs)
+                wall = time.perf_counter() - t0
+                tags = {"policy": name, **labels}
+                keys = list(tags)
+                df = result.requests
+                for k, v in reversed(tags.items()):
+                    df.insert(0, k, v)
+                frames.append(df)
+                rows.append({**tags, **summarize(result.requests, result.stats, wall)})
+                log.info("%s %s: %d requests, P99 TTFT %.2f s, %.2f s wall", name, labels, len(reqs),
+                         rows[-1]["ttft_s_p99"], wall)
+    except BaseException as exc:  # Ctrl-C or a failure: the finished simulations are kept (status: incomplete)
+        if not rows:
+            raise
+        stopped = exc
     nonempty = [f for f in frames if len(f)] or frames[:1]
     requests = pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame()
     meta = {
@@ -118,9 +119,12 @@ def simulate_grid(
         "seed": int(cfg.seed),
         "smoke": bool(cfg.get("smoke", False)),
     }
-    return ExperimentResult(
+    grid = ExperimentResult(
         tables={"requests": requests, "summary": summary_frame(rows, keys)}, documents={"serverless": meta}
     )
+    if stopped is not None:
+        raise PartialResult(grid, stopped) from stopped
+    return grid
 
 
 def run_serverless(cfg: DictConfig, out_dir: Path) -> ExperimentResult:

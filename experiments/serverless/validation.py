@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from experiments.serverless.real import as_arrays, real_cluster, run_policy_real, trace
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, sim_config
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import ModelTimes
 from schedulers.metrics import summarize, summary_frame
@@ -76,6 +76,7 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     check_policies(cfg, singles=("loader",))
     requests, models = trace(cfg)
     frames, rows, colds = [], [], []
+    interrupted = False
     errors: list[dict[str, Any]] = []
     calib: dict[str, Any] = {}
     policies = policies_of(cfg)[:1] if bool(cfg.smoke) else policies_of(cfg)
@@ -87,6 +88,7 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             real_df.insert(0, "policy", name)
             frames.append(real_df)
             rows.append({"policy": name, "mode": "real", **summarize(real_df, real_stats, real_stats["wall_s"])})
+            interrupted = True
             break
         gbps, times = calibrate(real_df, cold)
         cluster = real_cluster(cfg.real, model_times=times, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
@@ -116,8 +118,11 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     meta: dict[str, Any] = {"calibration": calib, "servers": int(cfg.real.servers),
                             "time_scale": float(cfg.real.time_scale), "requests": len(requests),
                             "executor": str(cfg.executor._target_), "seed": int(cfg.seed)}
-    return ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
-                                    "summary": summary_frame(rows, ["policy", "mode"]),
-                                    "errors": pd.DataFrame(errors),
-                                    "cold_starts": pd.concat(colds, ignore_index=True) if colds else pd.DataFrame()},
-                            documents={"sim_vs_real": meta})
+    result = ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
+                                      "summary": summary_frame(rows, ["policy", "mode"]),
+                                      "errors": pd.DataFrame(errors),
+                                      "cold_starts": pd.concat(colds, ignore_index=True) if colds else pd.DataFrame()},
+                              documents={"sim_vs_real": meta})
+    if interrupted:  # Ctrl-C: what was measured is written, marked incomplete
+        raise PartialResult(result, KeyboardInterrupt())
+    return result

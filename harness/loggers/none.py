@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -10,5 +11,11 @@ from omegaconf import DictConfig
 class NoneLogger:
     """Logs nothing."""
 
-    def log_run(self, cfg: DictConfig, run_dir: Path) -> None:
+    def start(self, cfg: DictConfig, run_dir: Path) -> None:
+        return None
+
+    def log_run(self, cfg: DictConfig, run_dir: Path, status: dict[str, Any]) -> None:
+        return None
+
+    def finish(self, exit_code: int) -> None:
         return None

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness.executors.base import TrialError
+from harness.executors.local import LocalExecutor
 from loaders.base import BaseLoader, LoadResult
 from loaders.safetensors import SafetensorsLoader
 
@@ -86,3 +87,17 @@ class RecordingExecutor:
 
     def close(self) -> None:
         """Nothing held."""
+
+
+class InterruptingExecutor(LocalExecutor):
+    """Runs ``after`` real trials, then raises ``error`` (``KeyboardInterrupt`` by default) as a Ctrl-C would."""
+
+    def __init__(self, after: int = 1, error: str = "KeyboardInterrupt", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.after, self.error, self.ran = after, error, 0
+
+    def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if self.ran >= self.after:
+            raise KeyboardInterrupt if self.error == "KeyboardInterrupt" else RuntimeError(self.error)
+        self.ran += 1
+        return super().run_trial(spec, timeout_s)

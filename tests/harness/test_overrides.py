@@ -82,5 +82,5 @@ def test_an_override_nothing_reads_fails_the_run(tmp_path: Path, overrides: list
     env = {**os.environ, "COLDSTART_RESULTS": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "harness", *overrides, "progress=false"], capture_output=True,
                          text=True, env=env, timeout=120)
-    assert out.returncode != 0
-    assert message in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2
+    assert message in out.stdout + out.stderr, (out.stdout + out.stderr)[-2000:]

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from experiments.serverless.real import build_controller, request_rows, run_serverless_real
 from experiments.serverless.simulated import policies_of
+from harness.experiment import PartialResult
 from schedulers.base import Request
 from schedulers.metrics import REQUEST_COLUMNS
 
@@ -159,9 +160,12 @@ def test_ctrl_c_stops_workers_and_writes_what_was_measured(compose_cfg: Callable
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         threading.Thread(target=interrupt, daemon=True).start()
-        out = run_serverless_real(cfg, tmp_path / "run")
+        with pytest.raises(PartialResult) as stopped:  # the runner writes it as incomplete, then re-raises Ctrl-C
+            run_serverless_real(cfg, tmp_path / "run")
     finally:
         signal.signal(signal.SIGINT, previous)
+    assert isinstance(stopped.value.cause, KeyboardInterrupt)
+    out = stopped.value.result
     req, summary = out.tables["requests"], out.tables["summary"]
     assert list(summary["policy"]) == ["first"], req[["policy", "status", "error"]].to_string()  # no further policy
     assert len(req) == 4

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import experiments.loading.reference as ref
-from experiments.loading import report
+from experiments import report
 from experiments.loading.sllm_reference import SLLM_STORE_RESULTS
 
 FAKE_BYTES = {"qwen3-32b": 65.5e9, "llama-3.1-8b": 16.06e9}
