@@ -23,10 +23,9 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# The run prints its rounded summary table and the path of its figure itself.
 demo: setup
 	$(VENV)/bin/coldstart experiment=loading device=cpu
-	@echo "Latest run: $$(ls -td results/runs/loading/* | head -1)"
-	@cat "$$(ls -td results/runs/loading/* | head -1)/summary.csv"
 
 test: setup
 	bash .ci/install-nginx.sh
