@@ -5,9 +5,8 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
-from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 

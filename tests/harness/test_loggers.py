@@ -93,7 +93,8 @@ def test_an_offline_sweep_logs_config_group_scalars_figures_and_exit_codes(tmp_p
     assert len(seeds) == 2
     md, page = wandb_report.write_local(sweep, "test sweep")  # the offline W&B report: same panels, local pages
     text = md.read_text()
-    assert "seed" in text and "objective" in text
+    assert "seed" in text
+    assert "objective" in text
     assert "<img" in page.read_text()
     report = wandb_report.build_report(sweep, "test sweep", "an-entity", "coldstart")  # online: built, not saved
     (grid,) = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
