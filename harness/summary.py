@@ -6,7 +6,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 REDUCERS = ("mean", "median", "min", "max", "sum")
@@ -36,20 +35,14 @@ def objective(summary: pd.DataFrame, spec: Mapping[str, Any] | None) -> float:
     return float(getattr(values, reduce)())
 
 
-def _round(x: Any) -> Any:
-    """4 significant digits for floats; everything else as it is."""
-    if isinstance(x, float | np.floating) and math.isfinite(float(x)) and x != 0:
-        return float(f"{float(x):.4g}")
-    return x
-
-
 def console_table(summary: pd.DataFrame, columns: Sequence[str] | None = None,
                   max_rows: int = MAX_CONSOLE_ROWS) -> str:
-    """The summary's headline columns (those of ``columns`` it has, else all), rounded, at most ``max_rows``."""
+    """The summary's headline columns (those of ``columns`` it has, else all), floats to 4 significant digits, missing
+    values as ``-``, at most ``max_rows`` rows."""
     cols = [c for c in (columns or summary.columns) if c in summary] or list(summary.columns)
-    shown = summary[cols].head(max_rows).apply(lambda col: col.map(_round))
+    shown = summary[cols].head(max_rows)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 28):
-        text = shown.to_string(index=False)
+        text = shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")
     if len(summary) > max_rows:
         text += f"\n… {len(summary) - max_rows} more rows in summary.csv"
     return text
