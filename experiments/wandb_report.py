@@ -82,7 +82,7 @@ def build_report(sweep: Path, title: str, entity: str, project: str) -> Any:
     runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Group == '{group}'")
     columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in keys]
     columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("objective")))
-    panels = [wr.ParallelCoordinatesPlot(columns=columns),
+    panels: list[Any] = [wr.ParallelCoordinatesPlot(columns=columns),
               wr.BarPlot(title="objective per run", metrics=[wr.SummaryMetric("objective")])]
     report = wr.Report(entity=entity, project=project, title=title,
                        description=f"{len(jobs)} jobs of sweep {sweep}; differing keys: {', '.join(keys) or 'none'}")
