@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.config import check_args
 from harness.experiment import ExperimentResult
 from placement.base import InfeasiblePlacementError, Problem
 from placement.cg_bp import CgBpPlacement
@@ -26,6 +27,7 @@ def cg_bprr_objective_s(problem: Problem, rng: np.random.Generator) -> float:
 
 def run_bprr_optimality(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Per random instance: MILP objective, bound, gap, time; CG-BPRR objective and excess over it."""
+    check_args(cfg, {})  # random instances: no model, topology or policy option is read, so none may be overridden
     o = cfg.optimality
     n = int(o.smoke_instances if cfg.get("smoke", False) else o.instances)
     rows = []
