@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from harness.synthetic import GENERATOR_VERSION, iter_chunks, synthetic_tensor
 from harness.zoo import ModelSpec, TensorSpec, check_dtype
+from loaders.tensorizer import TENSORS_FILE
 
 MANIFEST = "coldstart_manifest.json"
 MANIFEST_VERSION = 1
@@ -158,7 +161,9 @@ def verify_state_dict(ckpt: Checkpoint, state_dict: dict[str, torch.Tensor]) -> 
 
 
 @dataclass
-class _Entry:
+class ManifestEntry:
+    """One tensor of a written checkpoint: its spec, the file holding it and the xxh3 of its bytes."""
+
     spec: TensorSpec
     file: str
     digest: str = ""
@@ -186,11 +191,11 @@ def _write_bytes(f: Any, chunk: torch.Tensor) -> None:
     f.write(_bytes_view(chunk))
 
 
-def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_bytes: int,
-                       bar: tqdm) -> tuple[list[_Entry], list[str]]:
+def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm, *,
+                       shard_bytes: int) -> tuple[list[ManifestEntry], list[str]]:
     shards = _plan_shards(specs, shard_bytes)
     names = _shard_names("model", "safetensors", len(shards))
-    entries: list[_Entry] = []
+    entries: list[ManifestEntry] = []
     for shard, fname in zip(shards, names, strict=True):
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
@@ -209,7 +214,7 @@ def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shar
                     h.update(_bytes_view(chunk))
                     _write_bytes(f, chunk)
                     bar.update(chunk.numel() * chunk.element_size())
-                entries.append(_Entry(ts, fname, h.hexdigest()))
+                entries.append(ManifestEntry(ts, fname, h.hexdigest()))
             _fsync(f)
     index = {"metadata": {"total_size": sum(ts.nbytes for ts in specs)},
              "weight_map": {e.spec.name: e.file for e in entries}}
@@ -218,8 +223,8 @@ def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shar
     return entries, names
 
 
-def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_bytes: int, bar: tqdm,
-                 single: bool) -> tuple[list[_Entry], list[str]]:
+def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm, *, shard_bytes: int,
+                 single: bool) -> tuple[list[ManifestEntry], list[str]]:
     total = sum(ts.nbytes for ts in specs)
     if single and total > shard_bytes:
         raise CheckpointWriteError(f"format torch_pt writes one torch.save file and holds it in memory: "
@@ -227,13 +232,13 @@ def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_byte
                                    "use format torch_bin (sharded) for this model")
     shards = [list(specs)] if single else _plan_shards(specs, shard_bytes)
     names = ["model.pt"] if single else _shard_names("pytorch_model", "bin", len(shards))
-    entries: list[_Entry] = []
+    entries: list[ManifestEntry] = []
     for shard, fname in zip(shards, names, strict=True):
         tensors: dict[str, torch.Tensor] = {}
         for ts in shard:  # one shard in memory at a time: the bound on the writer's memory
             t = synthetic_tensor(ts, seed)
             tensors[ts.name] = t
-            entries.append(_Entry(ts, fname, tensor_digest(t)))
+            entries.append(ManifestEntry(ts, fname, tensor_digest(t)))
             bar.update(ts.nbytes)
         with _open_for_write(dst / fname) as f:
             torch.save(tensors, f)
@@ -245,13 +250,13 @@ def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, shard_byte
     return entries, names
 
 
-def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, partition_bytes: int,
-                  bar: tqdm) -> tuple[list[_Entry], list[str]]:
+def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm, *,
+                  partition_bytes: int) -> tuple[list[ManifestEntry], list[str]]:
     """The native format (loaders/native/format.py), streamed chunk by chunk through its partition writer."""
-    from loaders.native.convert import _PartitionWriter, _Source
+    from loaders.native.convert import PartitionWriter, TensorSource
 
-    writer = _PartitionWriter(dst, partition_bytes, 16 << 20, bar)
-    entries: list[_Entry] = []
+    writer = PartitionWriter(dst, partition_bytes, 16 << 20, bar)
+    entries: list[ManifestEntry] = []
     for ts in specs:
         h = xxhash.xxh3_64()
 
@@ -260,8 +265,8 @@ def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, partition
                 h.update(_bytes_view(chunk))
                 yield chunk
 
-        writer.add(_Source(ts.name, ts.dtype, ts.shape, ts.nbytes, chunks=hashed()))
-        entries.append(_Entry(ts, writer.tensors[-1].name))
+        writer.add(TensorSource(ts.name, ts.dtype, ts.shape, ts.nbytes, chunks=hashed()))
+        entries.append(ManifestEntry(ts, writer.tensors[-1].name))
         entries[-1].digest = h.hexdigest()
     index = writer.finish({"source": "coldstart synthetic", "seed": seed})
     (dst / "index.json").write_text(json.dumps(index.to_json(), indent=1))
@@ -271,13 +276,39 @@ def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, partition
     return entries, names
 
 
-def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm) -> tuple[list[_Entry], list[str]]:
-    from harness.tensorizer_format import write_tensorizer  # its own module: an optional package, ~400-line limit
+def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, seed: int,
+                      bar: tqdm) -> tuple[list[ManifestEntry], list[str]]:
+    """tensorizer's format: one ``model.tensors``, serialized with ``TensorSerializer.write_tensor`` one tensor at a
+    time (memory bounded by the largest tensor; names are the plain state-dict keys). Needs ``coldstart[peers]``."""
+    if importlib.util.find_spec("tensorizer") is None:
+        raise CheckpointWriteError("format tensorizer needs the tensorizer package: pip install 'coldstart[peers]'")
+    from tensorizer import TensorSerializer
+    from tensorizer.serialization import TensorType
 
-    return write_tensorizer(specs, dst, seed, bar)
+    entries: list[ManifestEntry] = []
+    with open(dst / TENSORS_FILE, "wb+") as f:  # tensorizer requires a readable, writable, seekable file
+        serializer = TensorSerializer(f)
+        try:
+            for ts in specs:
+                t = torch.cat([c.reshape(-1) for c in iter_chunks(ts, seed)]).reshape(ts.shape)
+                serializer.write_tensor(0, ts.name, TensorType.STATE_DICT, t)
+                entries.append(ManifestEntry(ts, TENSORS_FILE, tensor_digest(t)))
+                bar.update(ts.nbytes)
+        finally:
+            serializer.close()  # writes the header's tensor count and size; closes f (fsynced by the store)
+    return entries, [TENSORS_FILE]
 
 
-Writer = Callable[[tuple[TensorSpec, ...], Path, int, tqdm], tuple[list[_Entry], list[str]]]
+Writer = Callable[[tuple[TensorSpec, ...], Path, int, tqdm], tuple[list[ManifestEntry], list[str]]]
+
+# The checkpoint formats the zoo writes, each with its writer (given the store's shard sizes): the one list.
+FORMAT_WRITERS: dict[str, Callable[[CheckpointStore], Writer]] = {
+    "safetensors": lambda st: partial(_write_safetensors, shard_bytes=st.safetensors_shard_bytes),
+    "torch_bin": lambda st: partial(_write_torch, shard_bytes=st.torch_shard_bytes, single=False),
+    "torch_pt": lambda st: partial(_write_torch, shard_bytes=st.torch_pt_max_bytes, single=True),
+    "native": lambda st: partial(_write_native, partition_bytes=st.safetensors_shard_bytes),
+    "tensorizer": lambda st: _write_tensorizer,
+}
 
 
 def _open_for_write(path: Path) -> Any:
@@ -293,7 +324,10 @@ def _fsync(f: Any) -> None:
 class CheckpointStore:
     """Generated checkpoints cached under ``root`` keyed by model, dtype, format and seed; written atomically."""
 
-    FORMATS = ("safetensors", "torch_bin", "torch_pt", "native")
+    FORMATS = tuple(FORMAT_WRITERS)
+    safetensors_shard_bytes: int
+    torch_shard_bytes: int
+    torch_pt_max_bytes: int
 
     def __init__(self, root: str | Path, safetensors_shard_bytes: int = 4 << 30,
                  torch_shard_bytes: int = 1 << 30, torch_pt_max_bytes: int = 4 << 30,
@@ -315,17 +349,9 @@ class CheckpointStore:
         return f"{self.remote_url}/{ckpt.path.name}"
 
     def _writer(self, fmt: str) -> Writer:
-        st, pt, single = self.safetensors_shard_bytes, self.torch_shard_bytes, self.torch_pt_max_bytes
-        writers: dict[str, Writer] = {
-            "safetensors": lambda specs, dst, seed, bar: _write_safetensors(specs, dst, seed, st, bar),
-            "torch_bin": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, pt, bar, single=False),
-            "torch_pt": lambda specs, dst, seed, bar: _write_torch(specs, dst, seed, single, bar, single=True),
-            "native": lambda specs, dst, seed, bar: _write_native(specs, dst, seed, st, bar),
-            "tensorizer": _write_tensorizer,
-        }
-        if fmt not in writers:
-            raise ValueError(f"checkpoint format {fmt!r} is not supported; choose one of {sorted(writers)}")
-        return writers[fmt]
+        if fmt not in FORMAT_WRITERS:
+            raise ValueError(f"checkpoint format {fmt!r} is not supported; choose one of {sorted(FORMAT_WRITERS)}")
+        return FORMAT_WRITERS[fmt](self)
 
     def path_for(self, spec: ModelSpec, dtype: str, fmt: str, seed: int) -> Path:
         return self.root / f"{spec.name}-{check_dtype(dtype)}-{fmt}-seed{seed}"

@@ -10,7 +10,7 @@ import torch
 
 from loaders.base import BaseLoader, LoadResult, UnsupportedCheckpointError
 
-TENSORS_FILE = "model.tensors"  # what the zoo's tensorizer writer produces (harness/tensorizer_format.py)
+TENSORS_FILE = "model.tensors"  # what the zoo's tensorizer writer produces (harness/checkpoints.py)
 
 
 class TensorizerLoader(BaseLoader):

@@ -51,7 +51,7 @@ class ConversionError(NativeFormatError):
 
 
 @dataclass(frozen=True)
-class _Source:
+class TensorSource:
     """One tensor to copy: either a byte range of a file or an in-memory tensor."""
 
     name: str
@@ -64,7 +64,7 @@ class _Source:
     chunks: Iterable[torch.Tensor] | None = None  # consecutive pieces of the tensor (streamed writers)
 
 
-def _safetensors_sources(path: Path) -> Iterator[_Source]:
+def _safetensors_sources(path: Path) -> Iterator[TensorSource]:
     with open(path, "rb") as f:
         raw_len = f.read(8)
         if len(raw_len) != 8:
@@ -84,26 +84,26 @@ def _safetensors_sources(path: Path) -> Iterator[_Source]:
         if base + end > size:
             raise ConversionError(f"{path}: tensor {name!r} ends at byte {base + end} beyond the file ({size}): "
                                   "the file is truncated")
-        yield _Source(name, DTYPES[ST_CODES[code]], tuple(meta["shape"]), end - start, path, base + start)
+        yield TensorSource(name, DTYPES[ST_CODES[code]], tuple(meta["shape"]), end - start, path, base + start)
 
 
-def _torch_sources(path: Path) -> Iterator[_Source]:
+def _torch_sources(path: Path) -> Iterator[TensorSource]:
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     for name, t in state.items():
         if not isinstance(t, torch.Tensor):
             continue
         t = t.contiguous()
-        yield _Source(name, t.dtype, tuple(t.shape), t.numel() * t.element_size(), tensor=t)
+        yield TensorSource(name, t.dtype, tuple(t.shape), t.numel() * t.element_size(), tensor=t)
     del state
 
 
-def _dict_sources(state_dict: dict[str, torch.Tensor]) -> Iterator[_Source]:
+def _dict_sources(state_dict: dict[str, torch.Tensor]) -> Iterator[TensorSource]:
     for name, t in state_dict.items():
         t = t.detach().cpu().contiguous()
-        yield _Source(name, t.dtype, tuple(t.shape), t.numel() * t.element_size(), tensor=t)
+        yield TensorSource(name, t.dtype, tuple(t.shape), t.numel() * t.element_size(), tensor=t)
 
 
-def iter_sources(src: Path | dict[str, torch.Tensor]) -> Iterator[_Source]:
+def iter_sources(src: Path | dict[str, torch.Tensor]) -> Iterator[TensorSource]:
     """Tensors of a safetensors file/directory, torch file/directory, or a state dict, one at a time."""
     if isinstance(src, dict):
         yield from _dict_sources(src)
@@ -121,7 +121,7 @@ def iter_sources(src: Path | dict[str, torch.Tensor]) -> Iterator[_Source]:
         yield from (_safetensors_sources(f) if f.suffix == ".safetensors" else _torch_sources(f))
 
 
-class _PartitionWriter:
+class PartitionWriter:
     """Appends aligned tensors to partition files, hashing fixed-size chunks of each file as bytes go by."""
 
     def __init__(self, directory: Path, partition_bytes: int, chunk_bytes: int, bar: tqdm) -> None:
@@ -171,7 +171,7 @@ class _PartitionWriter:
         self.partitions.append(Partition(f"part-{len(self.partitions):05d}.bin", self._pos, tuple(self._chunks)))
         self._f = None
 
-    def add(self, s: _Source) -> None:
+    def add(self, s: TensorSource) -> None:
         if s.dtype not in DTYPE_NAMES:
             raise ConversionError(f"tensor {s.name!r}: dtype {s.dtype} is not storable in the native format")
         start = align_up(self._pos) if self._f is not None else 0
@@ -236,7 +236,7 @@ def convert(src: Path | dict[str, torch.Tensor], dst: Path, partition_bytes: int
     tmp.mkdir()
     try:
         with tqdm(unit="B", unit_scale=True, disable=not progress, desc=f"converting → {dst.name}") as bar:
-            writer = _PartitionWriter(tmp, partition_bytes, chunk_bytes, bar)
+            writer = PartitionWriter(tmp, partition_bytes, chunk_bytes, bar)
             seen: set[str] = set()
             for s in iter_sources(src):
                 if s.name in seen:

@@ -1,4 +1,5 @@
-"""The zoo's tensorizer writer: same tensors as the other formats, tensorizer reads them back, writes are atomic."""
+"""The zoo's tensorizer writer (harness/checkpoints.py): the same tensors as the other formats, read back by
+tensorizer itself; writes are atomic."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-import harness.tensorizer_format as tf
+import harness.checkpoints as ck
 from harness.checkpoints import CheckpointStore, CheckpointWriteError, verify_state_dict
 from harness.synthetic import iter_chunks
 from harness.zoo import DTYPES, TensorSpec
+from loaders.tensorizer import TENSORS_FILE
 from tests.conftest import model_spec
 
 pytest.importorskip("tensorizer", reason="needs the peers extra: pip install 'coldstart[peers]'")
@@ -24,7 +26,7 @@ def test_round_trip_and_same_manifest_as_safetensors(store: CheckpointStore, dty
     spec = model_spec("tiny-llama")
     ckpt = store.ensure(spec, dtype, "tensorizer", seed=3, progress=False)
     reference = store.ensure(spec, dtype, "safetensors", seed=3, progress=False)
-    assert [p.name for p in ckpt.files] == [tf.TENSORS_FILE]
+    assert [p.name for p in ckpt.files] == [TENSORS_FILE]
     assert (ckpt.path / "config.json").exists()
     strip = {"file"}
     assert {k: {f: v for f, v in m.items() if f not in strip} for k, m in ckpt.tensors.items()} == \
@@ -51,15 +53,15 @@ def test_full_disk_leaves_nothing_behind(store: CheckpointStore, monkeypatch: py
         written.append(ts.name)
         return iter_chunks(ts, seed)
 
-    monkeypatch.setattr(tf, "iter_chunks", failing_chunks)
+    monkeypatch.setattr(ck, "iter_chunks", failing_chunks)
     with pytest.raises(CheckpointWriteError, match="no space"):
         store.ensure(model_spec("tiny-opt"), "fp16", "tensorizer", progress=False)
     assert not store.root.exists() or list(store.root.iterdir()) == []
 
 
 def test_missing_package_names_the_extra(store: CheckpointStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = tf.importlib.util.find_spec
-    monkeypatch.setattr(tf.importlib.util, "find_spec", lambda name, *a: None if name == "tensorizer" else real(name))
+    real = ck.importlib.util.find_spec
+    monkeypatch.setattr(ck.importlib.util, "find_spec", lambda name, *a: None if name == "tensorizer" else real(name))
     with pytest.raises(CheckpointWriteError, match=r"coldstart\[peers\]"):
         store.ensure(model_spec("tiny-opt"), "fp16", "tensorizer", progress=False)
     assert list(store.root.iterdir()) == []

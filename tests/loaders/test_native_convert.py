@@ -64,16 +64,16 @@ def test_truncated_safetensors_source(shared_store: CheckpointStore, tmp_path: P
 
 
 def test_disk_full_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_emit = conv._PartitionWriter._emit
+    real_emit = conv.PartitionWriter._emit
     calls = {"n": 0}
 
-    def failing_emit(self: conv._PartitionWriter, data: memoryview) -> None:
+    def failing_emit(self: conv.PartitionWriter, data: memoryview) -> None:
         calls["n"] += 1
         if calls["n"] > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_emit(self, data)
 
-    monkeypatch.setattr(conv._PartitionWriter, "_emit", failing_emit)
+    monkeypatch.setattr(conv.PartitionWriter, "_emit", failing_emit)
     with pytest.raises(conv.ConversionError, match="no space"):
         conv.convert(small_state_dict(), tmp_path / "out", progress=False)
     assert list(tmp_path.iterdir()) == []
