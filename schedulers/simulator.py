@@ -14,16 +14,18 @@ from typing import Any
 import pandas as pd
 import simpy
 
-from schedulers import idle, loading, migration
-from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler
+from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler, Tier
 from schedulers.cluster import Cluster
 from schedulers.errors import SimulatorInvariantError
 from schedulers.links import FairShareLink
 from schedulers.metrics import REQUEST_COLUMNS, REQUEST_DTYPES
-from schedulers.state import Instance, Server
+from schedulers.state import Instance, LoadJob, Server, generated_tokens
 from schedulers.workload import RequestArrays
 
 NEW, WAITING, ASSIGNED, RUNNING, DONE, TIMED_OUT = range(6)
+
+TIER_ORDER: tuple[Tier, ...] = ("dram", "ssd", "remote")
+MAX_ROUNDS = 100
 
 
 @dataclass(frozen=True)
@@ -317,7 +319,7 @@ class Simulator:
             for victim in victims:
                 if inst.have >= inst.gpus:
                     break
-                idle.evict(self, victim)
+                self._evict(victim)
                 take = min(server.free_gpus, inst.gpus - inst.have)
                 server.take_gpus(take)
                 inst.have += take
@@ -339,13 +341,13 @@ class Simulator:
         self.r["server"][i], self.r["tier"][i], self.r["cold_start"][i] = d.server, d.tier, True
         self.gather(inst, server)
         for pid in d.preemptions:
-            migration.preempt(self, self.instances[pid], inst)
+            self._preempt(self.instances[pid], inst)
         for mig in d.migrations:
-            migration.migrate(self, self.instances[mig.instance_id], self.servers[mig.dst_server], inst)
+            self._migrate(self.instances[mig.instance_id], self.servers[mig.dst_server], inst)
         if inst.state != "pending":
             return  # a preemption already handed over the last GPUs and started the load
         if inst.have >= inst.gpus:
-            loading.enqueue(self, inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
+            self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
         elif not any(x.handoff_to is inst for x in server.instances.values()):
             raise SimulatorInvariantError(
                 f"infeasible placement {d} for request {i}: {inst.have}/{inst.gpus} GPUs"
@@ -355,14 +357,14 @@ class Simulator:
         """``inst`` received all its GPUs from migrations or preemptions: start its load."""
         d = inst.decision
         assert d is not None
-        loading.enqueue(self, inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
+        self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
 
     def ready(self, inst: Instance) -> None:
         self.stats["events"] += 1
         if inst.migration_src is not None:
-            migration.migration_loaded(self, inst)
+            self._migration_loaded(inst)
         elif inst.abort or inst.request < 0:
-            idle.go_idle(self, inst, inst.prewarm_keep_s)
+            self._go_idle(inst, inst.prewarm_keep_s)
         else:
             i = inst.request
             self.r["load_s"][i] = self.env.now - self.r["load_start_s"][i]
@@ -411,7 +413,7 @@ class Simulator:
             self.last_idle_start[m] = self.env.now
         inst.request = -1
         if inst.handoff_to is not None:
-            migration.source_finished(self, inst)
+            self._source_finished(inst)
         else:
             self.next_or_idle(inst)
         self._after()
@@ -430,4 +432,329 @@ class Simulator:
             self.r["tier"][j] = "gpu"
             self._run(inst, j)
             return
-        idle.go_idle(self, inst)
+        self._go_idle(inst)
+
+    # ------------------------------------------------------------ idle instances: keep-alive, pre-warming, eviction
+
+    def _go_idle(self, inst: Instance, keep_s: float | None = None) -> None:
+        """Park ``inst`` on its GPUs for the keep-alive window (or unload it now and pre-warm it later)."""
+        m = inst.info.name
+        inst.state, inst.idle_since, inst.abort = "idle", self.env.now, False
+        inst.migration_src = None
+        inst.server.dirty()
+        self._retry_flag = True
+        if keep_s is None:
+            kd = self.keepalive.decide(m)
+            if kd.prewarm_s > 0:
+                self._evict(inst)
+                self._at(
+                    self.env.now + kd.prewarm_s,
+                    self._prewarm,
+                    m,
+                    inst.server,
+                    max(kd.keep_alive_s - kd.prewarm_s, 0.0),
+                )
+                return
+            keep_s = kd.keep_alive_s
+        self.idle_by_model[m][inst.id] = inst
+        inst.version += 1
+        if math.isfinite(keep_s):
+            self._at(self.env.now + keep_s, self._expire, inst, inst.version)
+
+    def _prewarm(self, m: str, server: Server, keep_s: float) -> None:
+        self.stats["events"] += 1
+        info = self.models[m]
+        if self.idle_by_model[m] or server.free_gpus < info.gpus:
+            return
+        inst = self._new_instance(info, server)
+        inst.prewarm_keep_s = keep_s
+        self.gather(inst, server)
+        self.log("prewarm", instance=inst.id, model=m, server=server.id)
+        self._enqueue(inst, server.view().best_tier(m), None, False)
+
+    def _expire(self, inst: Instance, version: int) -> None:
+        if version != inst.version or inst.state != "idle":
+            return
+        self.stats["events"] += 1
+        self._evict(inst)
+        self._after()
+
+    def _evict(self, inst: Instance) -> None:
+        """Take an idle instance off its GPUs and demote its checkpoint (GPU → DRAM → SSD, as the policy
+        says)."""
+        m, server = inst.info.name, inst.server
+        if self.idle_by_model[m].pop(inst.id, None) is not None:
+            self.stats["idle_gpu_gb_s"] += inst.gpus * self.cluster.gpu_mem_gb * (self.env.now - inst.idle_since)
+        self._release(inst)
+        demoted = self._store_checkpoint(server, m, self.keepalive.demote_to)
+        self.log("evict", instance=inst.id, model=m, server=server.id, demoted=demoted)
+        server.dirty()
+        self._retry_flag = True
+
+    def _release(self, inst: Instance) -> None:
+        """Free ``inst``'s GPUs (or hand them to the pending instance waiting for them)."""
+        server = inst.server
+        self.stats["gpu_seconds"] += inst.gpus * (self.env.now - inst.acquired_s)
+        self.instances.pop(inst.id, None)
+        server.instances.pop(inst.id, None)
+        self.inst_count[inst.info.name] -= 1
+        inst.version += 1
+        inst.state = "gone"
+        target, inst.handoff_to = inst.handoff_to, None
+        if target is not None and target.state == "pending":
+            take = min(inst.gpus, target.gpus - target.have)
+            target.have += take
+            if inst.gpus - take:
+                server.give_gpus(inst.gpus - take)
+            if target.have >= target.gpus:
+                self.handoff(target)
+        else:
+            server.give_gpus(inst.gpus)
+        server.dirty()
+        self._retry_flag = True
+
+    # ------------------------------------------------------------ loading queues, tier reads, checkpoint caching
+
+    def _enqueue(self, inst: Instance,
+        tier: Tier,
+        loader_gbps: float | None,
+        dtl: bool,
+        cache_to: tuple[Tier, ...] = ("dram", "ssd"),
+    ) -> None:
+        server, n = inst.server, inst.info.size_bytes
+        bw = min(server.gbps[tier], loader_gbps or math.inf)
+        est = (
+            n / (server.gbps["remote"] * 1e9) + n / (loader_gbps * 1e9) if dtl and loader_gbps else n / (bw * 1e9)
+        )
+        server.reserve_slot(self.env.now, est)
+        if tier in ("dram", "ssd"):
+            store = server.dram if tier == "dram" else server.ssd
+            store.pinned[inst.info.name] = store.pinned.get(inst.info.name, 0) + 1
+        inst.state = "loading"
+        if inst.request >= 0 and inst.migration_src is None:
+            self.r["enq_s"][inst.request] = self.env.now
+        server.queue.append(LoadJob(inst, tier, loader_gbps, dtl, est, cache_to))
+        self._pump(server)
+
+    def _pump(self, server: Server) -> None:
+        while server.active_loads < len(server.slot_free_at) and server.queue:
+            job = server.queue.popleft()
+            server.active_loads += 1
+            self._start_load(job, self.env.now)
+
+    def _link(self, server: Server, tier: str) -> FairShareLink:
+        if tier == "remote" and self.store_link is not None:
+            return self.store_link
+        if tier not in server.links:
+            server.links[tier] = FairShareLink(self.env, server.gbps[tier] * 1e9)
+        link: FairShareLink = server.links[tier]
+        return link
+
+    def _start_load(self, job: LoadJob, start: float) -> None:
+        inst, server, n = job.instance, job.instance.server, job.instance.info.size_bytes
+        if not job.download_then_load:
+            self._upgrade_tier(job)
+        if inst.request >= 0 and inst.migration_src is None:
+            self.r["load_start_s"][inst.request] = start
+            self.r["tier"][inst.request] = job.tier
+
+        def done() -> None:
+            self._load_done(job, start)
+
+        loader_gbps = job.loader_gbps
+        if job.download_then_load and loader_gbps:
+            # KServe / Ray Serve: the whole checkpoint lands on local disk first, then torch.load reads it.
+            def second() -> None:
+                self._at(self.env.now + n / (loader_gbps * 1e9), done)
+
+            self._link(server, "remote").start(n, server.gbps["remote"] * 1e9, second)
+        else:
+            cap = min(server.gbps[job.tier], job.loader_gbps or math.inf) * 1e9
+            self._link(server, job.tier).start(n, cap, done)
+
+    def _upgrade_tier(self, job: LoadJob) -> None:
+        """A fast loader reads the fastest copy present when the load starts (an earlier load may have cached
+        it)."""
+        server, m = job.instance.server, job.instance.info.name
+        best: Tier = "dram" if m in server.dram else "ssd" if m in server.ssd else "remote"
+        if TIER_ORDER.index(best) >= TIER_ORDER.index(job.tier):
+            return
+        if job.tier in ("dram", "ssd"):
+            old = server.dram if job.tier == "dram" else server.ssd
+            old.pinned[m] -= 1
+        new = server.dram if best == "dram" else server.ssd
+        new.pinned[m] = new.pinned.get(m, 0) + 1
+        self.log("tier_upgrade", instance=job.instance.id, model=m, server=server.id, old=job.tier, new=best)
+        job.tier = best
+
+    def _store_checkpoint(self, server: Server, model: str, tiers: tuple[Tier, ...]
+    ) -> list[tuple[str, str]]:
+        """Put ``model`` into ``tiers`` in order; a tier's LRU victims fall to the next tier of the chain."""
+        stored: list[tuple[str, str]] = []
+        pending = [model]
+        changed = False
+        for tier in tiers:
+            store = server.dram if tier == "dram" else server.ssd
+            spill: list[str] = []
+            for name in pending:
+                new = name not in store
+                evicted = store.insert(name, self.models[name].size_bytes)
+                if evicted is not None:
+                    stored.append((name, tier))
+                    spill.extend(evicted)
+                    changed = changed or new or bool(evicted)
+            pending = spill
+        if changed:
+            server.dirty()
+        return stored
+
+    def _load_done(self, job: LoadJob, start: float) -> None:
+        self.stats["events"] += 1
+        self.stats["loads"] += 1
+        inst, server = job.instance, job.instance.server
+        server.active_loads -= 1
+        m, dur = inst.info.name, self.env.now - start
+        floor_s = inst.info.size_bytes / (server.gbps[job.tier] * 1e9)
+        if dur < floor_s * (1 - 1e-9):
+            raise SimulatorInvariantError(
+                f"load of {m} from {job.tier} took {dur} s < bytes/bandwidth {floor_s} s"
+            )
+        if job.tier in ("dram", "ssd"):
+            store = server.dram if job.tier == "dram" else server.ssd
+            store.pinned[m] -= 1
+            store.touch(m)
+        if job.cache_to:
+            self._store_checkpoint(server, m, job.cache_to)
+        self.log(
+            "load",
+            instance=inst.id,
+            model=m,
+            server=server.id,
+            tier=job.tier,
+            bytes=inst.info.size_bytes,
+            start=start,
+            duration_s=dur,
+            gbps=server.gbps[job.tier],
+        )
+        self._pump(server)
+        if inst.info.build_s > 0:
+            self._at(self.env.now + inst.info.build_s, self.ready, inst)
+        else:
+            self.ready(inst)
+
+    # ------------------------------------------------------------ live migration (ServerlessLLM §5) and preemption
+
+    def _preempt(self, victim: Instance, target: Instance) -> None:
+        """Kill a running instance (Shepherd*): its request restarts from scratch, its GPUs go to
+        ``target``."""
+        i = victim.request
+        if victim.state != "busy" or self.state[i] != RUNNING:
+            raise SimulatorInvariantError(f"preempting instance {victim.id} in state {victim.state}")
+        self.stats["preemptions"] += 1
+        self.r["preempted"][i] += 1
+        self.active[victim.info.name] -= 1
+        victim.request = -1
+        victim.handoff_to = target
+        self.log("preempt", instance=victim.id, request=i, server=victim.server.id)
+        self._release(victim)
+        self._add_waiting(i, front=True)
+
+    def _migrate(self, src: Instance, dst: Server, target: Instance) -> None:
+        """Start migrating busy ``src`` to ``dst``: the destination loads the model, then re-prefills in
+        rounds."""
+        if src.state != "busy" or src.migrating_to is not None:
+            raise SimulatorInvariantError(f"migrating instance {src.id} in state {src.state}")
+        src.handoff_to = target
+        dest = self._new_instance(src.info, dst)
+        dest.migration_src, dest.prompt_tokens, dest.request = src, src.prompt_tokens, -1
+        src.migrating_to = dest
+        self.gather(dest, dst)
+        if dest.have < dest.gpus:
+            raise SimulatorInvariantError(f"migration target server {dst.id} lacks GPUs for {src.info.name}")
+        src.server.dirty()
+        self.log(
+            "migration_start",
+            instance=src.id,
+            request=src.request,
+            src=src.server.id,
+            dst=dst.id,
+            model=src.info.name,
+        )
+        self._enqueue(dest, dst.view().best_tier(src.info.name), None, False)
+
+    def _migration_loaded(self, dest: Instance) -> None:
+        """The destination has the model: plan the re-prefill rounds until a round yields < stop-token new
+        tokens."""
+        src = dest.migration_src
+        assert src is not None
+        if dest.abort or src.state != "busy" or src.migrating_to is not dest:
+            self._go_idle(dest)
+            return
+        info, d = src.info, src.info.decode_s_per_token
+        gen = lambda t: generated_tokens(t, src.first_token_s, d, src.done_s)  # noqa: E731
+        t = self.env.now
+        tokens = src.prompt_tokens + gen(t)
+        dest.state = "syncing"
+        for k in range(MAX_ROUNDS):
+            t_next = t + info.prefill_s(tokens)
+            new = gen(t_next) - gen(t)
+            self.log(
+                "migration_round",
+                instance=src.id,
+                round=k,
+                tokens=tokens,
+                start=t,
+                end=t_next,
+                new_tokens=new,
+            )
+            if t_next >= src.done_s:
+                return  # the source finishes first; its completion aborts the migration
+            if new < self.cfg.migration_stop_tokens:
+                break
+            tokens, t = new, t_next
+        self._at(t_next, self._migration_stop, src, dest, src.version, new)
+
+    def _migration_stop(self, src: Instance, dest: Instance, version: int, last: int) -> None:
+        """The source stops; the destination prefills the last few tokens and continues decoding the
+        request."""
+        if version != src.version or src.migrating_to is not dest:
+            return
+        self.stats["events"] += 1
+        self.stats["migrations"] += 1
+        i, info = src.request, src.info
+        d = info.decode_s_per_token
+        done_tokens = generated_tokens(self.env.now, src.first_token_s, d, src.done_s)
+        resume = self.env.now + info.prefill_s(max(last, 1))
+        remaining = self.out[i] - done_tokens
+        dest.state, dest.request, dest.migration_src = "busy", i, None
+        dest.done_s = resume + remaining * d
+        dest.first_token_s = dest.done_s - (self.out[i] - 1) * d  # so that generated_tokens() stays exact
+        self.r["migration_s"][i] += resume - self.env.now
+        self.r["migrated"][i] += 1
+        src.migrating_to = None
+        self.log(
+            "migration_done",
+            instance=src.id,
+            request=i,
+            dst_instance=dest.id,
+            src=src.server.id,
+            dst=dest.server.id,
+            pause_s=resume - self.env.now,
+        )
+        self._release(src)  # hands the GPUs to the waiting placement
+        dest.server.dirty()
+        self.schedule_completion(dest)
+        self._after()
+
+    def _source_finished(self, src: Instance) -> None:
+        """A migrating (or handing-off) instance finished its request first: abort and pass its GPUs on."""
+        dest: Any = src.migrating_to
+        if dest is not None:
+            self.stats["migrations_aborted"] += 1
+            self.log("migration_aborted", instance=src.id, dst_instance=dest.id)
+            src.migrating_to = None
+            if dest.state == "syncing":
+                self._go_idle(dest)
+            else:
+                dest.abort = True
+        self._release(src)

@@ -1,6 +1,6 @@
 """What the real controller does with instances once they exist: idle windows and pre-warming from the keep-alive
-policy, eviction with demotion, releasing slots, killing processes, and live migration's hand-over (the simulator's
-``schedulers/idle.py`` and ``migration.py``, for live instances)."""
+policy, eviction with demotion, releasing slots, killing processes, and live migration's hand-over (what the idle
+and migration parts of ``schedulers/simulator.py`` do, for live instances)."""
 
 from __future__ import annotations
 
