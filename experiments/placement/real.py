@@ -122,7 +122,7 @@ def _fault(client: ChainClient, placement: Placement, prompt: list[int], max_tok
 
     def hook(step: int) -> None:
         if step == max_tokens // 2 - 1 and not killed:
-            servers = next(iter(client._running.values()))[1]
+            servers = client.running_servers()[0]
             victim = min(servers)
             hosts[victim].kill()
             killed.append(victim)

@@ -338,7 +338,7 @@ class NativeLoader(BaseLoader):
                 fds.update({f: os.open(f, os.O_WRONLY) for f in files})
 
                 def write_through(seg: Segment, view: memoryview) -> None:
-                    remote_tier._pwrite_all(fds[seg.path], view, seg.file_offset)
+                    remote_tier.pwrite_all(fds[seg.path], view, seg.file_offset)
 
                 result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch, on_segment=write_through)
                 for fd in fds.values():

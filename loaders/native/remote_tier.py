@@ -68,7 +68,7 @@ def _data_names(remote: RemoteDirectory, meta: dict[str, bytes]) -> list[str]:
                               "check the URL")
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     """Write every byte (a seam the tests use to simulate a full disk)."""
     done = 0
     while done < len(data):
@@ -142,7 +142,7 @@ def receive_into_files(segments: Sequence[Segment], fetch: Callable[[Segment, me
         t1 = time.perf_counter()
         verify_segment(view, seg)
         t2 = time.perf_counter()
-        _pwrite_all(fds[seg.path], view, seg.file_offset)
+        pwrite_all(fds[seg.path], view, seg.file_offset)
         stats.add(read_s=t1 - t0, verify_s=t2 - t1, copy_s=time.perf_counter() - t2, bytes_read=seg.length)
 
     try:

@@ -71,6 +71,11 @@ class ChainClient:
         """Stop the client's helper threads (its sessions are closed as they finish)."""
         self._pool.shutdown(wait=True)
 
+    def running_servers(self) -> list[dict[int, int]]:
+        """Per running session, the servers it holds cache slots on (server → slots)."""
+        with self._lock:
+            return [dict(need) for _, need in self._running.values()]
+
     # ---- routing view -------------------------------------------------------------------------------
     def live_placement(self) -> Placement:
         """The placement without dead servers (count 0), what the router sees."""

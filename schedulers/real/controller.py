@@ -19,11 +19,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from harness.executors.workers import WorkerError, start_worker
 from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler
-from schedulers.real import lifecycle
-from schedulers.real.jobs import load_job, serve_job
 from schedulers.real.records import RealConfig, Req
-from schedulers.real.serving import Stream
+from schedulers.real.serving import Stream, serve
 from schedulers.real.slots import LiveInstance, LiveServer
 from schedulers.real.tiers import TierOps
 
@@ -111,8 +110,8 @@ class Controller:
         now = self.now()
         self.stats["end_s"] = now
         for inst in list(self.instances.values()):
-            lifecycle.account_idle(self, inst)
-            lifecycle.account_release(self, inst, now)
+            self._account_idle(inst)
+            self._account_release(inst, now)
             if inst.handle is not None:
                 try:
                     inst.handle.close(timeout_s=5)
@@ -156,7 +155,7 @@ class Controller:
         if idle:
             inst = max(idle, key=lambda i: i.idle_since_s or 0.0)
             r.tier, r.server, r.placed_s, r.load_s = "gpu", inst.server, self.now(), 0.0
-            lifecycle.account_idle(self, inst)
+            self._account_idle(inst)
             self._start_serving(inst, r)
             return
         self._decide(r)
@@ -190,10 +189,10 @@ class Controller:
                 self.stats["preemptions"] += 1
                 victim.preempted = True
                 self._restart(self.reqs[victim.request])
-                lifecycle.kill_instance(self, victim, "preempted")
+                self._kill_instance(victim, "preempted")
         for m in d.migrations:
-            lifecycle.start_migration(self, m.instance_id, m.dst_server)
-        lifecycle.evict_idle_for(self, server, info.gpus)
+            self._start_migration(m.instance_id, m.dst_server)
+        self._evict_idle_for(server, info.gpus)
         inst = LiveInstance(next(self._ids), r.model, d.server, info.gpus, for_request=r.rid, tier=d.tier,
                             cache_to=tuple(d.cache_to))
         self.instances[inst.iid] = inst
@@ -208,13 +207,13 @@ class Controller:
         if inst.state != "pending":
             return
         if server.free_gpus < inst.gpus:
-            lifecycle.evict_idle_for(self, server, inst.gpus)
+            self._evict_idle_for(server, inst.gpus)
         if server.free_gpus < inst.gpus:
             return  # retried when a release frees slots
         server.free_gpus -= inst.gpus
         inst.acquired_s, inst.state = self.now(), "loading"
         self.stats["loads"] += 1
-        self._pool.submit(load_job, self, inst)
+        self._pool.submit(self._load_job, inst)
 
     def _loaded(self, inst: LiveInstance, start: float, phases: dict[str, Any]) -> None:
         server = self.servers[inst.server]
@@ -233,14 +232,14 @@ class Controller:
             r.load_s = self.now() - r.load_start_s
             self._start_serving(inst, r)  # nothing was freed: waiting requests are not asked again (as in the
         else:  # simulator, where only freed slots retry them; asking now let a waiter preempt this new one)
-            lifecycle.next_or_idle(self, inst)
+            self._next_or_idle(inst)
             self._retry()
 
     def _load_failed(self, inst: LiveInstance, reason: str) -> None:
         self.stats["load_failures"] += 1
         self.load_failures[inst.model] = self.load_failures.get(inst.model, 0) + 1
         log.error("instance %d (%s) failed to load: %s", inst.iid, inst.model, reason)
-        lifecycle.kill_instance(self, inst, reason)
+        self._kill_instance(inst, reason)
         r = self.reqs[inst.for_request] if inst.for_request is not None else None
         if r is not None and r.state == "assigned":
             self._requeue_or_fail(r, f"load failed: {reason}")
@@ -255,7 +254,7 @@ class Controller:
         inst.done_s = inst.first_token_s + r.output_tokens * info.decode_s_per_token
         r.state, r.server = "running", inst.server
         self.servers[inst.server].instances[inst.iid] = inst
-        self._pool.submit(serve_job, self, inst, r)
+        self._pool.submit(self._serve_job, inst, r)
 
     def _served(self, inst: LiveInstance, r: Req, stream: Stream) -> None:
         if inst.preempted:  # it finished before the kill landed: keep the result if it is still only waiting
@@ -274,8 +273,8 @@ class Controller:
                 inst.migrate_to, inst.migrating, dst.migrating = None, False, False
                 self.stats["migrations_aborted"] += 1
                 if dst.state == "idle-migration":
-                    lifecycle.next_or_idle(self, dst)
-            lifecycle.next_or_idle(self, inst)
+                    self._next_or_idle(dst)
+            self._next_or_idle(inst)
         self._retry()
 
     def _restart(self, r: Req) -> None:
@@ -286,7 +285,7 @@ class Controller:
         self.waiting.appendleft(r.rid)
 
     def _serve_failed(self, inst: LiveInstance, r: Req, reason: str) -> None:
-        lifecycle.kill_instance(self, inst, reason)
+        self._kill_instance(inst, reason)
         if inst.preempted:  # the policy's choice, already handled in _place
             return
         log.error("request %d on instance %d failed: %s", r.rid, inst.iid, reason)
@@ -319,7 +318,7 @@ class Controller:
             if idle:
                 self.waiting.remove(rid)
                 r.tier, r.server, r.placed_s, r.load_s = "gpu", idle[0].server, self.now(), 0.0
-                lifecycle.account_idle(self, idle[0])
+                self._account_idle(idle[0])
                 self._start_serving(idle[0], r)
             elif not self._decide(r):
                 break
@@ -332,3 +331,171 @@ class Controller:
                 self.waiting.remove(rid)
                 r.state = "timed_out"
                 self.active[r.model] = max(self.active[r.model] - 1, 0)
+
+    # ------------------------------------------------ instances once they exist: idle, eviction, release, migration
+
+    def _next_or_idle(self, inst: LiveInstance) -> None:
+        for rid in list(self.waiting):
+            r = self.reqs[rid]
+            if r.model == inst.model:
+                self.waiting.remove(rid)
+                r.tier, r.server, r.placed_s, r.load_s = "gpu", inst.server, self.now(), 0.0
+                self._start_serving(inst, r)
+                return
+        inst.state, inst.request, inst.idle_since_s = "idle", None, self.now()
+        inst.version += 1
+        if self.active[inst.model] == 0:
+            self.last_idle_start[inst.model] = self.now()
+        keep, inst.prewarm_keep_s = inst.prewarm_keep_s, None
+        if keep is None:  # a pre-warmed instance's first window was decided when it was unloaded
+            kd = self.keepalive.decide(inst.model)
+            if kd.prewarm_s > 0:  # unload now, load again just before the next request is expected
+                self._evict(inst)
+                self.at(self.now() + kd.prewarm_s, self._prewarm, inst.model, inst.server,
+                        max(kd.keep_alive_s - kd.prewarm_s, 0.0))
+                self._retry()
+                return
+            keep = kd.keep_alive_s
+        if math.isfinite(keep):
+            self.at(self.now() + keep, self._expire, inst, inst.version)
+
+    def _prewarm(self, model: str, sid: int, keep_s: float) -> None:
+        """Load ``model`` on server ``sid`` ahead of its next request (hybrid histogram's pre-warm window), unless
+        an instance of it is already idle or the server has no free slot (as the simulator does)."""
+        self.stats["events"] += 1
+        server, info = self.servers[sid], self.models[model]
+        if any(i.model == model and i.state == "idle" for i in self.instances.values()) or \
+                server.free_gpus < info.gpus:
+            return
+        self.stats["prewarms"] += 1
+        inst = LiveInstance(next(self._ids), model, sid, info.gpus, tier=server.view().best_tier(model),
+                            cache_to=(), prewarm_keep_s=keep_s)
+        self.instances[inst.iid] = inst
+        server.instances[inst.iid] = inst
+        self._grab_gpus(inst)
+
+    def _expire(self, inst: LiveInstance, version: int) -> None:
+        if inst.state == "idle" and inst.version == version:
+            self._evict(inst)
+            self._retry()
+
+    def _evict(self, inst: LiveInstance) -> None:
+        """Take an idle instance off its slot; demote its checkpoint as the keep-alive policy says."""
+        self._account_idle(inst)
+        self.tiers.demote(self.servers[inst.server], inst.model, self.keepalive.demote_to)
+        self._kill_instance(inst, None)
+
+    def _evict_idle_for(self, server: LiveServer, gpus: int) -> None:
+        for inst in sorted((i for i in server.instances.values() if i.state == "idle"),
+                           key=lambda i: i.idle_since_s or 0.0):
+            if server.free_gpus >= gpus:
+                return
+            self._evict(inst)
+
+    def _account_idle(self, inst: LiveInstance) -> None:
+        if inst.state == "idle" and inst.idle_since_s is not None:
+            gb = (self.cfg.slot_memory_bytes or 0) / 1e9
+            self.stats["idle_gpu_gb_s"] += inst.gpus * gb * (self.now() - inst.idle_since_s)
+            inst.idle_since_s = None
+
+    def _account_release(self, inst: LiveInstance, now: float) -> None:
+        if inst.acquired_s is not None:
+            self.stats["gpu_seconds"] += inst.gpus * (now - inst.acquired_s)
+            inst.acquired_s = None
+
+    def _release(self, inst: LiveInstance) -> None:
+        if inst.state == "gone":
+            return
+        server = self.servers[inst.server]
+        if inst.state != "pending":
+            server.free_gpus += inst.gpus
+        self._account_release(inst, self.now())
+        inst.state = "gone"
+        server.instances.pop(inst.iid, None)
+        self.instances.pop(inst.iid, None)
+
+    def _kill_instance(self, inst: LiveInstance, reason: str | None) -> None:
+        handle = inst.handle
+        self._release(inst)
+        if handle is not None:
+            self._pool.submit(handle.kill if reason else handle.close)
+
+
+    # ---------------------------------------------------------------- live migration
+    def _start_migration(self, iid: int, dst_server: int) -> None:
+        src = self.instances.get(iid)
+        if src is None or src.state != "busy" or src.migrate_to is not None:
+            return
+        self.stats["migrations"] += 1
+        dst = LiveInstance(next(self._ids), src.model, dst_server, src.gpus, tier=
+                           self.servers[dst_server].view().best_tier(src.model))
+        dst.migrating = src.migrating = True
+        self.instances[dst.iid] = dst
+        self.servers[dst_server].instances[dst.iid] = dst
+        src.migrate_to = dst
+        self._grab_gpus(dst)
+
+    def _migration_started(self, src: LiveInstance, dst: LiveInstance) -> None:
+        """The rounds are over and ``dst`` decodes: free ``src``; its slot goes to whoever was placed behind it."""
+        dst.state, dst.request, dst.migrating = "busy", src.request, False
+        dst.prompt_tokens, dst.first_token_s, dst.done_s = src.prompt_tokens, src.first_token_s, src.done_s
+        dst.decode_s_per_token = src.decode_s_per_token
+        src.migrating = False
+        self._kill_instance(src, None)
+        self._retry()
+
+    # ------------------------------------------------ helper threads: blocking work that posts its outcome back
+
+    def _load_job(self, inst: LiveInstance) -> None:
+        """Helper thread: wait for the server's loading queue, spawn the instance process, load, build."""
+        server = self.servers[inst.server]
+        with server.load_lock:
+            start = self.now()
+            r = self.reqs[inst.for_request] if inst.for_request is not None else None
+            if r is not None and math.isnan(r.load_start_s):
+                r.load_start_s = start
+            try:
+                path, download_s = self.tiers.prepare(server, inst.model, inst.tier)
+                spawn = time.time()
+                handle = start_worker(self.executor, "schedulers.real.instance:ModelInstance",
+                                      {"model": self.tiers.model_cfg(inst.model), "dtype": self.cfg.dtype,
+                                       "device": self.cfg.device, "spawn_ts": spawn},
+                                      name=f"s{inst.server}-i{inst.iid}-{inst.model}", num_cpus=self.cfg.slot_threads,
+                                      memory_bytes=self.cfg.slot_memory_bytes, resources=server.placement())
+                inst.handle = handle
+                self._handles.append(handle)
+                phases = handle.call("load", str(path), self.tiers.loader_cfg(server),
+                                     timeout_s=self.cfg.call_timeout_s)
+                phases["download_s"] = download_s
+                phases["load_s"] = self.now() - start
+            except Exception as exc:
+                self.post(self._load_failed, inst, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                return
+        self.post(self._loaded, inst, start, phases)
+
+    def _serve_job(self, inst: LiveInstance, r: Req) -> None:
+        from schedulers.real.instance import prompt_tokens
+
+        stream = Stream(prompt_tokens(r.rid, r.input_tokens, self.tiers.vocab_size(r.model)))
+        r.serve_start_s = self.now()
+        holder = {"inst": inst}
+
+        def target() -> Any:
+            dst = holder["inst"].migrate_to
+            if dst is None or dst.handle is None or dst.state != "idle-migration":
+                return None
+            holder["src"] = holder["inst"]
+            holder["inst"] = dst
+            return dst.handle
+
+        def migrated() -> None:
+            self.post(self._migration_started, holder["src"], holder["inst"])
+
+        try:
+            serve(lambda: inst.handle, r.rid, stream, r.output_tokens, self.cfg.decode_chunk, self.cfg.call_timeout_s,
+                  target, self.cfg.migration_stop_tokens, migrated)
+            holder["inst"].handle.call("finish", r.rid, timeout_s=self.cfg.call_timeout_s)
+        except (WorkerError, TimeoutError) as exc:
+            self.post(self._serve_failed, holder["inst"], r, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return
+        self.post(self._served, holder["inst"], r, stream)

@@ -197,7 +197,7 @@ def test_full_disk_while_caching_leaves_nothing(nginx: Nginx, shared_store: Chec
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(remote_tier, "_pwrite_all", full)  # the pwrite path (CUDA, no fallocate)
+    monkeypatch.setattr(remote_tier, "pwrite_all", full)  # the pwrite path (CUDA, no fallocate)
     monkeypatch.setattr(remote_tier, "_reserve", full)  # the mapped path reserves the blocks first
     with pytest.raises(TierCapacityError, match="nothing partial"):
         _loader(tmp_path).load(f"{nginx.url}/full-disk", CPU)

@@ -35,7 +35,7 @@ def _killer(hosts: dict[int, Any], client: ChainClient, at_step: int, position: 
 
     def hook(step: int) -> None:
         if step == at_step and not killed:
-            servers = next(iter(client._running.values()))[1]  # the running session's servers
+            servers = client.running_servers()[0]  # the running session's servers
             victim = sorted(servers)[position]
             hosts[victim].kill()
             killed.append(victim)
