@@ -10,6 +10,7 @@ from scipy.sparse import coo_matrix
 
 from placement.base import Hop, InfeasiblePlacementError, Placement, Problem, Route
 from placement.cg_bp import leftover_cache_slots
+from placement.perf import hostable_blocks, infeasible_placement
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ def request_clients(problem: Problem) -> list[int]:
     """The |R| design requests, spread round-robin over the network's clients."""
     n = len(problem.network.clients)
     return [r % n for r in range(problem.design_concurrency)]
+
+
+def infeasible_error(problem: Problem, num_requests: int) -> InfeasiblePlacementError:
+    """The MILP proved that no placement serves the requests: the error with the shortfall and the right fix."""
+    detail = f"the MILP proved that no placement serves all {num_requests} request(s)"
+    err = infeasible_placement(problem, detail)
+    if err.shortfall_blocks == 0 and err.shortfall_gb == 0:
+        err = infeasible_placement(problem, detail + " (memory suffices in total, but not once split into "
+                                   "contiguous windows, max_blocks and per-server cache)")
+    return err
 
 
 def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0) -> MilpSolution:
@@ -105,14 +116,16 @@ def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0)
         terms = {m(j): problem.model.block_gb}
         for r in range(nr):
             terms.update({w(r, li): problem.cache_gb for li, (_, k) in enumerate(links) if k == j})
-        add(terms, -np.inf, problem.usable_mem_gb(j))
+        # A server whose memory is below the runtime reserve hosts nothing (m_j ≤ 0 below), so its row must
+        # not go negative: M_j⁺.
+        add(terms, -np.inf, max(problem.usable_mem_gb(j), 0.0))
 
     integrality = np.zeros(n_var)
     integrality[: 2 * S] = 1
     upper = np.full(n_var, np.inf)
-    for j, s in enumerate(problem.network.servers):
+    for j in range(S):
         upper[a(j)] = L - 1
-        upper[m(j)] = L if s.max_blocks is None else min(L, s.max_blocks)
+        upper[m(j)] = hostable_blocks(problem, j)
     for r in range(nr):
         for li in range(nl):
             integrality[f(r, li)] = 1
@@ -123,8 +136,7 @@ def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0)
                bounds=Bounds(np.zeros(n_var), upper), options={"time_limit": time_limit_s})
     if res.x is None:
         if res.status == 2:
-            raise InfeasiblePlacementError(L, float("nan"), "the MILP proved that no placement serves all "
-                                           f"{nr} request(s)")
+            raise infeasible_error(problem, nr)
         raise RuntimeError(f"MILP found no solution within {time_limit_s} s "
                            f"(status {res.status}: {res.message})")
     x = np.round(res.x).astype(int)
