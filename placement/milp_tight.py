@@ -219,6 +219,8 @@ def solve_tight(problem: Problem, clients: list[int], time_limit_s: float = 30.0
     """Solve the block-indexed BPRR model with HiGHS; ``warm_start`` hands it CG-BPRR's solution when CG-BPRR
     finds one. ``trace`` (if given) receives (seconds, objective, dual bound) as HiGHS improves either."""
     model = build_tight(problem, clients, symmetry=symmetry, cuts=cuts)
+    if not model.servers:  # no server can hold a block: nothing for HiGHS to search
+        raise infeasible_error(problem, len(clients))
     start = None
     if warm_start:
         start = cg_bprr_start(model, problem, clients)
