@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import CONF_DIR, register_schema
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentFailedError, ExperimentResult
 from harness.results import write_result
 
 log = logging.getLogger("coldstart")
@@ -25,6 +25,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     experiment = instantiate(cfg.experiment.run)
     result: ExperimentResult = experiment(cfg, out_dir)
     write_result(out_dir, result)
+    if result.failure:
+        raise ExperimentFailedError(f"experiment {cfg.experiment.name} produced no results: {result.failure} "
+                                    f"(tables in {out_dir})")
     figures: list[Path] = []
     if cfg.experiment.get("plot") is not None:
         plot = instantiate(cfg.experiment.plot)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.placement.scenario import SCENARIO_KEYS, Policy, auto_concurrency, run_policy, summarize
-from harness.config import check_args, listed
+from harness.config import ConfigError, check_args, listed, options
 from harness.experiment import ExperimentResult
 from placement.base import InfeasiblePlacementError, Network, NoRouteError, Problem
 from placement.catalog import block_model
@@ -115,7 +115,12 @@ def _grid(cfg: DictConfig) -> DictConfig:
     b = OmegaConf.create(OmegaConf.to_container(cfg.bprr, resolve=True))
     assert isinstance(b, DictConfig)
     if cfg.get("smoke", False):
-        b.merge_with(b.get("smoke_overrides") or {})
+        shrink = b.get("smoke_overrides") or {}
+        replaced = {k: (b.get(k), v) for k, v in shrink.items() if b.get(k) != v}
+        if replaced:
+            log.info("smoke=true shrinks the grid: %s", ", ".join(f"bprr.{k}: {old} -> {new}"
+                                                                 for k, (old, new) in replaced.items()))
+        b.merge_with(shrink)
     validate_bprr(b)
     return b
 
@@ -231,7 +236,17 @@ def _result(
         "failures": failures,
         **(extra or {}),
     }
-    return ExperimentResult(tables=tables, documents={"bprr": OmegaConf.to_container(b)})  # type: ignore[dict-item]
+    return ExperimentResult(tables=tables, documents={"bprr": OmegaConf.to_container(b)},  # type: ignore[dict-item]
+                            failure=None if len(requests) else nothing_served(failures))
+
+
+def nothing_served(failures: pd.DataFrame) -> str:
+    """The reason a run served no request: every distinct error of its failure rows (or that it had no cells)."""
+    if not len(failures):
+        return "the grid has no cells (no policies, clients or runs)"
+    errors = failures.groupby(["error_type", "error"], sort=False).size().reset_index(name="n")
+    lines = [f"{r.n}× {r.error_type}: {r.error}" for r in errors.itertuples()]
+    return f"every one of the {len(failures)} (cell, policy) pairs failed: " + " | ".join(lines)
 
 
 def run_bprr_clustered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
@@ -253,6 +268,12 @@ def run_bprr_clustered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
 
 def run_bprr_scattered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Topology Zoo graphs: C random servers (fraction η A100), one random client, per Monte Carlo run."""
+    known = options("topology")
+    # Checked on the list as typed, before smoke=true shrinks it: an unknown name must not pass unnoticed.
+    unknown = [str(n) for n in cfg.bprr.topologies if str(n) not in known]
+    if unknown:
+        raise ConfigError(f"bprr.topologies={list(cfg.bprr.topologies)}: {unknown} not a topology option; "
+                          f"choose from {known}")
     b = _grid(cfg)
     networks = []
     check_policies(cfg, b.policies, {"topology": [str(n) for n in b.topologies]})

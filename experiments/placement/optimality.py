@@ -63,4 +63,6 @@ def run_bprr_optimality(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         "cg_bprr_infeasible": int((df["status"] == "cg_bprr_infeasible").sum()),
         "cg_bprr_optimal_share": float((ok["gap_pct"] < 1e-6).mean()) if len(ok) else np.nan,
         "milp_time_s_mean": ok["milp_time_s"].mean() if len(ok) else np.nan}])
-    return ExperimentResult(tables={"instances": df, "summary": summary})
+    failure = None if len(ok) else (f"none of the {n} instances was solved by both the MILP and CG-BPRR "
+                                    f"(statuses: {df['status'].value_counts().to_dict()})")
+    return ExperimentResult(tables={"instances": df, "summary": summary}, failure=failure)

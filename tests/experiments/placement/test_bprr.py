@@ -157,3 +157,23 @@ def test_cell_with_no_placement_even_for_one_request_fails_per_policy(tmp_path: 
     assert set(failures["design_concurrency"]) == {1}
     assert tables["requests"].empty
     assert tables["table3"].empty
+
+
+def test_a_run_that_serves_nothing_exits_with_the_reason(tmp_path: Path) -> None:
+    from harness.experiment import ExperimentFailedError
+    from harness.run import run_experiment
+
+    # One server cannot hold BLOOM's 70 blocks: every policy of every cell fails.
+    cfg = _compose(["experiment=bprr_scattered", "smoke=true", "bprr.num_servers=1", "logger=none"])
+    with pytest.raises(ExperimentFailedError, match="InfeasiblePlacementError") as info:
+        run_experiment(cfg, tmp_path)
+    assert str(tmp_path) in str(info.value)
+    assert len(pd.read_parquet(tmp_path / "failures.parquet")) == 4  # the reasons are kept as rows too
+
+
+def test_smoke_does_not_hide_an_unknown_topology(tmp_path: Path) -> None:
+    from harness.config import ConfigError
+
+    cfg = _compose(["experiment=bprr_scattered", "smoke=true", "bprr.topologies=[abvt,nosuch]"])
+    with pytest.raises(ConfigError, match="nosuch"):
+        instantiate(cfg.experiment.run)(cfg, tmp_path)
