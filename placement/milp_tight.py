@@ -134,9 +134,11 @@ def build_tight(problem: Problem, clients: list[int], symmetry: bool = True, cut
                 add([(g(c, k, b), 1.0), (p(c, k, b), -1.0)] + ([(p(c, k, b - 1), 1.0)] if b else []), 0, np.inf)
                 if b + 1 < L:  # a hop runs to the end of the window (Lemma 1)
                     add([(p(c, k, b), 1.0), (p(c, k, b + 1), -1.0), (h(k, b + 1), float(n))], -np.inf, n)
-            if cuts:  # a hop on j processes at most j's largest window that still leaves room for a session
-                add([(p(c, k, b), 1.0) for b in range(L)] + [(g(c, k, b), -float(serve_caps[k])) for b in range(L)],
-                    -np.inf, 0)
+            if cuts:  # a hop on j runs at most j's largest window that leaves room for a session (cap), so each
+                # request running block b on j entered j at one of the blocks b − cap + 1 … b
+                for b in range(L):
+                    add([(p(c, k, b), 1.0)] + [(g(c, k, e), -1.0) for e in range(max(0, b - serve_caps[k] + 1), b + 1)],
+                        -np.inf, 0)
         if cuts:  # every route needs at least K_min hops
             add([(g(c, k, b), 1.0) for k in range(S) for b in range(L)], n * min_hops(serve_caps, L), np.inf)
     if symmetry:
