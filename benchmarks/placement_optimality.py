@@ -94,7 +94,11 @@ def plot(traces: pd.DataFrame, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = sorted({(str(t), int(r)) for t, r in zip(traces["testbed"], traces["requests"], strict=True)})
+    # Only the cases several formulations solved or that stayed open: the others close at their first point.
+    last = traces.sort_values("time_s").groupby(["testbed", "requests", "formulation"])["gap"].last()
+    open_cases = {(t, r) for (t, r, _), gap in last.items() if gap > 1e-4}
+    several = traces.groupby(["testbed", "requests"])["formulation"].nunique()
+    cases = sorted({(str(t), int(r)) for (t, r), n in several.items() if n > 1 or (t, r) in open_cases})
     fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.4), squeeze=False)
     for ax, (testbed, requests) in zip(axes[0], cases, strict=True):
         sub = traces[(traces["testbed"] == testbed) & (traces["requests"] == requests)]
@@ -111,18 +115,31 @@ def plot(traces: pd.DataFrame, out: Path) -> None:
     fig.savefig(out / "time_to_gap.png", dpi=120)
 
 
+def highs_label() -> str:
+    """Which HiGHS bindings ran: ``highspy``, scipy's vendored copy, or scipy.optimize.milp."""
+    module = highs_module()
+    if module is None:
+        return "scipy.optimize.milp"
+    version = ".".join(str(getattr(module, f"HIGHS_VERSION_{p}", "?")) for p in ("MAJOR", "MINOR", "PATCH"))
+    return f"{module.__name__.split('.')[0] if module.__name__.startswith('highspy') else 'scipy-vendored'} " \
+        f"HiGHS {version}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("results/runs/bprr_optimality_testbeds"))
     parser.add_argument("--time-limit-s", type=float, default=120.0)
     parser.add_argument("--requests", default="2,10,20,40,80", help="|R| values pushed on each clustered testbed")
     parser.add_argument("--skip-old", action="store_true", help="skip the old formulation (it stops at the limit)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw time_to_gap.png from --out/traces.csv")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(pd.read_csv(args.out / "traces.csv"), args.out)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     env = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "cpu_count": os.cpu_count(),
            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-           "highs": "highspy" if highs_module() is not None and "highspy" in highs_module().__name__ else
-           "scipy-vendored HiGHS", "load_avg_start": os.getloadavg()}
+           "highs": highs_label(), "load_avg_start": os.getloadavg()}
     import scipy
 
     env["scipy"] = scipy.__version__
