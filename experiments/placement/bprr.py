@@ -290,10 +290,10 @@ def run_bprr_scattered(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Topology Zoo graphs: C random servers (fraction η A100), one random client, per Monte Carlo run."""
     known = options("topology")
     # Checked on the list as typed, before smoke=true shrinks it: an unknown name must not pass unnoticed.
-    unknown = [str(n) for n in cfg.bprr.topologies if str(n) not in known]
-    if unknown:
-        raise ConfigError(f"bprr.topologies={list(cfg.bprr.topologies)}: {unknown} not a topology option; "
-                          f"choose from {known}")
+    for name in (str(n) for n in cfg.bprr.topologies):
+        if name not in known:
+            raise ConfigError(f"topology={name!r} is not an option; choose one of {known} "
+                              f"(bprr.topologies={list(cfg.bprr.topologies)})")
     b = _grid(cfg)
     networks = []
     check_policies(cfg, b.policies, {"topology": [str(n) for n in b.topologies]})

@@ -127,7 +127,7 @@ def test_bad_bprr_keys_are_named_before_anything_runs(tmp_path: Path, override: 
 
 
 def test_unknown_scattered_topology_names_the_options(tmp_path: Path) -> None:
-    # No smoke=true here: its overrides reset bprr.topologies. The check fires before anything simulates.
+    # The check fires before anything simulates (with smoke=true too: test_smoke_does_not_hide_...).
     cfg = _compose(["experiment=bprr_scattered", "bprr.topologies=[abvt,nowhere]"])
     with pytest.raises(ValueError, match=r"topology='nowhere' is not an option; choose one of .*gtsce"):
         instantiate(cfg.experiment.run)(cfg, tmp_path)
