@@ -22,6 +22,13 @@ class ExperimentResult:
 
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Set when the run measured nothing (e.g. every cell infeasible): the runner writes the tables (the failures
+    # say why), then raises ExperimentFailedError with this reason, so the command exits non-zero.
+    failure: str | None = None
+
+
+class ExperimentFailedError(RuntimeError):
+    """An experiment ran but produced no result rows; the message is its reason and where the tables are."""
 
 
 class PartialResult(Exception):

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import CONF_DIR, ConfigError, register_schema
-from harness.experiment import ExperimentResult, PartialResult
+from harness.experiment import ExperimentFailedError, ExperimentResult, PartialResult
 from harness.loggers.base import Logger
 from harness.results import write_json, write_result
 from harness.summary import console_table, objective
@@ -101,6 +101,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             log.error("stopped early (%r): writing what was measured", partial.cause)
             _finish(cfg, out_dir, partial.result, sink, False, repr(partial.cause))
             raise partial.cause from None
+        if result.failure:  # it ran but measured nothing (every cell infeasible): tables say why, exit non-zero
+            _finish(cfg, out_dir, result, sink, False, result.failure)
+            raise ExperimentFailedError(f"experiment {cfg.experiment.name} produced no results: {result.failure} "
+                                        f"(tables in {out_dir})")
         status = _finish(cfg, out_dir, result, sink, True, "")
         result.documents["status"] = status
         exit_code = 0
@@ -113,7 +117,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     except BaseException as exc:
         if not (out_dir / "status.json").exists():
             write_json(out_dir / "status.json", _status(False, repr(exc)))
-        if not isinstance(exc, ValueError):  # configuration errors are one line (see _main); the rest in full
+        if not isinstance(exc, ValueError | ExperimentFailedError):  # one line each (see _main); the rest in full
             log.exception("run failed: %r", exc)
         raise
     finally:
@@ -134,6 +138,11 @@ def _main(cfg: DictConfig) -> float:
             raise
         log.error("%s: %s (HYDRA_FULL_ERROR=1 shows the traceback)", type(exc).__name__, exc)
         sys.exit(2)
+    except ExperimentFailedError as exc:  # it ran and wrote its tables, but nothing was measured: say why
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", exc)
+        sys.exit(1)
     finally:
         repeats = max((f.repeats() for f in filters), default=0)
         if repeats:

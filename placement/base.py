@@ -14,13 +14,15 @@ GIB = 2**30
 class InfeasiblePlacementError(RuntimeError):
     """Server memory cannot cover all L blocks for the design concurrency |R|."""
 
-    def __init__(self, shortfall_blocks: int, shortfall_gb: float, detail: str = "") -> None:
+    DEFAULT_FIX = "add servers, lower the design concurrency |R| or the output length l_max"
+
+    def __init__(self, shortfall_blocks: int, shortfall_gb: float, detail: str = "", fix: str | None = None) -> None:
         self.shortfall_blocks = shortfall_blocks
         self.shortfall_gb = shortfall_gb
+        self.fix = fix or self.DEFAULT_FIX
         super().__init__(
             f"infeasible placement: {shortfall_blocks} block(s) short, about {shortfall_gb:.3f} GB of server "
-            f"memory missing{'; ' + detail if detail else ''}. Fix: add servers, lower the design "
-            f"concurrency |R| or the output length l_max."
+            f"memory missing{'; ' + detail if detail else ''}. Fix: {self.fix}."
         )
 
 

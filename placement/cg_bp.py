@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from placement.base import InfeasiblePlacementError, Placement, Problem
-from placement.perf import amortized_block_s
+from placement.perf import amortized_block_s, infeasible_placement
 from placement.petals import lex_smallest_window
 
 
@@ -72,8 +72,8 @@ def check_counts_feasible(problem: Problem, counts: list[int]) -> None:
     if total < problem.num_blocks:
         short = problem.num_blocks - total
         per_block = problem.model.block_gb + problem.cache_gb * problem.design_concurrency
-        raise InfeasiblePlacementError(short, short * per_block,
-                                       f"servers hold {total} blocks at |R|={problem.design_concurrency}")
+        raise infeasible_placement(problem, f"servers hold {total} blocks at |R|={problem.design_concurrency}",
+                                   short, short * per_block)
 
 
 def amortized_order(problem: Problem, counts: list[int]) -> list[int]:

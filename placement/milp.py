@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from placement.base import Hop, InfeasiblePlacementError, Placement, Problem, Route
 from placement.cg_bp import leftover_cache_slots
+from placement.perf import hostable_blocks, infeasible_placement
+from placement.solver import MilpModel, solve_model
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,18 @@ def request_clients(problem: Problem) -> list[int]:
     return [r % n for r in range(problem.design_concurrency)]
 
 
-def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0) -> MilpSolution:
+def infeasible_error(problem: Problem, num_requests: int) -> InfeasiblePlacementError:
+    """The MILP proved that no placement serves the requests: the error with the shortfall and the right fix."""
+    detail = f"the MILP proved that no placement serves all {num_requests} request(s)"
+    err = infeasible_placement(problem, detail)
+    if err.shortfall_blocks == 0 and err.shortfall_gb == 0:
+        err = infeasible_placement(problem, detail + " (memory suffices in total, but not once split into "
+                                   "contiguous windows, max_blocks and per-server cache)")
+    return err
+
+
+def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0, mip_rel_gap: float = 1e-4,
+               trace: list[tuple[float, float, float]] | None = None) -> MilpSolution:
     """Minimize Σ_r Σ_(i,j) [t_{c_r j} f^r_ij + τ_j k^r_ij] (the paper's objective / l_max).
 
     Variables: a_j, m_j (integers), f^r_ij (binary, i ∈ client ∪ S, j ∈ S ∪ end) and w^r_ij ≥ k_ij − M(1 − f)
@@ -105,28 +117,28 @@ def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0)
         terms = {m(j): problem.model.block_gb}
         for r in range(nr):
             terms.update({w(r, li): problem.cache_gb for li, (_, k) in enumerate(links) if k == j})
-        add(terms, -np.inf, problem.usable_mem_gb(j))
+        # A server whose memory is below the runtime reserve hosts nothing (m_j ≤ 0 below), so its row must
+        # not go negative: M_j⁺.
+        add(terms, -np.inf, max(problem.usable_mem_gb(j), 0.0))
 
     integrality = np.zeros(n_var)
     integrality[: 2 * S] = 1
     upper = np.full(n_var, np.inf)
-    for j, s in enumerate(problem.network.servers):
+    for j in range(S):
         upper[a(j)] = L - 1
-        upper[m(j)] = L if s.max_blocks is None else min(L, s.max_blocks)
+        upper[m(j)] = hostable_blocks(problem, j)
     for r in range(nr):
         for li in range(nl):
             integrality[f(r, li)] = 1
             upper[f(r, li)] = 1
             upper[w(r, li)] = L
     matrix = coo_matrix((vals, (rows, cols)), shape=(len(lo), n_var)).tocsr()
-    res = milp(cost, constraints=LinearConstraint(matrix, lo, hi), integrality=integrality,
-               bounds=Bounds(np.zeros(n_var), upper), options={"time_limit": time_limit_s})
+    model = MilpModel(cost, matrix, np.array(lo), np.array(hi), integrality, np.zeros(n_var), upper)
+    res = solve_model(model, time_limit_s, mip_rel_gap, trace=trace)
     if res.x is None:
-        if res.status == 2:
-            raise InfeasiblePlacementError(L, float("nan"), "the MILP proved that no placement serves all "
-                                           f"{nr} request(s)")
-        raise RuntimeError(f"MILP found no solution within {time_limit_s} s "
-                           f"(status {res.status}: {res.message})")
+        if res.infeasible:
+            raise infeasible_error(problem, nr)
+        raise RuntimeError(f"MILP found no solution within {time_limit_s} s ({res.message})")
     x = np.round(res.x).astype(int)
     count = [int(x[m(j)]) for j in range(S)]
     start = [int(x[a(j)]) if count[j] else 0 for j in range(S)]
@@ -140,10 +152,7 @@ def solve_bprr(problem: Problem, clients: list[int], time_limit_s: float = 30.0)
             hops.append(Hop(node, pos, placement.end(node)))
             pos, node = placement.end(node), nxt[node]
         routes.append(Route(tuple(hops)))
-    bound = float(getattr(res, "mip_dual_bound", np.nan) or res.fun)
-    gap = float(getattr(res, "mip_gap", 0.0) or 0.0)
-    return MilpSolution(placement, tuple(routes), float(res.fun), bound, gap, res.status == 0,
-                        str(res.message))
+    return MilpSolution(placement, tuple(routes), res.objective, res.bound, res.gap, res.optimal, res.message)
 
 
 class MilpPlacement:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from placement.base import Hop, Placement, Problem, Route
+from placement.base import Hop, InfeasiblePlacementError, Placement, Problem, Route
 
 
 def link_feasible(prev_end: int, start_j: int, count_j: int) -> bool:
@@ -95,3 +95,41 @@ def theorem2_bound_s(problem: Problem, placement: Placement) -> float:
         if blocks >= problem.num_blocks:
             return total - problem.network.servers[j].tau_s * (blocks - problem.num_blocks)
     raise ValueError(f"placement hosts {blocks} blocks in total, fewer than L={problem.num_blocks}")
+
+
+def hostable_blocks(problem: Problem, j: int, sessions: int = 0) -> int:
+    """Most blocks server j can host with ``sessions`` block-sessions of cache (§III memory constraint):
+    min(L, max_blocks, ⌊(M_j − s_c·sessions)/s_m⌋); 0 when M_j is below that (a server whose memory is under the
+    runtime reserve hosts nothing)."""
+    server = problem.network.servers[j]
+    free = problem.usable_mem_gb(j) - problem.cache_gb * sessions
+    if free <= 0:
+        return 0
+    top = problem.num_blocks if server.max_blocks is None else min(problem.num_blocks, server.max_blocks)
+    return max(0, min(top, int(np.floor(free / problem.model.block_gb + 1e-9))))
+
+
+def infeasible_placement(problem: Problem, detail: str, shortfall_blocks: int | None = None,
+                         shortfall_gb: float | None = None) -> InfeasiblePlacementError:
+    """InfeasiblePlacementError with the shortfall and the fix that can work.
+
+    Defaults: blocks no server can hold even with one session on them, and the memory every placement needs at
+    least (L·s_m + |R|·L·s_c) minus the servers' usable memory. When no server can hold a single block with one
+    session, more servers of the same kinds or a lower |R| cannot help: the fix names the memory a server needs.
+    """
+    L, R = problem.num_blocks, problem.design_concurrency
+    servers = range(len(problem.network.servers))
+    if shortfall_blocks is None:
+        shortfall_blocks = max(0, L - sum(hostable_blocks(problem, j, sessions=1) for j in servers))
+    if shortfall_gb is None:
+        have = sum(max(problem.usable_mem_gb(j), 0.0) for j in servers)
+        shortfall_gb = max(0.0, L * problem.model.block_gb + R * L * problem.cache_gb - have)
+    fix = None
+    if all(hostable_blocks(problem, j, sessions=1) == 0 for j in servers):
+        one = problem.model.block_gb + problem.cache_gb
+        best = max(problem.network.servers, key=lambda s: s.mem_gb)
+        fix = (f"no server can hold a single block: one block with one session needs s_m + s_c = {one:.3f} GB "
+               f"plus the runtime reserve {problem.model.reserve_gb:.3f} GB, i.e. {one + problem.model.reserve_gb:.3f}"
+               f" GB, and the largest server ({best.name}) has {best.mem_gb:.3f} GB; use servers with more memory "
+               f"or a smaller block (fewer weight bits)")
+    return InfeasiblePlacementError(shortfall_blocks, shortfall_gb, detail, fix)

@@ -17,6 +17,11 @@ from placement.catalog import server_types
 def read_graph(path: Path) -> tuple[list[str], list[tuple[int, int, float]]]:
     """Parse ``NODES n`` / header / n nodes, ``EDGES e`` / header / e ``label src dest weight bw delay``
     lines."""
+    if not path.is_file():
+        # One message argument: Hydra's instantiate error shows only repr(args), which for OSError(errno, text)
+        # would drop the file name.
+        raise FileNotFoundError(f"{path}: topology graph file not found (topology.path or topology.file); "
+                                f"give an existing Repetita-format .graph file")
     lines = path.read_text().splitlines()
 
     def expect_count(idx: int, word: str) -> int:

@@ -93,10 +93,17 @@ def summarize(requests: pd.DataFrame, placements: pd.DataFrame) -> pd.DataFrame:
     """Per (policy = placement + routing, scenario keys): mean per-token time, TTFT, wait, over requests and
     Monte Carlo runs."""
     keys = [k for k in ("policy", "placement", "routing", *SCENARIO_KEYS) if k in requests.columns]
+    # The authors' allocation delay is pure latency at arrival: its share of per_token_s is delay / l_max.
+    l_max = requests.get("max_tokens", np.nan)  # a label column; absent in bare runs
+    delay_share = (requests["allocation_delay_s"] / l_max).where(requests["allocation_delay_s"] > 0, 0.0)
+    requests = requests.assign(per_token_delay_s=delay_share,
+                               per_token_no_delay_s=requests["per_token_s"] - delay_share)
     agg = (
         requests.groupby(keys, dropna=False)
         .agg(
             per_token_s_mean=("per_token_s", "mean"),
+            per_token_no_delay_s_mean=("per_token_no_delay_s", "mean"),
+            per_token_delay_s_mean=("per_token_delay_s", "mean"),
             ttft_s_mean=("ttft_s", "mean"),
             wait_s_mean=("wait_s", "mean"),
             per_token_s_p95=("per_token_s", lambda s: float(np.quantile(s, 0.95))),

@@ -90,3 +90,11 @@ def test_bad_arguments_name_the_key() -> None:
         TopologyZooTopology(num_servers=0)
     with pytest.raises(ValueError, match="a100_type='h100'"):
         TopologyZooTopology(a100_type="h100")
+
+
+def test_a_missing_graph_file_names_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.graph"
+    with pytest.raises(FileNotFoundError) as info:
+        TopologyZooTopology(path=str(missing))
+    assert str(missing) in str(info.value)
+    assert str(missing) in repr(info.value)  # what Hydra's instantiate error shows

@@ -127,7 +127,7 @@ def test_bad_bprr_keys_are_named_before_anything_runs(tmp_path: Path, override: 
 
 
 def test_unknown_scattered_topology_names_the_options(tmp_path: Path) -> None:
-    # No smoke=true here: its overrides reset bprr.topologies. The check fires before anything simulates.
+    # The check fires before anything simulates (with smoke=true too: test_smoke_does_not_hide_...).
     cfg = _compose(["experiment=bprr_scattered", "bprr.topologies=[abvt,nowhere]"])
     with pytest.raises(ValueError, match=r"topology='nowhere' is not an option; choose one of .*gtsce"):
         instantiate(cfg.experiment.run)(cfg, tmp_path)
@@ -157,3 +157,52 @@ def test_cell_with_no_placement_even_for_one_request_fails_per_policy(tmp_path: 
     assert set(failures["design_concurrency"]) == {1}
     assert tables["requests"].empty
     assert tables["table3"].empty
+
+
+def test_a_run_that_serves_nothing_exits_with_the_reason(tmp_path: Path) -> None:
+    from harness.experiment import ExperimentFailedError
+    from harness.run import run_experiment
+
+    # One server cannot hold BLOOM's 70 blocks: every policy of every cell fails.
+    cfg = _compose(["experiment=bprr_scattered", "smoke=true", "bprr.num_servers=1", "logger=none"])
+    with pytest.raises(ExperimentFailedError, match="InfeasiblePlacementError") as info:
+        run_experiment(cfg, tmp_path)
+    assert str(tmp_path) in str(info.value)
+    assert len(pd.read_parquet(tmp_path / "failures.parquet")) == 4  # the reasons are kept as rows too
+
+
+def test_smoke_does_not_hide_an_unknown_topology(tmp_path: Path) -> None:
+    from harness.config import ConfigError
+
+    cfg = _compose(["experiment=bprr_scattered", "smoke=true", "bprr.topologies=[abvt,nosuch]"])
+    with pytest.raises(ConfigError, match="nosuch"):
+        instantiate(cfg.experiment.run)(cfg, tmp_path)
+
+
+def test_table3_splits_each_reduction_into_algorithm_and_delays() -> None:
+    from experiments.placement.bprr import table3
+
+    cell = {"client_group": 0, "arrival_rate_per_s": 0.1, "max_tokens": 64}
+    rows = []
+    for on in (False, True):
+        for policy, base, delay in (("petals", 1.0, 250.0), ("cg_bp+ws_rr", 0.5, 60.0)):
+            rows.append({**cell, "allocation_delays": on, "policy": policy,
+                         "per_token_s_mean": base + (delay / 64 if on else 0.0)})
+    t = table3(pd.DataFrame(rows), "petals", "cg_bp+ws_rr", (250.0, 60.0)).set_index("allocation_delays")
+    assert t.loc[False, "algorithm_reduction_pct"] == pytest.approx(50.0)
+    assert t.loc[True, "algorithm_reduction_pct"] == pytest.approx(50.0)  # the delays removed, the same gain
+    assert t.loc[False, "delay_only_reduction_pct"] == pytest.approx(0.0)
+    assert t.loc[True, "delay_only_reduction_pct"] == pytest.approx(100 * (1 - (1 + 60 / 64) / (1 + 250 / 64)))
+    assert t.loc[True, "reduction_pct"] > t.loc[True, "algorithm_reduction_pct"]
+    assert (t.loc[True, "delay_petals_s"], t.loc[True, "delay_proposed_s"]) == (250.0, 60.0)
+
+
+def test_summary_separates_the_delay_share_of_the_per_token_time() -> None:
+    from experiments.placement.scenario import summarize
+
+    requests = pd.DataFrame({"policy": ["p", "p"], "scenario": ["s", "s"], "max_tokens": [64, 64],
+                             "per_token_s": [2.0, 3.0], "allocation_delay_s": [64.0, 64.0], "ttft_s": [1.0, 1.0],
+                             "wait_s": [0.0, 0.0], "request_id": [0, 1], "run": [0, 0]})
+    out = summarize(requests, pd.DataFrame({"policy": ["p"], "scenario": ["s"], "max_tokens": [64]})).iloc[0]
+    assert out["per_token_delay_s_mean"] == pytest.approx(1.0)
+    assert out["per_token_no_delay_s_mean"] == pytest.approx(1.5)
