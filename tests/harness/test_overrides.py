@@ -84,3 +84,16 @@ def test_an_override_nothing_reads_fails_the_run(tmp_path: Path, overrides: list
                          text=True, env=env, timeout=120)
     assert out.returncode == 2
     assert message in out.stdout + out.stderr, (out.stdout + out.stderr)[-2000:]
+
+
+def test_model_args_reach_each_cell_of_a_model_ladder() -> None:
+    """sllm_loading: ``model_args.<model>`` changes that model's cell config, not the others'."""
+    from experiments.loading.suite import cell_config
+
+    cfg = compose_config(["experiment=sllm_loading", "models=[tiny-opt,tiny-llama]",
+                          "model_args.tiny-opt.hf_config.num_hidden_layers=1"])
+    check_args(cfg, {"model": ["tiny-opt", "tiny-llama"], "loader": list(cfg.loaders)})
+    assert cell_config(cfg, "tiny-opt", "fp16").model.hf_config.num_hidden_layers == 1
+    assert cell_config(cfg, "tiny-llama", "fp16").model.hf_config.num_hidden_layers == \
+        option("model", "tiny-llama").hf_config.num_hidden_layers
+    assert option("model", "tiny-opt").hf_config.num_hidden_layers != 1
