@@ -84,9 +84,7 @@ class TierOps:
                 self._dram(server, "stage", path)
             else:  # this load must not be served by a DRAM copy
                 self._dram(server, "unstage", path)
-                server.dram.items.pop(model, None)
-                server.dram.used_bytes = sum(server.dram.items.values())
-                server.dram._names = None
+                server.dram.discard(model)
         return path, download_s
 
     def after_load(self, server: LiveServer, model: str, cache_to: tuple[str, ...]) -> None:

@@ -188,3 +188,14 @@ print(peak - base, ck.total_bytes)
         growth, total = map(int, out.stdout.split())
         assert total > 450e6
         assert growth < 0.5 * total, f"{fmt}: RSS grew {growth / 1e6:.0f} MB writing {total / 1e6:.0f} MB"
+
+
+def test_every_format_a_loader_reads_is_one_the_store_writes() -> None:
+    """FORMAT_WRITERS is the one list: a loader naming a format outside it would never get a checkpoint."""
+    from harness.checkpoints import FORMAT_WRITERS
+    from harness.config import instantiate_option, options
+
+    for name in options("loader"):
+        formats = instantiate_option("loader", name).formats
+        assert formats, name
+        assert set(formats) <= set(FORMAT_WRITERS), (name, formats)
