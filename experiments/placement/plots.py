@@ -103,7 +103,7 @@ def plot_bprr(run_dir: Path) -> list[Path]:
     ``table3``: ours vs paper (table3.parquet or .csv)."""
     out: list[Path] = []
     summary_path = run_dir / "summary.csv"
-    if summary_path.exists():
+    if summary_path.exists() and summary_path.stat().st_size > 1:  # a grid where every policy failed: no columns
         summary = pd.read_csv(summary_path)
         if len(summary):
             out += per_token_figure(summary, style.read_table(run_dir, "requests"), run_dir / "per_token_s")

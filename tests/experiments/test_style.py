@@ -38,9 +38,10 @@ def test_spread_prefers_exact_quartiles_of_the_trials_then_the_summary_iqr() -> 
     trials = pd.DataFrame({"loader": ["a"] * 5 + ["b"] * 5, "ok": True,
                            "load_s": [1, 2, 2, 3, 4, 8, 9, 10, 12, 20]})
     lo, hi, note = style.spread(rows, "load_s", ["loader"], trials)
-    assert list(lo) == [2.0, 9.0] and list(hi) == [3.0, 12.0] and "trials" in note
+    assert (list(lo), list(hi)) == ([2.0, 9.0], [3.0, 12.0])
+    assert "trials" in note
     lo, hi, note = style.spread(rows, "load_s", ["loader"], None, center="load_s_median")
-    assert list(lo) == [1.5, 8.0] and list(hi) == [3.0, 12.0]  # cut at min, centred otherwise
+    assert (list(lo), list(hi)) == ([1.5, 8.0], [3.0, 12.0])  # cut at min, centred otherwise
     assert "no quartiles" in note
 
 
