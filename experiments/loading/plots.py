@@ -3,68 +3,124 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
+from matplotlib.axes import Axes
 
-from experiments.loading.metrics import PHASES
+from experiments import style
+from experiments.loading.metrics import CELL_KEYS, PHASES, summarize_trials
 
-PHASE_LABELS = {"t_imports_s": "imports", "t_device_init_s": "device init", "t_weights_s": "weights",
-                "t_model_build_s": "model build", "t_first_token_s": "first token"}
+STATE_ORDER = ("cold", "warm", "hot")
+CEILING_NOTE = "dashed: time to move the bytes at the cache state's ceiling (bytes ÷ ceiling GB/s)"
+NA_NOTE = "n/a: no successful trial (e.g. the loader has no such tier)"
 
 
-def _breakdown(ax: plt.Axes, ok: pd.DataFrame) -> None:
-    med = ok.groupby(["loader", "cache_state"])[PHASES].median().reset_index()
-    med["cell"] = med["loader"] + "\n" + med["cache_state"]
+def states(rows: pd.DataFrame) -> list[str]:
+    """The cache states present, cold → warm → hot first."""
+    present = list(dict.fromkeys(rows["cache_state"]))
+    return [s for s in STATE_ORDER if s in present] + [s for s in present if s not in STATE_ORDER]
+
+
+def time_panels(axes: list[Axes], rows: pd.DataFrame, x: str, hue: str, metric: str,
+                trials: pd.DataFrame | None, *, order: list[object], hue_order: list[object],
+                ceilings: bool) -> tuple[pd.DataFrame, str]:
+    """One panel per cache state of ``<metric>_median`` per ``x`` and ``hue`` (IQR bars, n, ceiling per x group).
+
+    Returns the plotted rows (with ``cache_state``) and the note saying what the error bars are.
+    """
+    keys = [k for k in CELL_KEYS if k in rows.columns and (trials is None or k in trials.columns)]
+    lo, hi, note = style.spread(rows, metric, keys, trials, center=f"{metric}_median")
+    frames = []
+    for ax, state in zip(axes, states(rows), strict=False):
+        part = rows[rows["cache_state"] == state]
+        plotted = style.bars(ax, part, x, hue, f"{metric}_median", lo=lo.loc[part.index], hi=hi.loc[part.index],
+                             n="n", order=order, hue_order=hue_order)
+        frames.append(plotted.assign(cache_state=state))
+        ax.set_title(f"{state} cache")
+        if ceilings and "ceiling_gbps_median" in part.columns:
+            ok = part[part["n"] > 0]
+            for i, xv in enumerate(order):
+                cell = ok[ok[x] == xv]
+                gbps = cell["ceiling_gbps_median"].median()
+                if len(cell) and pd.notna(gbps) and gbps > 0:
+                    style.ceiling(ax, float(cell["bytes"].median() / (gbps * 1e9)), i - 0.45, i + 0.45)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), note
+
+
+def _breakdown(ax: Axes, ok: pd.DataFrame) -> pd.DataFrame:
+    """Median of each phase per loader and cache state, stacked (medians of phases need not sum to a median)."""
+    med = ok.groupby(["loader", "cache_state"], sort=False)[PHASES].median().reset_index()
+    med["order"] = med["cache_state"].map({s: k for k, s in enumerate(STATE_ORDER)}).fillna(len(STATE_ORDER))
+    med = med.sort_values(["loader", "order"]).reset_index(drop=True)
+    cells = (med["loader"] + "\n" + med["cache_state"]).tolist()
     bottom = pd.Series(0.0, index=med.index)
-    colors = sns.color_palette("muted", len(PHASES))
-    for phase, color in zip(PHASES, colors, strict=True):
-        ax.bar(med["cell"], med[phase], bottom=bottom, label=PHASE_LABELS[phase], color=color)
-        bottom += med[phase]
-    ax.set_ylabel("median time (s)")
-    ax.set_title("cold-start breakdown (fresh process → first token)")
-    ax.legend(fontsize=8)
-    ax.tick_params(axis="x", labelsize=8, labelrotation=30)
+    for phase in PHASES:
+        ax.bar(range(len(cells)), med[phase], bottom=bottom, label=style.label(phase), color=style.color(phase),
+               edgecolor="white", linewidth=0.5)
+        bottom += med[phase].fillna(0)
+    ax.set_xticks(range(len(cells)), cells, fontsize=8)
+    ax.set_ylabel("median per phase (s)")
+    ax.set_title("cold-start breakdown, fresh process → first token (median of each phase)")
+    return med.drop(columns="order")
 
 
 def plot_loading(run_dir: Path) -> list[Path]:
-    """``loading.png``: load time per loader and cache state (bars: median, points: trials) and the breakdown."""
+    """``loading.png``: median load time per loader, one panel per cache state (IQR of trials, ceiling), and
+    the median phases of the cold start per loader and cache state."""
     trials = pd.read_parquet(run_dir / "trials.parquet")
     ok = trials[trials["ok"].astype(bool)]
     if ok.empty:
         return []
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    order = sorted(ok["loader"].unique())
-    sns.barplot(data=ok, x="loader", y="load_s", hue="cache_state", estimator="median", errorbar=("pi", 50),
-                order=order, ax=axes[0])
-    sns.stripplot(data=ok, x="loader", y="load_s", hue="cache_state", dodge=True, order=order, ax=axes[0],
-                  palette="dark:k", size=3, legend=False)
+    rows = summarize_trials(trials)
+    cache_states = states(rows)
+    loaders = sorted(rows["loader"].unique())
+    style.apply()
+    fig = plt.figure(figsize=(3.0 * len(cache_states) + 3.8, 7.0), layout="constrained")
+    layout: Any = [cache_states, ["breakdown"] * len(cache_states)]
+    mosaic = fig.subplot_mosaic(layout)
+    panels = [mosaic[s] for s in cache_states]
+    for ax in panels[1:]:
+        ax.sharey(panels[0])
+    plotted, note = time_panels(panels, rows, "loader", "loader", "load_s", trials, order=loaders,
+                                hue_order=loaders, ceilings=True)
+    style.log_if_wide(panels, [*plotted["load_s_median"], *plotted["err_hi"]])
+    panels[0].set_ylabel("median load time (s)")
+    for ax in panels:
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    phases = _breakdown(mosaic["breakdown"], ok)
     first = ok.iloc[0]
-    axes[0].set_title(f"load time, {first['model']} {first['dtype']} on {first['device']} "
-                      f"({first['bytes'] / 1e9:.2f} GB)")
-    axes[0].set_ylabel("load time (s), median and IQR")
-    _breakdown(axes[1], ok)
-    fig.tight_layout()
-    path = run_dir / "loading.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    size = style.fmt_bytes(first["bytes"])
+    fig.suptitle(f"Load time, {first['model']} {first['dtype']} on {first['device']} ({size})")
+    style.legend_outside(fig, [*panels, mosaic["breakdown"]],
+                         notes=[style.n_note(rows["n"]), note, CEILING_NOTE,
+                                NA_NOTE if (rows["n"] == 0).any() else ""])
+    plotted = pd.concat([plotted.assign(column="load_s_median"),
+                         phases.melt(id_vars=["loader", "cache_state"], var_name="column")], ignore_index=True)
+    return style.save(fig, run_dir / "loading", plotted)
 
 
-def plot_report(summary: pd.DataFrame, path: Path) -> Path:
-    """The sweep figure: median load time per model (and dtype) per loader, one panel per cache state."""
-    ok = summary[summary["n"] > 0].copy()
-    ok["model_dtype"] = ok["model"] + " " + ok["dtype"]
-    sns.set_theme(style="whitegrid")
-    grid = sns.catplot(data=ok, x="model_dtype", y="load_s_median", hue="loader", col="cache_state", kind="bar",
-                       height=4, aspect=1.3, sharey=False)
-    grid.set_axis_labels("model, dtype", "median load time (s)")
-    grid.figure.tight_layout()
-    grid.figure.savefig(path, dpi=120)
-    plt.close(grid.figure)
-    return path
+def plot_report(summary: pd.DataFrame, path: Path, trials: pd.DataFrame | None = None) -> list[Path]:
+    """The sweep figure: median load time per model and dtype per loader, one panel per cache state (shared y);
+    ``trials`` (optional) gives exact IQR bars. Writes ``path`` (PNG) and its PDF."""
+    rows = summary.copy()
+    if not (rows["n"] > 0).any():
+        return []
+    rows["model_dtype"] = rows["model"] + "\n" + rows["dtype"]
+    order = list(dict.fromkeys(rows.sort_values(["bytes", "model", "dtype"])["model_dtype"]))
+    loaders = sorted(rows["loader"].unique())
+    cache_states = states(rows)
+    fig, axes = style.figure(1, len(cache_states), width=2.4 + (1.2 + 0.5 * len(order)) * len(cache_states),
+                             height=3.8, sharey=True)
+    panels = list(axes[0])
+    plotted, note = time_panels(panels, rows, "model_dtype", "loader", "load_s", trials, order=order,
+                                hue_order=loaders, ceilings=True)
+    style.log_if_wide(panels, [*plotted["load_s_median"], *plotted["err_hi"]])
+    panels[0].set_ylabel("median load time (s)")
+    fig.supxlabel("model, dtype", fontsize=10)
+    fig.suptitle(f"Load time per model, dtype and loader ({', '.join(sorted(map(str, rows['device'].unique())))})")
+    style.legend_outside(fig, panels, title="loader",
+                         notes=[style.n_note(rows["n"]), note, CEILING_NOTE,
+                                NA_NOTE if (rows["n"] == 0).any() else ""])
+    return style.save(fig, path, plotted)

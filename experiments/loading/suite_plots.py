@@ -4,88 +4,130 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
+
+from experiments import style
+from experiments.loading.plots import CEILING_NOTE, NA_NOTE, states, time_panels
 
 
-def _ok_summary(run_dir: Path) -> pd.DataFrame:
-    summary = pd.read_csv(run_dir / "summary.csv")
-    return summary[summary["n"] > 0].copy()
+def _summary(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "summary.csv")
+
+
+def _na_note(rows: pd.DataFrame) -> str:
+    return NA_NOTE if (rows["n"] == 0).any() else ""
+
+
+def _one(rows: pd.DataFrame, column: str) -> str:
+    values = sorted(map(str, rows[column].dropna().unique()))
+    return values[0] if len(values) == 1 else ", ".join(values)
 
 
 def plot_per_model(run_dir: Path, name: str = "sllm_loading") -> list[Path]:
-    """``<name>.png``: median load time per model per loader, one panel per cache state (log scale)."""
-    ok = _ok_summary(run_dir)
-    if ok.empty:
+    """``<name>.png``: median load time per model per loader, one panel per cache state, one shared y axis."""
+    rows = _summary(run_dir)
+    if not (rows["n"] > 0).any():
         return []
-    ok["model"] = ok["model"] + "\n" + (ok["bytes"] / 1e9).map("{:.2f} GB".format)
-    sns.set_theme(style="whitegrid")
-    grid = sns.catplot(data=ok, x="model", y="load_s_median", hue="loader", col="cache_state", kind="bar",
-                       height=4, aspect=1.2, sharey=False)
-    grid.set(yscale="log")
-    for state, ax in grid.axes_dict.items():  # a log axis needs a visible floor, else bars start at an arbitrary cut
-        values = ok.loc[ok["cache_state"] == state, "load_s_median"]
-        if len(values):
-            ax.set_ylim(values.min() / 4, values.max() * 1.5)
-    grid.set_axis_labels("model", "median load time (s, log)")
-    device = ok["device"].iloc[0]
-    grid.figure.suptitle(f"load time per model per loader ({device}, {ok['dtype'].iloc[0]})", y=1.02)
-    path = run_dir / f"{name}.png"
-    grid.figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(grid.figure)
-    return [path]
+    trials = style.read_table(run_dir, "trials")
+    sizes = rows.groupby("model")["bytes"].median()
+    rows["model_size"] = rows["model"].map(lambda m: f"{m}\n{style.fmt_bytes(sizes[m])}")
+    if rows["dtype"].nunique() > 1:
+        rows["model_size"] = rows["model_size"] + " " + rows["dtype"]
+    order = list(dict.fromkeys(rows.sort_values("bytes")["model_size"]))
+    loaders = sorted(rows["loader"].unique())
+    cache_states = states(rows)
+    fig, axes = style.figure(1, len(cache_states), width=2.2 + 2.6 * len(cache_states) + 0.4 * len(order), height=3.6,
+                             sharey=True)
+    panels = list(axes[0])
+    plotted, note = time_panels(panels, rows, "model_size", "loader", "load_s", trials, order=order,
+                                hue_order=loaders, ceilings=True)
+    style.log_if_wide(panels, [*plotted["load_s_median"], *plotted["err_hi"]])
+    panels[0].set_ylabel("median load time (s)")
+    fig.supxlabel("model, checkpoint size", fontsize=10)
+    fig.suptitle(f"Load time per model and loader ({_one(rows, 'device')}, {_one(rows, 'dtype')})")
+    style.legend_outside(fig, panels, title="loader",
+                         notes=[style.n_note(rows["n"]), note, CEILING_NOTE, _na_note(rows)])
+    return style.save(fig, run_dir / name, plotted)
 
 
 def plot_calibrate(run_dir: Path) -> list[Path]:
+    """``calibrate.png``: the per-model figure of the calibration run."""
     return plot_per_model(run_dir, "calibrate")
 
 
 def plot_ablation(run_dir: Path) -> list[Path]:
     """``sllm_ablation.png``: load time after each optimization is switched on, and the cumulative speedup."""
-    gains = pd.read_parquet(run_dir / "gains.parquet")
-    if gains.empty:
+    gains = style.read_table(run_dir, "gains")
+    if gains is None or gains.empty:
         return []
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    order = list(dict.fromkeys(gains.sort_values("step")["loader"]))
-    sns.barplot(data=gains, x="loader", y="load_s_median", hue="cache_state", order=order, ax=axes[0])
-    axes[0].set_ylabel("median load time (s)")
-    axes[0].set_title("native loader, optimizations switched on one by one")
-    sns.lineplot(data=gains, x="step", y="speedup_vs_start", hue="cache_state", marker="o", ax=axes[1])
-    axes[1].set_xticks(range(len(order)), order)
-    axes[1].set_ylabel("speedup over the first step (×)")
-    axes[1].set_title("cumulative gain")
-    for ax in axes:
-        ax.tick_params(axis="x", labelrotation=25, labelsize=8)
-    fig.tight_layout()
-    path = run_dir / "sllm_ablation.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    rows = _summary(run_dir)
+    steps = list(dict.fromkeys(gains.sort_values("step")["loader"]))
+    rows = rows[rows["loader"].isin(steps)].copy()
+    trials = style.read_table(run_dir, "trials")
+    cache_states = states(rows)
+    fig, axes = style.figure(1, len(cache_states) + 1, width=3.0 * len(cache_states) + 4.2, height=3.8)
+    panels = list(axes[0][:-1])
+    for ax in panels[1:]:
+        ax.sharey(panels[0])
+    plotted, note = time_panels(panels, rows, "loader", "loader", "load_s", trials, order=steps,
+                                hue_order=steps, ceilings=True)
+    style.log_if_wide(panels, [*plotted["load_s_median"], *plotted["err_hi"]])
+    panels[0].set_ylabel("median load time (s)")
+    for ax in panels:
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    speed = axes[0][-1]
+    for state in cache_states:
+        g = gains[gains["cache_state"] == state].sort_values("step")
+        speed.plot(g["step"], g["speedup_vs_start"], marker="o", color=style.color(state), label=f"{state} cache")
+    speed.axhline(1.0, color="0.5", linewidth=0.8)
+    style.log_if_wide([speed], gains["speedup_vs_start"], ratio=10)
+    speed.set_xticks(range(len(steps)), steps, rotation=40, ha="right", fontsize=8)
+    speed.set_ylabel(style.label("speedup_vs_start"))
+    speed.set_title("cumulative speedup")
+    fig.suptitle(f"Native loader, optimizations switched on one by one ({_one(rows, 'model')} "
+                 f"{_one(rows, 'dtype')}, {_one(rows, 'device')})")
+    style.legend_outside(fig, [*panels, speed], notes=[style.n_note(rows["n"]), note, CEILING_NOTE, _na_note(rows)])
+    return style.save(fig, run_dir / "sllm_ablation", plotted)
 
 
 def plot_dtype_coldstart(run_dir: Path) -> list[Path]:
-    """``dtype_coldstart.png``: cold-start time (spawn → first token) and checkpoint bytes per dtype."""
-    ok = _ok_summary(run_dir)
-    if ok.empty:
+    """``dtype_coldstart.png``: median cold start (spawn → first token) and load time per dtype and loader, one
+    panel per cache state (each bar is exactly one summary row), and checkpoint bytes per dtype."""
+    rows = _summary(run_dir)
+    if not (rows["n"] > 0).any():
         return []
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    order = list(dict.fromkeys(ok["dtype"]))
-    sns.barplot(data=ok, x="dtype", y="cold_start_s_median", hue="loader", order=order, ax=axes[0],
-                errorbar=None)
-    axes[0].set_ylabel("median cold start (s)")
-    axes[0].set_title(f"cold start per dtype, {ok['model'].iloc[0]} ({ok['device'].iloc[0]})")
-    sizes = ok.drop_duplicates("dtype").set_index("dtype").loc[order, "bytes"] / 1e9
-    axes[1].bar(order, sizes.to_numpy())
-    axes[1].set_ylabel("checkpoint size (GB)")
-    axes[1].set_title("bytes per dtype")
-    fig.tight_layout()
-    path = run_dir / "dtype_coldstart.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    trials = style.read_table(run_dir, "trials")
+    order = list(dict.fromkeys(rows["dtype"]))
+    loaders = sorted(rows["loader"].unique())
+    cache_states = states(rows)
+    fig, axes = style.figure(2, len(cache_states) + 1, width=3.0 * len(cache_states) + 4.6, height=6.4)
+    frames, notes = [], []
+    for r, metric in enumerate(("cold_start_s", "load_s")):
+        panels = list(axes[r][:-1])
+        for ax in panels[1:]:
+            ax.sharey(panels[0])
+        plotted, note = time_panels(panels, rows, "dtype", "loader", metric, trials, order=order,
+                                    hue_order=loaders, ceilings=metric == "load_s")
+        if metric == "load_s":
+            style.log_if_wide(panels, [*plotted[f"{metric}_median"], *plotted["err_hi"]])
+        panels[0].set_ylabel(f"median {style.label(metric)}")
+        for ax, state in zip(panels, cache_states, strict=False):
+            ax.set_title(f"{'cold start' if metric == 'cold_start_s' else 'load time'}, {state} cache")
+        frames.append(plotted.rename(columns={f"{metric}_median": "value"}).assign(column=f"{metric}_median"))
+        notes.append(f"{'cold start' if metric == 'cold_start_s' else 'load time'}: {note}")
+    sizes = rows[rows["n"] > 0].groupby("dtype")["bytes"].median().reindex(order)
+    unit, scale = ("GB", 1e9) if sizes.max() >= 1e8 else ("MB", 1e6)
+    size_ax = axes[0][-1]
+    size_ax.bar(order, sizes.to_numpy() / scale, color="0.55")
+    size_ax.set_ylabel(f"checkpoint size ({unit})")
+    size_ax.set_title("checkpoint size per dtype")
+    axes[1][-1].set_axis_off()
+    frames.append(pd.DataFrame({"dtype": order, "value": sizes.to_numpy(), "column": "bytes",
+                                "err_lo": np.nan, "err_hi": np.nan, "n": np.nan}))
+    fig.suptitle(f"Cold start and load time per dtype, {_one(rows, 'model')} on {_one(rows, 'device')}")
+    style.legend_outside(fig, list(axes.ravel()), title="loader",
+                         notes=[style.n_note(rows["n"]), *notes, CEILING_NOTE, _na_note(rows)])
+    return style.save(fig, run_dir / "dtype_coldstart", pd.concat(frames, ignore_index=True))

@@ -5,110 +5,194 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
+from matplotlib.axes import Axes
+
+from experiments import style
 
 BREAKDOWN = ("queue_s", "migration_s", "load_s", "prefill_s")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def _ecdf(ax: Axes, values: pd.Series, name: str) -> None:
+    x = np.sort(values.dropna().to_numpy())
+    if len(x):
+        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", color=style.color(name), label=name)
 
 
-def latency_cdf(requests: pd.DataFrame, path: Path) -> Path:
-    """ECDF of time to first token per policy (the scenario with the most requests)."""
-    df = requests
-    if "rps" in df.columns and df["rps"].nunique() > 1:
-        df = df[df["rps"] == df["rps"].max()]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sns.ecdfplot(data=df, x="ttft_s", hue="policy", ax=ax, log_scale=True)
-    ax.set_xlabel("time to first token (s)")
-    return _save(fig, path)
+def _panels(requests: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per scenario (and model family): the rows at that scenario's highest request rate."""
+    df = requests.copy()
+    keys = [k for k in ("scenario",) if k in df.columns]
+    if "model" in df.columns and df["model"].astype(str).str.contains("#").any():
+        df["family"] = df["model"].astype(str).str.split("#").str[0]
+        if df["family"].nunique() > 1:
+            keys.append("family")
+    groups = df.groupby(keys, sort=False) if keys else [((), df)]
+    out = []
+    for key, part in groups:
+        names = key if isinstance(key, tuple) else (key,)
+        title = ", ".join(str(n) for n in names)
+        if "rps" in part.columns:
+            top = part["rps"].max()
+            title += f"{', ' if title else ''}{top:g} req/s" + (" (highest rate)" if part["rps"].nunique() > 1 else "")
+            part = part[part["rps"] == top]
+        out.append((title, part))
+    return out
 
 
-def p99_vs_rps(summary: pd.DataFrame, path: Path) -> Path:
-    """P99 time to first token against request rate, one line per policy (one panel per token mix)."""
+def latency_cdf(requests: pd.DataFrame, path: Path) -> list[Path]:
+    """ECDF of time to first token per policy, one panel per scenario at its highest rate (shared x, log)."""
+    panels = _panels(requests)
+    fig, axes = style.figure(1, len(panels), width=1.8 + 3.4 * len(panels), height=3.3, sharex=True, sharey=True)
+    plotted = []
+    for ax, (title, part) in zip(axes[0], panels, strict=True):
+        for policy, rows in part.groupby("policy", sort=False):
+            _ecdf(ax, rows["ttft_s"], str(policy))
+            timeouts = int(rows["timed_out"].sum()) if "timed_out" in rows.columns else 0
+            plotted.append({"panel": title, "policy": policy, "n": len(rows), "timed_out": timeouts,
+                            **{f"ttft_s_p{q}": rows["ttft_s"].quantile(q / 100) for q in (50, 90, 99)}})
+        ax.set_xscale("log")
+        ax.set_title(title)
+        ax.set_xlabel(f"{style.label('ttft_s')}, log")
+    axes[0][0].set_ylabel("fraction of requests")
+    table = pd.DataFrame(plotted)
+    fig.suptitle("Time to first token, every request of the panel's scenario and rate")
+    style.legend_outside(fig, axes[0], title="policy",
+                         notes=[f"n = {table['n'].min()}–{table['n'].max()} requests per line"
+                                if table["n"].nunique() > 1 else f"n = {table['n'].iloc[0]} requests per line",
+                                f"includes {table['timed_out'].sum()} timed-out requests"
+                                if table["timed_out"].sum() else ""])
+    return style.save(fig, path, table)
+
+
+def p99_vs_rps(summary: pd.DataFrame, path: Path) -> list[Path]:
+    """P99 time to first token against request rate, one line per policy, one panel per token mix (shared y)."""
     df = summary[summary["scenario"] == "rps"] if "scenario" in summary.columns else summary
-    col = "tokens" if "tokens" in df.columns else None
-    g = sns.relplot(
-        data=df,
-        x="rps",
-        y="ttft_s_p99",
-        hue="policy",
-        col=col,
-        kind="line",
-        marker="o",
-        height=3.5,
-        aspect=1.2,
-    )
-    g.set_axis_labels("requests per second", "P99 TTFT (s)")
-    g.savefig(path, dpi=120)
-    plt.close(g.figure)
-    return path
+    mixes = list(dict.fromkeys(df["tokens"])) if "tokens" in df.columns else [None]
+    fig, axes = style.figure(1, len(mixes), width=1.8 + 3.6 * len(mixes), height=3.3, sharey=True)
+    frames = []
+    for ax, mix in zip(axes[0], mixes, strict=True):
+        part = df if mix is None else df[df["tokens"] == mix]
+        for policy, rows in part.groupby("policy", sort=False):
+            rows = rows.sort_values("rps")
+            ax.plot(rows["rps"], rows["ttft_s_p99"], marker="o", color=style.color(policy), label=str(policy))
+            frames.append(rows.assign(panel=mix))
+        ax.set_xlabel(style.label("rps"))
+        if mix is not None:
+            ax.set_title(f"token mix: {mix}")
+    plotted = pd.concat(frames, ignore_index=True)
+    style.log_if_wide(axes[0], plotted["ttft_s_p99"])
+    axes[0][0].set_ylabel(style.label("ttft_s_p99"))
+    fig.suptitle("P99 time to first token against request rate (scenario rps)")
+    n = plotted["requests"]
+    style.legend_outside(fig, axes[0], title="policy",
+                         notes=[f"n = {n.min()}–{n.max()} requests per point" if n.nunique() > 1
+                                else f"n = {n.iloc[0]} requests per point"])
+    keep = [c for c in ("panel", "policy", "tokens", "rps", "ttft_s_p99", "requests") if c in plotted.columns]
+    return style.save(fig, path, plotted[keep])
 
 
-def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> Path:
-    """Mean queueing, migration wait, loading and prefill of cold starts, stacked per policy."""
-    cold = requests[requests["cold_start"].astype(bool) & ~requests["timed_out"].astype(bool)].copy()
-    cold["prefill_s"] = (cold["ttft_s"] - cold["queue_s"] - cold["migration_s"] - cold["load_s"]).clip(
-        lower=0
-    )
-    means = cold.groupby("policy")[list(BREAKDOWN)].mean()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    means.plot.bar(stacked=True, ax=ax)
-    ax.set_ylabel("mean seconds per cold start")
-    return _save(fig, path)
+def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> list[Path]:
+    """Mean loading-queue wait, migration wait, loading and prefill of the cold starts that did not time out,
+    stacked per policy, one panel per scenario at its highest rate (shared y)."""
+    panels = _panels(requests)
+    per_panel = max(2.6, 0.6 * requests["policy"].nunique() + 0.8)
+    fig, axes = style.figure(1, len(panels), width=3.6 + per_panel * len(panels), height=3.6, sharey=True)
+    frames = []
+    for ax, (title, part) in zip(axes[0], panels, strict=True):
+        cold = part[part["cold_start"].astype(bool) & ~part["timed_out"].astype(bool)].copy()
+        cold["prefill_s"] = (cold["ttft_s"] - cold["queue_s"] - cold["migration_s"] - cold["load_s"]).clip(lower=0)
+        policies = list(dict.fromkeys(part["policy"]))
+        means = cold.groupby("policy")[list(BREAKDOWN)].mean().reindex(policies)
+        counts = cold.groupby("policy").size().reindex(policies).fillna(0).astype(int)
+        bottom = np.zeros(len(policies))
+        for col in BREAKDOWN:
+            values = means[col].fillna(0).to_numpy()
+            ax.bar(range(len(policies)), values, bottom=bottom, color=style.color(col), label=style.label(col),
+                   edgecolor="white", linewidth=0.5)
+            bottom += values
+        for i, count in enumerate(counts):
+            ax.annotate(f"n={count}", (i, bottom[i]), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=style.NOTE_SIZE)
+        ax.set_xticks(range(len(policies)), policies, rotation=25, ha="right")
+        ax.set_title(title)
+        frames.append(means.assign(n=counts, panel=title).reset_index())
+    axes[0][0].set_ylabel("mean time per cold start (s)")
+    fig.suptitle("Cold-start breakdown")
+    style.legend_outside(fig, axes[0], notes=["rows: cold starts that did not time out; n per bar",
+                                              "bars: means (they add up to the mean time to first token); "
+                                              "no error bars on a stack"])
+    return style.save(fig, path, pd.concat(frames, ignore_index=True))
 
 
-def keepalive_tradeoff(summary: pd.DataFrame, path: Path) -> Path:
-    """Cold-start rate against wasted GPU memory-time (idle instances), one point per keep-alive policy."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sns.scatterplot(data=summary, x="idle_gpu_gb_s", y="cold_start_rate", hue="policy", s=80, ax=ax)
-    ax.set_xlabel("idle GPU memory-time (GB·s)")
-    ax.set_ylabel("cold-start rate")
-    return _save(fig, path)
+def keepalive_tradeoff(summary: pd.DataFrame, path: Path) -> list[Path]:
+    """Cold-start rate against idle GPU memory-time, one point per keep-alive policy."""
+    fig, axes = style.figure(1, 1, width=6.2, height=3.6)
+    ax = axes[0][0]
+    for _, row in summary.iterrows():
+        ax.scatter(row["idle_gpu_gb_s"], row["cold_start_rate"], s=60, color=style.color(row["policy"]),
+                   label=str(row["policy"]), zorder=3, edgecolor="0.2", linewidth=0.5)
+    ax.set_xlabel(style.label("idle_gpu_gb_s"))
+    ax.set_ylabel(style.label("cold_start_rate"))
+    ax.set_ylim(0, min(1.05, max(summary["cold_start_rate"].max() * 1.15, 0.05)))
+    ax.set_xlim(left=-0.03 * max(summary["idle_gpu_gb_s"].max(), 1.0))
+    ax.set_title("Keep-alive trade-off: cold starts vs idle memory held")
+    n = summary["requests"]
+    style.legend_outside(fig, [ax], title="keep-alive policy",
+                         notes=[f"n = {n.min()}–{n.max()} requests per point" if n.nunique() > 1
+                                else f"n = {n.iloc[0]} requests per point"])
+    keep = [c for c in ("policy", "scenario", "rps", "idle_gpu_gb_s", "cold_start_rate", "requests")
+            if c in summary.columns]
+    return style.save(fig, path, summary[keep])
 
 
 def plot_serverless(run_dir: Path) -> list[Path]:
-    """Every figure that fits the run's tables (reads ``requests.parquet`` and ``summary.csv``)."""
+    """Every figure whose table the run dir holds: ``requests.parquet`` (CDF, breakdown), ``summary.csv``
+    (P99 vs RPS when several rates were run)."""
     run_dir = Path(run_dir)
-    requests = pd.read_parquet(run_dir / "requests.parquet")
+    requests = style.read_table(run_dir, "requests")
     summary = pd.read_csv(run_dir / "summary.csv")
-    out = [latency_cdf(requests, run_dir / "latency_cdf.png")]
-    if (
-        "rps" in summary.columns
-        and summary.get("scenario", pd.Series(["rps"])).eq("rps").any()
-        and summary["rps"].nunique() > 1
-    ):
-        out.append(p99_vs_rps(summary, run_dir / "p99_vs_rps.png"))
-    if requests["cold_start"].any():
-        out.append(cold_start_breakdown(requests, run_dir / "cold_start_breakdown.png"))
+    out: list[Path] = []
+    if requests is not None and len(requests):
+        out += latency_cdf(requests, run_dir / "latency_cdf")
+    rps_rows = summary[summary["scenario"] == "rps"] if "scenario" in summary.columns else summary
+    if "rps" in summary.columns and rps_rows["rps"].nunique() > 1:
+        out += p99_vs_rps(summary, run_dir / "p99_vs_rps")
+    if requests is not None and requests["cold_start"].any():
+        out += cold_start_breakdown(requests, run_dir / "cold_start_breakdown")
     return out
 
 
 def plot_keepalive(run_dir: Path) -> list[Path]:
     """The keep-alive trade-off plus the generic figures."""
     summary = pd.read_csv(Path(run_dir) / "summary.csv")
-    return [*plot_serverless(run_dir), keepalive_tradeoff(summary, Path(run_dir) / "keepalive_tradeoff.png")]
+    return [*plot_serverless(run_dir), *keepalive_tradeoff(summary, Path(run_dir) / "keepalive_tradeoff")]
 
 
-def sim_vs_real_cdf(requests: pd.DataFrame, path: Path) -> Path:
-    """TTFT ECDFs of the real run and its calibrated simulation, one panel per policy."""
-    g = sns.displot(data=requests, x="ttft_s", hue="mode", col="policy", kind="ecdf", height=3.2, aspect=1.1)
-    g.set_axis_labels("time to first token (s)", "fraction of requests")
-    g.savefig(path, dpi=120)
-    plt.close(g.figure)
-    return path
+def sim_vs_real_cdf(requests: pd.DataFrame, path: Path) -> list[Path]:
+    """TTFT ECDFs of the real run and its calibrated simulation, one panel per policy (shared axes)."""
+    policies = list(dict.fromkeys(requests["policy"]))
+    fig, axes = style.figure(1, len(policies), width=1.8 + 3.0 * len(policies), height=3.2, sharex=True,
+                             sharey=True)
+    plotted = []
+    for ax, policy in zip(axes[0], policies, strict=True):
+        part = requests[requests["policy"] == policy]
+        for mode, rows in part.groupby("mode", sort=False):
+            _ecdf(ax, rows["ttft_s"], str(mode))
+            plotted.append({"policy": policy, "mode": mode, "n": len(rows),
+                            **{f"ttft_s_p{q}": rows["ttft_s"].quantile(q / 100) for q in (50, 90, 99)}})
+        counts = part.groupby("mode").size()
+        ax.set_title(f"{policy} ({' / '.join(f'{m} n={c}' for m, c in counts.items())})", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{style.label('ttft_s')}, log")
+    axes[0][0].set_ylabel("fraction of requests")
+    fig.suptitle("Time to first token, real run vs its calibrated simulation (every request)")
+    style.legend_outside(fig, axes[0], title="mode")
+    return style.save(fig, path, pd.DataFrame(plotted))
 
 
 def plot_sim_vs_real(run_dir: Path) -> list[Path]:
     """Both CDFs per policy (``experiment=sim_vs_real``)."""
-    requests = pd.read_parquet(Path(run_dir) / "requests.parquet")
-    return [sim_vs_real_cdf(requests, Path(run_dir) / "sim_vs_real_cdf.png")]
+    requests = style.read_table(Path(run_dir), "requests")
+    return [] if requests is None else sim_vs_real_cdf(requests, Path(run_dir) / "sim_vs_real_cdf")

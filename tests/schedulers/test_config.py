@@ -58,7 +58,8 @@ def test_experiment_smoke_runs_and_plots(
     } <= set(summary.columns)
     figures = instantiate(cfg.experiment.plot)(tmp_path)
     assert figures
-    assert all(p.exists() and p.suffix == ".png" for p in figures)
+    assert all(p.exists() for p in figures)
+    assert {p.suffix for p in figures} == {".png", ".pdf"}  # every figure in both formats
 
 
 def test_same_seed_same_requests(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:

@@ -28,7 +28,12 @@ def test_collects_jobs_guesses_the_axis_and_plots(tmp_path: Path) -> None:
     assert len(summary) == 4
     assert set(summary["job"]) == {"0_bprr.num_servers=10", "1_bprr.num_servers=20"}
     assert guess_axis(summary) == "num_servers"
-    assert plot_sweep(summary, "num_servers", tmp_path).exists()
+    figures = plot_sweep(summary, "num_servers", tmp_path)
+    assert [p.name for p in figures] == ["sweep_num_servers.png", "sweep_num_servers.pdf"]
+    assert all(p.exists() for p in figures)
+    plotted = pd.read_csv(tmp_path / "sweep_num_servers.plotted.csv")  # one point per policy and C, as summarized
+    assert plotted.set_index(["policy", "num_servers"])["per_token_s_mean"].to_dict() == {
+        ("petals", 10): 1.2, ("cg_bp+ws_rr", 10): 0.5, ("petals", 20): 1.1, ("cg_bp+ws_rr", 20): 0.45}
     assert main([str(tmp_path)]) == 0
     written = pd.read_csv(tmp_path / "sweep_summary.csv")
     assert list(written["num_servers"]) == [10, 20, 10, 20]
