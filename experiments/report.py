@@ -16,16 +16,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from experiments import style
 from experiments.loading.metrics import CELL_KEYS, summarize_trials
 
 log = logging.getLogger("coldstart.report")
@@ -108,9 +104,10 @@ def _first_varying(df: pd.DataFrame, candidates: Iterable[str]) -> str | None:
     return next((c for c in candidates if c in df and df[c].nunique(dropna=False) > 1), None)
 
 
-def plot(report: pd.DataFrame, keys: list[str], metric: str, cells: list[str], path: Path) -> Path | None:
-    """``metric`` against the first differing key (or the cells when nothing differs), one hue per varying cell key;
-    the y label names the metric and the title the rows plotted."""
+def plot(report: pd.DataFrame, keys: list[str], metric: str, cells: list[str], path: Path,
+         jobs: int) -> Path | None:
+    """``metric`` against the first differing key (or the cells when nothing differs), one colour per value of the
+    next varying cell key; bars are medians over the rows of a group, whiskers their IQR, n noted in the legend."""
     if metric not in report:
         return None
     data = report.dropna(subset=[metric]).copy()
@@ -121,19 +118,27 @@ def plot(report: pd.DataFrame, keys: list[str], metric: str, cells: list[str], p
         return None
     hue = _first_varying(data, [c for c in [*cells, *keys] if c != x])
     data[x] = data[x].astype(str)
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    sns.barplot(data=data, x=x, y=metric, hue=hue, estimator="median", errorbar=("pi", 50), ax=ax)
-    ax.set_xlabel(x)
-    ax.set_ylabel(f"{metric} (median over rows)")
-    ax.set_title(f"{len(data)} rows of {data['job'].nunique() if 'job' in data else 1} jobs", fontsize=10)
-    if hue:
-        ax.legend(title=hue, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
-    return path
+    groups = [x, hue] if hue else [x]
+    rows = data.groupby(groups, sort=True)[metric].agg(
+        median="median", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75), n="size").reset_index()
+    fig, axes = style.figure(width=7.5, height=3.6)
+    ax = axes[0, 0]
+    xs = list(dict.fromkeys(rows[x]))
+    hues = list(dict.fromkeys(rows[hue])) if hue else [None]
+    width = 0.8 / len(hues)
+    for k, h in enumerate(hues):
+        part = rows[rows[hue] == h] if hue else rows
+        pos = [xs.index(v) + (k - (len(hues) - 1) / 2) * width for v in part[x]]
+        ax.bar(pos, part["median"], width=width, color=style.color(h if hue else metric), label=str(h) if hue
+               else None, yerr=[part["median"] - part["q25"], part["q75"] - part["median"]], capsize=2)
+    ax.set_xticks(range(len(xs)), xs, rotation=30 if max(len(v) for v in xs) > 8 else 0, ha="right"
+                  if max(len(v) for v in xs) > 8 else "center")
+    ax.set_xlabel(style.label(x))
+    ax.set_ylabel(style.label(metric))
+    style.legend_outside(fig, [ax], title=style.label(hue) if hue else None,
+                         notes=[f"bars: median over each group's rows, whiskers IQR; {style.n_note(rows['n'], 'rows')}"
+                                f", {jobs} job{'s' if jobs != 1 else ''}"])
+    return style.save(fig, path, rows)[0]
 
 
 def write_report(paths: list[Path], out: Path, sllm_reference: bool = False) -> pd.DataFrame:
@@ -148,7 +153,8 @@ def write_report(paths: list[Path], out: Path, sllm_reference: bool = False) -> 
     metric = str(objective) if objective and objective in report else \
         "load_s_median" if "load_s_median" in report else \
         next((c for c in report.columns if pd.api.types.is_float_dtype(report[c])), "")
-    plot(report, keys, metric, _cells(configs) or [c for c in CELL_KEYS if c in report], out / "report.png")
+    plot(report, keys, metric, _cells(configs) or [c for c in CELL_KEYS if c in report], out / "report.png",
+         rows["job"].nunique())
     if sllm_reference:
         from experiments.loading.reference import sllm_comparison  # builds zoo models for byte counts: when asked
 
