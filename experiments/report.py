@@ -67,15 +67,6 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(c.get(k, "<absent>")) for c in configs}) > 1]
 
 
-def _cells(configs: list[dict[str, Any]]) -> list[str]:
-    cells: list[str] = []
-    for c in configs:
-        for key in yaml.safe_load(str(c.get("experiment.cells", "[]"))) or []:
-            if key not in cells:
-                cells.append(str(key))
-    return cells
-
-
 def aggregate(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(all trials or request-less rows with ``job`` and the differing keys, the report table, the differing keys)."""
     jobs = find_jobs(paths)
@@ -148,12 +139,14 @@ def write_report(paths: list[Path], out: Path, sllm_reference: bool = False) -> 
     rows.to_parquet(out / "rows.parquet", index=False)
     report.to_parquet(out / "report.parquet", index=False)
     report.to_csv(out / "report.csv", index=False)
-    configs = [flat_config(Path(j)) for j in sorted(set(rows["job"]))]
-    objective = yaml.safe_load(str(configs[0].get("experiment.objective.column", "null"))) if configs else None
+    first = Path(sorted(set(rows["job"]))[0]) / "config.yaml"
+    experiment = (yaml.safe_load(first.read_text()) or {}).get("experiment", {}) if first.exists() else {}
+    objective = (experiment.get("objective") or {}).get("column")
+    cells = [str(c) for c in experiment.get("cells") or []]
     metric = str(objective) if objective and objective in report else \
         "load_s_median" if "load_s_median" in report else \
         next((c for c in report.columns if pd.api.types.is_float_dtype(report[c])), "")
-    plot(report, keys, metric, _cells(configs) or [c for c in CELL_KEYS if c in report], out / "report.png",
+    plot(report, keys, metric, cells or [c for c in CELL_KEYS if c in report], out / "report.png",
          rows["job"].nunique())
     if sllm_reference:
         from experiments.loading.reference import sllm_comparison  # builds zoo models for byte counts: when asked

@@ -51,6 +51,9 @@ def test_report_of_a_simulator_sweep_groups_by_seed(tmp_path: Path) -> None:
     assert len(per_job) == 2
     assert len(table) == sum(len(s) for s in per_job)
     assert set(table.seed) == {0, 1}
+    plotted = pd.read_csv(sweep / "report" / "report.plotted.csv")  # the figure plots the objective per seed
+    assert plotted.set_index("seed")["median"].to_dict() == pytest.approx(
+        table.groupby("seed").ttft_s_p99.median().to_dict())
     for job in sorted(sweep.glob("*/status.json")):
         status = json.loads(job.read_text())
         summary = pd.read_csv(job.parent / "summary.csv")
