@@ -145,6 +145,7 @@ def read_safetensors_header(path: Path, max_bytes: int = MAX_INDEX_BYTES) -> tup
 
 
 def _safetensors_sources(path: Path) -> Iterator[_Source]:
+    path = path.resolve()  # a source the user named (a hub cache links its shards to blobs): its links are followed
     try:
         _, tensors = read_safetensors_header(path)
     except NativeFormatError as exc:

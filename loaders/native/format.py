@@ -224,9 +224,24 @@ def _numel(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
         n *= d
-        if n >= INT_LIMIT:
+        if n >= INT_LIMIT or n <= -INT_LIMIT:
             return INT_LIMIT
     return n
+
+
+def _check_stride(e: Extent, numel: int, where: str) -> None:
+    assert e.stride is not None
+    tw = f"{where}: tensor {e.name!r}"
+    if len(e.stride) != len(e.shape) or any(not 0 <= s < INT_LIMIT for s in e.stride):
+        raise StrideError(f"{tw}: stride {list(e.stride)} does not match shape {list(e.shape)} (one stride in "
+                          "[0, 2^63) per dimension)", path=where, entry=e.name)
+    span = 0 if numel == 0 else (1 + sum((d - 1) * s for d, s in zip(e.shape, e.stride, strict=True)))
+    if span * e.itemsize > e.nbytes:
+        raise StrideError(f"{tw}: shape {list(e.shape)} with stride {list(e.stride)} needs {span * e.itemsize} "
+                          f"bytes, the index gives {e.nbytes}", path=where, entry=e.name)
+    if numel * e.itemsize > e.nbytes:
+        raise ElementCountError(f"{tw}: {numel} elements of {e.itemsize} bytes in an entry of {e.nbytes} bytes "
+                                f"(stride {list(e.stride)} repeats elements)", path=where, entry=e.name)
 
 
 def check_extents(extents: Iterable[Extent], region_sizes: Sequence[int], region_names: Sequence[str],
@@ -239,46 +254,34 @@ def check_extents(extents: Iterable[Extent], region_sizes: Sequence[int], region
     compared with the furthest end so far, so an empty tensor between two overlapping ones hides nothing)."""
     seen: set[str] = set()
     by_region: dict[int, list[tuple[int, int, str]]] = {}
+    n_regions = len(region_sizes)
     for e in extents:
-        tw = f"{where}: tensor {e.name!r}"
-        if e.name in seen:
-            raise DuplicateTensorError(f"{tw} appears twice; which entry is meant cannot be told", path=where,
-                                       entry=e.name)
-        seen.add(e.name)
-        if not (0 <= e.offset < INT_LIMIT and 0 <= e.nbytes < INT_LIMIT):
-            raise TensorBoundsError(f"{tw}: offset {e.offset} and size {e.nbytes} must lie in [0, 2^63)",
-                                    path=where, entry=e.name)
-        if any(not 0 <= d < INT_LIMIT for d in e.shape):
-            raise ElementCountError(f"{tw}: shape {list(e.shape)} has a dimension outside [0, 2^63)", path=where,
-                                    entry=e.name)
-        numel = _numel(e.shape)
-        if numel * e.itemsize >= INT_LIMIT:
-            raise ElementCountError(f"{tw}: shape {list(e.shape)} has more than 2^63 bytes of elements",
-                                    path=where, entry=e.name)
-        if e.stride is None:
-            if e.nbytes != numel * e.itemsize:
-                raise TensorBoundsError(f"{tw}: nbytes {e.nbytes} but shape {list(e.shape)} of {e.itemsize}-byte "
-                                        f"elements needs {numel * e.itemsize}", path=where, entry=e.name)
+        name, region, offset, nbytes, shape, itemsize, stride = e
+        if name in seen:
+            raise DuplicateTensorError(f"{where}: tensor {name!r} appears twice; which entry is meant cannot be told",
+                                       path=where, entry=name)
+        seen.add(name)
+        if not (0 <= offset < INT_LIMIT and 0 <= nbytes < INT_LIMIT):
+            raise TensorBoundsError(f"{where}: tensor {name!r}: offset {offset} and size {nbytes} must lie in "
+                                    "[0, 2^63)", path=where, entry=name)
+        numel = _numel(shape)
+        if numel * itemsize >= INT_LIMIT or (shape and (min(shape) < 0 or max(shape) >= INT_LIMIT)):
+            raise ElementCountError(f"{where}: tensor {name!r}: shape {list(shape)} has more than 2^63 bytes of "
+                                    "elements (or a dimension outside [0, 2^63))", path=where, entry=name)
+        if stride is None:
+            if nbytes != numel * itemsize:
+                raise TensorBoundsError(f"{where}: tensor {name!r}: nbytes {nbytes} but shape {list(shape)} of "
+                                        f"{itemsize}-byte elements needs {numel * itemsize}", path=where, entry=name)
         else:
-            if len(e.stride) != len(e.shape) or any(not 0 <= s < INT_LIMIT for s in e.stride):
-                raise StrideError(f"{tw}: stride {list(e.stride)} does not match shape {list(e.shape)} (one "
-                                  "stride in [0, 2^63) per dimension)", path=where, entry=e.name)
-            span = 0 if numel == 0 else (1 + sum((d - 1) * s for d, s in zip(e.shape, e.stride, strict=True)))
-            if span * e.itemsize > e.nbytes:
-                raise StrideError(f"{tw}: shape {list(e.shape)} with stride {list(e.stride)} needs "
-                                  f"{span * e.itemsize} bytes, the index gives {e.nbytes}", path=where, entry=e.name)
-            if numel * e.itemsize > e.nbytes:
-                raise ElementCountError(f"{tw}: {numel} elements of {e.itemsize} bytes in an entry of {e.nbytes} "
-                                        f"bytes (stride {list(e.stride)} repeats elements)", path=where, entry=e.name)
-        if not 0 <= e.region < len(region_sizes):
-            raise TensorBoundsError(f"{tw}: partition {e.region} does not exist ({len(region_sizes)} partitions)",
-                                    path=where, entry=e.name)
-        if e.offset + e.nbytes > region_sizes[e.region]:
-            raise TensorBoundsError(f"{tw}: bytes [{e.offset}, {e.offset + e.nbytes}) lie outside "
-                                    f"{region_names[e.region]} of {region_sizes[e.region]} bytes", path=where,
-                                    entry=e.name)
-        if e.nbytes:
-            by_region.setdefault(e.region, []).append((e.offset, e.offset + e.nbytes, e.name))
+            _check_stride(e, numel, where)
+        if not 0 <= region < n_regions:
+            raise TensorBoundsError(f"{where}: tensor {name!r}: partition {region} does not exist ({n_regions} "
+                                    "partitions)", path=where, entry=name)
+        if offset + nbytes > region_sizes[region]:
+            raise TensorBoundsError(f"{where}: tensor {name!r}: bytes [{offset}, {offset + nbytes}) lie outside "
+                                    f"{region_names[region]} of {region_sizes[region]} bytes", path=where, entry=name)
+        if nbytes:
+            by_region.setdefault(region, []).append((offset, offset + nbytes, name))
     for region, spans in by_region.items():
         spans.sort()
         far_end, owner = -1, ""
