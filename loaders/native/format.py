@@ -403,6 +403,7 @@ def open_regular(path: Path, flags: int = 0) -> int:
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise NotRegularFileError(f"{path} is {_kind(mode)}, not a regular file: refused", path=path)
+    os.set_blocking(fd, True)  # O_NONBLOCK was for the open only: reads of the regular file stay ordinary
     return fd
 
 

@@ -498,9 +498,10 @@ class NativeLoader(BaseLoader):
         except BaseException as exc:
             for fd in fds.values():
                 os.close(fd)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise TierCapacityError(f"no space left caching {url} into the SSD tier at {self.ssd_root}; "
-                                        "nothing partial was kept. Free space or set loader.ssd_dir") from exc
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise TierCapacityError(f"no space left caching {url} into the SSD tier at {self.ssd_root} "
+                                        f"({exc.strerror}); nothing partial was kept. Free space or set "
+                                        "loader.ssd_dir") from exc
             raise
         result.phases_s["verified"] = float(plan.verifying)
         result.phases_s["checksums_recorded"] = float(record)
