@@ -33,11 +33,18 @@ from loaders.native.format import (
     DTYPE_NAMES,
     DTYPES,
     INDEX,
+    MAX_INDEX_BYTES,
+    Extent,
+    IndexError_,
     NativeFormatError,
     NativeIndex,
     Partition,
     TensorEntry,
+    UnknownDtypeError,
     align_up,
+    check_extents,
+    load_json,
+    open_regular,
     read_index,
 )
 
@@ -64,27 +71,87 @@ class TensorSource:
     chunks: Iterable[torch.Tensor] | None = None  # consecutive pieces of the tensor (streamed writers)
 
 
-def _safetensors_sources(path: Path) -> Iterator[TensorSource]:
-    with open(path, "rb") as f:
-        raw_len = f.read(8)
+class SafetensorsHeaderError(IndexError_):
+    """A safetensors file's header is malformed (length, JSON, or an entry's dtype, shape or data offsets)."""
+
+
+@dataclass(frozen=True)
+class StTensor:
+    """One tensor of a safetensors header: ``nbytes`` at ``offset`` of the file (header included)."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def _nonneg_ints(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+
+
+def read_safetensors_header(path: Path, max_bytes: int = MAX_INDEX_BYTES) -> tuple[int, list[StTensor]]:
+    """Read and validate a safetensors file's header: (bytes before the data, tensors sorted by offset).
+
+    Every entry passes the shared ``check_extents`` (non-negative, in-file, exact-size, non-overlapping offsets;
+    element counts below 2^63) before any tensor byte is read; every failure is a named ``NativeFormatError``."""
+    where = str(path)
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        raw_len = os.pread(fd, 8, 0)
         if len(raw_len) != 8:
-            raise ConversionError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            raise SafetensorsHeaderError(f"{path}: not a safetensors file (shorter than its 8-byte header length)",
+                                         path=where)
         (n,) = struct.unpack("<Q", raw_len)
-        if n > 100 << 20:
-            raise ConversionError(f"{path}: header length {n} is implausible")
-        header = json.loads(f.read(n))
+        if n > min(max_bytes, size - 8):
+            raise SafetensorsHeaderError(f"{path}: header length {n} exceeds the file ({size} bytes) or "
+                                         f"loader.max_index_bytes={max_bytes}: truncated or not safetensors",
+                                         path=where)
+        raw = b""
+        while len(raw) < n:
+            more = os.pread(fd, n - len(raw), 8 + len(raw))
+            if not more:
+                raise SafetensorsHeaderError(f"{path}: the header is cut short (truncated)", path=where)
+            raw += more
+    finally:
+        os.close(fd)
+    header = load_json(raw, where, SafetensorsHeaderError)
+    if not isinstance(header, dict):
+        raise SafetensorsHeaderError(f"{path}: the header must be a JSON object", path=where)
     base = 8 + n
-    size = path.stat().st_size
-    for name, meta in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                             key=lambda kv: kv[1]["data_offsets"][0]):
-        code = meta["dtype"]
-        if code not in ST_CODES:
-            raise ConversionError(f"{path}: tensor {name!r} has dtype {code} that the native format does not store")
-        start, end = meta["data_offsets"]
-        if base + end > size:
-            raise ConversionError(f"{path}: tensor {name!r} ends at byte {base + end} beyond the file ({size}): "
-                                  "the file is truncated")
-        yield TensorSource(name, DTYPES[ST_CODES[code]], tuple(meta["shape"]), end - start, path, base + start)
+    out, extents = [], []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        tw = f"{path}: tensor {name!r}"
+        if not isinstance(meta, dict):
+            raise SafetensorsHeaderError(f"{tw}: entry {meta!r} is not an object", path=where, entry=name)
+        code: Any = meta.get("dtype")
+        shape: Any = meta.get("shape")
+        offsets: Any = meta.get("data_offsets")
+        if not isinstance(code, str) or code not in ST_CODES:
+            raise UnknownDtypeError(f"{tw} has dtype {code!r}, which the native format does not store; known: "
+                                    f"{sorted(ST_CODES)}", path=where, entry=name)
+        if not _nonneg_ints(shape) or not _nonneg_ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+            raise SafetensorsHeaderError(f"{tw}: shape {shape!r} and data_offsets {offsets!r} must be non-negative "
+                                         "integers, with [start, end] and start ≤ end", path=where, entry=name)
+        dtype = DTYPES[ST_CODES[code]]
+        start, end = offsets
+        extents.append(Extent(str(name), 0, start, end - start, tuple(shape), dtype.itemsize))
+        out.append(StTensor(str(name), dtype, tuple(shape), base + start, end - start))
+    check_extents(extents, [size - base], [f"the data of {path.name} ({size - base} bytes; truncated?)"], where)
+    return base, sorted(out, key=lambda t: t.offset)
+
+
+def _safetensors_sources(path: Path) -> Iterator[TensorSource]:
+    path = path.resolve()  # a source the user named (a hub cache links its shards to blobs): its links are followed
+    try:
+        _, tensors = read_safetensors_header(path)
+    except NativeFormatError as exc:
+        raise ConversionError(str(exc), path=exc.path, entry=exc.entry) from exc
+    for t in tensors:
+        yield TensorSource(t.name, t.dtype, t.shape, t.nbytes, path, t.offset)
 
 
 def _torch_sources(path: Path) -> Iterator[TensorSource]:

@@ -3,34 +3,53 @@ chunked reads, DRAM and remote tiers."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import json
 import logging
 import mmap
 import os
 import shutil
-import struct
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+import xxhash
 
 from loaders.base import BaseLoader, LoadResult, UnsupportedCheckpointError
 from loaders.native import remote_tier
-from loaders.native.convert import ST_CODES, _clean_stale_temps
+from loaders.native.convert import read_safetensors_header
 from loaders.native.format import (
     ALIGNMENT,
-    DTYPES,
     INDEX,
+    MAX_INDEX_BYTES,
+    ChunkChecksumError,
+    DuplicateTensorError,
+    NativeFormatError,
     PartitionSizeError,
-    TensorBoundsError,
     align_up,
     check_partitions,
-    read_index,
+    index_file,
+    member,
+    parse_index,
+    read_member,
+)
+from loaders.native.integrity import (
+    SOURCE,
+    VERIFIED,
+    Fingerprint,
+    current,
+    fingerprint,
+    forget_verified,
+    mark_verified,
+    read_chunk_sums,
+    read_source,
+    source_json,
+    verified_record,
+    write_chunk_sums,
 )
 from loaders.native.mapping import map_file, populate
 from loaders.native.pipeline import CudaCopyEngine, Segment, ThreadCopyEngine, aligned_empty, run_pipeline
@@ -45,8 +64,10 @@ from loaders.native.sllm import (
     parse_sllm_index,
     tensor_view,
 )
-from loaders.native.tiers import DramTier, TierCapacityError
+from loaders.native.tiers import DramTier, TierCapacityError, clean_dead_temps, temp_entry
 from loaders.pagecache import resident_fraction
+
+__all__ = ["VERIFIED", "NativeLoader", "detect_format"]
 
 log = logging.getLogger("coldstart.native")
 
@@ -54,31 +75,39 @@ FORMATS = ("auto", "native", "safetensors", "sllm")
 DIRECT_IO = ("auto", "on", "off")
 STAGING = ("auto", "direct", "ring", "map")
 VERIFY = ("auto", "always", "never")
-VERIFIED = ".coldstart-verified.json"  # partition (size, mtime_ns, inode) at the last successful verification
+SAMPLE_FRACTION = 8  # an aged verify=auto load re-hashes 1/8 of the chunks, the next eighth each time
 
 
-def _fingerprint(files: list[Path]) -> dict[str, list[int]]:
-    out = {}
-    for f in files:
-        st = f.stat()
-        out[f.name] = [st.st_size, st.st_mtime_ns, st.st_ino]
-    return out
+def _checks(directory: Path, fp: Fingerprint, segments: list[Segment], digests: Sequence[str | None], verify: str,
+            max_age_s: float) -> tuple[list[Segment], bool, int, int]:
+    """Attach the chunk digests that this load checks: (segments, every chunk checked, chunks sampled, next cursor).
+
+    ``always``: every chunk. ``never``: none. ``auto``: every chunk unless the directory's verified marker was
+    written for exactly this fingerprint; then none, or, when that verification is older than ``max_age_s``, a
+    rotating sample of 1/``SAMPLE_FRACTION`` of the chunks (so bytes changed under an unchanged fingerprint are
+    found within ``SAMPLE_FRACTION`` aged loads)."""
+    known = [i for i, d in enumerate(digests) if d is not None]
+    if not known or verify == "never":
+        return segments, False, 0, 0
+    chosen: set[int] | None = None
+    sampled, cursor = 0, 0
+    if verify == "auto":
+        rec = verified_record(directory, fp)
+        if rec is not None:
+            chosen = set()
+            if time.time() - rec["at"] > max_age_s:
+                sampled = -(-len(known) // SAMPLE_FRACTION)
+                start = rec["cursor"] % len(known)
+                chosen = {known[(start + j) % len(known)] for j in range(sampled)}
+                cursor = (start + sampled) % len(known)
+    out = [replace(seg, digest=digests[i]) if digests[i] is not None and (chosen is None or i in chosen) else seg
+           for i, seg in enumerate(segments)]
+    return out, chosen is None, sampled, cursor
 
 
-def _verified_before(directory: Path, files: list[Path]) -> bool:
-    try:
-        return bool(json.loads((directory / VERIFIED).read_text()) == _fingerprint(files))
-    except (OSError, ValueError):
-        return False
-
-
-def _mark_verified(directory: Path, files: list[Path]) -> None:
-    tmp = directory / f"{VERIFIED}.{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(json.dumps(_fingerprint(files)))
-        tmp.replace(directory / VERIFIED)
-    except OSError:  # a read-only checkpoint directory: verify again next time
-        tmp.unlink(missing_ok=True)
+def _mark(directory: Path, plan: _Plan) -> None:
+    if plan.verifying or plan.sampled:
+        mark_verified(directory, plan.fingerprint, plan.cursor)
 
 
 @dataclass(frozen=True)
@@ -103,14 +132,20 @@ class _Plan:
     segments: list[Segment]
     views: list[_View]
     total_bytes: int
-    files: list[Path]
-    verifying: bool = False
+    files: list[Path]  # the paths read (a link inside the directory resolved)
+    verifying: bool = False  # every chunk with a checksum is checked
+    names: list[str] = field(default_factory=list)  # the files' names in the directory, as the index names them
+    index: Path | None = None  # the index (or recorded chunk sums) file: staged with the data files
+    extra: list[Path] = field(default_factory=list)  # more small files a copy needs (recorded chunk sums)
+    fingerprint: Fingerprint = field(default_factory=dict)
+    sampled: int = 0  # chunks an aged verify=auto load checks
+    cursor: int = 0  # where the next sample starts
 
 
 def detect_format(directory: Path) -> str:
-    if (directory / INDEX).exists():
+    if os.path.lexists(directory / INDEX):
         return "native"
-    if (directory / SLLM_INDEX).exists():
+    if os.path.lexists(directory / SLLM_INDEX):
         return "sllm"
     if any(directory.glob("*.safetensors")):
         return "safetensors"
@@ -118,64 +153,95 @@ def detect_format(directory: Path) -> str:
                                      f"({SLLM_INDEX}) nor safetensors files")
 
 
-def _native_plan(directory: Path, verify: str) -> _Plan:
-    index = read_index(directory)
-    check_partitions(directory, index)
-    files = [directory / p.name for p in index.partitions]
-    check = verify == "always" or (verify == "auto" and not _verified_before(directory, files))
-    segments, bases = [], index.bases
-    for base, part in zip(bases, index.partitions, strict=True):
-        path = directory / part.name
+def _chunked(files: list[tuple[Path, os.stat_result]], chunk_bytes: int, sums: dict[str, list[str]] | None,
+             names: list[str], aligned: bool) -> tuple[list[Segment], list[str | None], int]:
+    """Segments of ``chunk_bytes`` over whole files laid one after another (each at an aligned base if ``aligned``),
+    with the recorded digests where a file's record has one per chunk; and the bytes they span."""
+    segments: list[Segment] = []
+    digests: list[str | None] = []
+    base = 0
+    for (path, st), name in zip(files, names, strict=True):
+        size = st.st_size
+        recorded = (sums or {}).get(name)
+        if recorded is not None and len(recorded) != -(-size // chunk_bytes):
+            recorded = None  # a record of another version of the file: no checksum rather than a false alarm
+        for i, off in enumerate(range(0, size, chunk_bytes)):
+            segments.append(Segment(path, off, min(chunk_bytes, size - off), base + off, None, f"{name} chunk {i}"))
+            digests.append(recorded[i] if recorded is not None else None)
+        base += align_up(size) if aligned else size
+    return segments, digests, base
+
+
+def _native_plan(directory: Path, verify: str, max_index_bytes: int, max_age_s: float) -> _Plan:
+    raw, ist = index_file(directory, max_index_bytes)
+    index = parse_index(raw, str(directory / INDEX))
+    parts = check_partitions(directory, index)
+    names = [p.name for p in index.partitions]
+    fp = fingerprint("native", (INDEX, ist, raw), [(n, st) for n, (_, st) in zip(names, parts, strict=True)])
+    segments, digests, bases = [], [], index.bases
+    for base, part, (path, _) in zip(bases, index.partitions, parts, strict=True):
         for i, off in enumerate(range(0, part.size, index.chunk_bytes)):
-            n = min(index.chunk_bytes, part.size - off)
-            segments.append(Segment(path, off, n, base + off, part.chunks[i] if check else None,
+            segments.append(Segment(path, off, min(index.chunk_bytes, part.size - off), base + off, None,
                                     f"{part.name} chunk {i}"))
+            digests.append(part.chunks[i])
+    segments, verifying, sampled, cursor = _checks(directory, fp, segments, digests, verify, max_age_s)
     views = [_View(t.name, t.dtype, t.shape, bases[t.partition] + t.offset, t.nbytes) for t in index.tensors]
-    return _Plan(segments, views, index.total_bytes, files, verifying=check)
+    return _Plan(segments, views, index.total_bytes, [p for p, _ in parts], verifying, names, directory / INDEX,
+                 [], fp, sampled, cursor)
 
 
-def _safetensors_plan(directory: Path, chunk_bytes: int) -> _Plan:
-    """Read whole safetensors files into aligned places of one buffer; tensors are views past each header."""
-    segments, views, base, files = [], [], 0, sorted(directory.glob("*.safetensors"))
-    for path in files:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        for off in range(0, size, chunk_bytes):
-            segments.append(Segment(path, off, min(chunk_bytes, size - off), base + off, None, path.name))
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            if meta["dtype"] not in ST_CODES:
-                raise UnsupportedCheckpointError(f"{path}: tensor {name!r} has dtype {meta['dtype']}")
-            start, end = meta["data_offsets"]
-            if 8 + n + end > size:
-                raise TensorBoundsError(f"{path}: tensor {name!r} ends beyond the file: truncated")
-            views.append(_View(name, DTYPES[ST_CODES[meta["dtype"]]], tuple(meta["shape"]), base + 8 + n + start,
-                               end - start))
-        base += align_up(size)
-    return _Plan(segments, views, base, files)
+def _recorded(directory: Path, chunk_bytes: int, max_index_bytes: int
+              ) -> tuple[int, dict[str, list[str]] | None, tuple[str, os.stat_result, bytes] | None]:
+    """Chunk sums recorded beside a copy of a checksum-less format (remote fetches), and the chunk size to use."""
+    rec = read_chunk_sums(directory, max_index_bytes)
+    return (chunk_bytes, None, None) if rec is None else rec
 
 
-def _sllm_plan(directory: Path, chunk_bytes: int) -> _Plan:
+def _safetensors_plan(directory: Path, chunk_bytes: int, verify: str, max_index_bytes: int,
+                      max_age_s: float) -> _Plan:
+    """Read whole safetensors files into aligned places of one buffer; tensors are views past each header (every
+    header validated first)."""
+    names = sorted(p.name for p in directory.glob("*.safetensors"))
+    files = [member(directory, n) for n in names]
+    chunk_bytes, sums, sums_file = _recorded(directory, chunk_bytes, max_index_bytes)
+    views, base, seen = [], 0, set()
+    for path, st in files:
+        _, tensors = read_safetensors_header(path, max_index_bytes)
+        for t in tensors:
+            if t.name in seen:
+                raise DuplicateTensorError(f"{path}: tensor {t.name!r} is also in another shard of {directory}",
+                                           path=path, entry=t.name)
+            seen.add(t.name)
+            views.append(_View(t.name, t.dtype, t.shape, base + t.offset, t.nbytes))
+        base += align_up(st.st_size)
+    segments, digests, total = _chunked(files, chunk_bytes, sums, names, aligned=True)
+    fp = fingerprint("safetensors", None, [(n, st) for n, (_, st) in zip(names, files, strict=True)], sums_file)
+    segments, verifying, sampled, cursor = _checks(directory, fp, segments, digests, verify, max_age_s)
+    extra = [directory / sums_file[0]] if sums_file else []
+    return _Plan(segments, views, total, [p for p, _ in files], verifying, names, None, extra, fp, sampled, cursor)
+
+
+def _sllm_plan(directory: Path, chunk_bytes: int, verify: str, max_index_bytes: int, max_age_s: float) -> _Plan:
     """ServerlessLLM data files laid at their global offsets in one buffer; tensors are (strided) views."""
     index_path = directory / SLLM_INDEX
-    if not index_path.exists():
+    if not os.path.lexists(index_path):
         raise UnsupportedCheckpointError(f"{index_path} not found: not a ServerlessLLM checkpoint directory")
-    tensors = parse_sllm_index(index_path.read_bytes(), str(index_path))
-    files = data_files(directory)
-    if not files:
-        raise PartitionSizeError(f"{directory}: {SLLM_INDEX} but no {DATA_PREFIX}N data files")
-    segments, base = [], 0
-    for path in files:
-        size = path.stat().st_size
-        for off in range(0, size, chunk_bytes):
-            segments.append(Segment(path, off, min(chunk_bytes, size - off), base + off, None, path.name))
-        base += size
-    check_bounds(tensors, base, str(index_path))
+    raw, _, ist = read_member(directory, SLLM_INDEX, max_index_bytes)
+    tensors = parse_sllm_index(raw, str(index_path))
+    names = [p.name for p in data_files(directory)]
+    if not names:
+        raise PartitionSizeError(f"{directory}: {SLLM_INDEX} but no {DATA_PREFIX}N data files", path=directory)
+    files = [member(directory, n) for n in names]
+    check_bounds(tensors, sum(st.st_size for _, st in files), str(index_path))
+    chunk_bytes, sums, sums_file = _recorded(directory, chunk_bytes, max_index_bytes)
+    segments, digests, total = _chunked(files, chunk_bytes, sums, names, aligned=False)
+    fp = fingerprint("sllm", (SLLM_INDEX, ist, raw), [(n, st) for n, (_, st) in zip(names, files, strict=True)],
+                     sums_file)
+    segments, verifying, sampled, cursor = _checks(directory, fp, segments, digests, verify, max_age_s)
     views = [_View(t.name, t.dtype, t.shape, t.offset, t.nbytes, t.stride) for t in tensors]
-    return _Plan(segments, views, align_up(base), files)
+    extra = [directory / sums_file[0]] if sums_file else []
+    return _Plan(segments, views, align_up(total), [p for p, _ in files], verifying, names, index_path, extra, fp,
+                 sampled, cursor)
 
 
 class NativeLoader(BaseLoader):
@@ -186,7 +252,8 @@ class NativeLoader(BaseLoader):
     def __init__(self, format: str = "auto", threads: int = 4, chunk_bytes: int = 16 << 20, direct_io: str = "auto",
                  staging: str = "auto", ring_bytes: int = 256 << 20, copy_streams: int = 4, verify: str = "auto",
                  dram_dir: str | None = None, dram_capacity_bytes: int = 8 << 30, ssd_dir: str | None = None,
-                 remote_retries: int = 3, remote_timeout_s: float = 30.0, remote_to_dram: bool = False) -> None:
+                 remote_retries: int = 3, remote_timeout_s: float = 30.0, remote_to_dram: bool = False,
+                 max_index_bytes: int = MAX_INDEX_BYTES, verify_max_age_s: float = 86400.0) -> None:
         for key, value, allowed in (("format", format, FORMATS), ("direct_io", direct_io, DIRECT_IO),
                                     ("staging", staging, STAGING), ("verify", verify, VERIFY)):
             if value not in allowed:
@@ -207,12 +274,38 @@ class NativeLoader(BaseLoader):
         self.ssd_root = Path(os.path.expanduser(ssd_dir)) if ssd_dir else Path(cache) / "remote-ssd"
         self.remote_retries, self.remote_timeout_s = remote_retries, remote_timeout_s
         self.remote_to_dram = remote_to_dram
+        if max_index_bytes < 1 or verify_max_age_s < 0:
+            raise ValueError(f"loader.max_index_bytes={max_index_bytes} must be ≥ 1 and loader.verify_max_age_s="
+                             f"{verify_max_age_s} ≥ 0")
+        self.max_index_bytes, self.verify_max_age_s = int(max_index_bytes), float(verify_max_age_s)
+        if self.ssd_root.is_dir():
+            clean_dead_temps(self.ssd_root)  # what a killed fetch left behind
         self._warned_small_pages = False
 
     # -- tiers -----------------------------------------------------------------------------------------------
     @staticmethod
     def tier_key(checkpoint: Path | str) -> str:
-        return url_key(str(checkpoint)) if is_url(checkpoint) else Path(checkpoint).resolve().name
+        """The tier entry's name: the checkpoint's last path part (readable) and a hash of its resolved path or URL
+        (identifying: two checkpoints of one name in different directories are different entries)."""
+        return url_key(str(checkpoint) if is_url(checkpoint) else Path(checkpoint).resolve().as_uri())
+
+    def _source(self, checkpoint: Path | str) -> Path | None:
+        """The directory a DRAM-tier entry is a copy of: the checkpoint, or a URL's SSD-tier copy (if any)."""
+        if not is_url(checkpoint):
+            return Path(checkpoint)
+        local = self.ssd_root / url_key(str(checkpoint))
+        return local if local.is_dir() else None
+
+    def _fresh(self, entry: Path, checkpoint: Path | str) -> bool:
+        """Whether a DRAM-tier entry still holds its source's bytes: the fingerprint stored when it was staged equals
+        the source's now (a URL whose SSD-tier copy is gone has nothing to compare: the entry is its only copy)."""
+        stored = read_source(entry)
+        if stored is None:
+            return False  # staged by an older coldstart, or half-written metadata: stage again
+        src = self._source(checkpoint)
+        if src is None:
+            return True  # a URL whose SSD-tier copy was dropped: this entry is its only local copy
+        return current(src, stored, self.max_index_bytes) == stored
 
     def drop_remote_copies(self, url: str) -> None:
         """Forget a remote checkpoint's SSD-tier and DRAM-tier copies (the ``remote`` cache state)."""
@@ -235,11 +328,22 @@ class NativeLoader(BaseLoader):
                         "huge-page tmpfs (`make dram-tier`, root: python -m loaders.native.hugetmpfs mount)",
                         self.dram.root)
         src = Path(checkpoint_dir)
-        copy = self.dram.insert(self.tier_key(src), src)
-        if (src / INDEX).exists():  # our byte-for-byte copy of a verified source needs no second hashing pass
-            files = [src / p.name for p in read_index(src).partitions]
-            if _verified_before(src, files):
-                _mark_verified(copy, [copy / f.name for f in files])
+        key = self.tier_key(src)
+        with self.dram.reading(key) as hot:
+            if hot is not None and self._fresh(hot, src):
+                return hot
+        self.dram.remove(key)  # a stale entry (its source changed since staging), if any
+        return self._stage(key, src)
+
+    def _stage(self, key: str, src: Path) -> Path:
+        """Copy exactly the files a load of ``src`` reads into the DRAM tier as ``key``, with ``src``'s fingerprint."""
+        assert self.dram is not None
+        plan = self._plan(src, verify="never")  # validates the checkpoint and names its files
+        files = list(zip(plan.files, plan.names, strict=True))
+        files += [(member(src, p.name)[0], p.name) for p in [*([plan.index] if plan.index else []), *plan.extra]]
+        copy = self.dram.insert(key, src, files, extra={SOURCE: source_json(plan.fingerprint)})
+        if verified_record(src, plan.fingerprint) is not None:  # a byte-for-byte copy of a verified source
+            mark_verified(copy, self._plan(copy, verify="never").fingerprint)  # needs no second hashing pass
         return copy
 
     def _map(self, plan: _Plan, tier: str, t0: float, cold: bool | None = None) -> LoadResult:
@@ -280,21 +384,44 @@ class NativeLoader(BaseLoader):
     # -- loading ---------------------------------------------------------------------------------------------
     def _plan(self, directory: Path, verify: str | None = None) -> _Plan:
         fmt = detect_format(directory) if self.format == "auto" else self.format
+        args = (verify or self.verify, self.max_index_bytes, self.verify_max_age_s)
         if fmt == "native":
-            return _native_plan(directory, verify or self.verify)
+            return _native_plan(directory, *args)
         if fmt == "sllm":
-            return _sllm_plan(directory, self.chunk_bytes)
-        return _safetensors_plan(directory, self.chunk_bytes)
+            return _sllm_plan(directory, self.chunk_bytes, *args)
+        return _safetensors_plan(directory, self.chunk_bytes, *args)
 
-    def load(self, checkpoint_dir: Path | str, device: torch.device) -> LoadResult:
-        """Load a local directory, or a URL (DRAM tier, else its SSD-tier copy, else the remote with write-through)."""
+    def load(self, checkpoint_dir: Path | str, device: torch.device, _restaged: bool = False) -> LoadResult:
+        """Load a local directory, or a URL (DRAM tier, else its SSD-tier copy, else the remote with write-through).
+
+        A DRAM-tier entry is served only while its source's fingerprint is the one it was staged with; a stale entry
+        is dropped and staged again from the source."""
         key = self.tier_key(checkpoint_dir)
         if self.dram is not None:
+            stale = False
             with self.dram.reading(key) as hot:
                 if hot is not None:
-                    result = self._load_from(hot, device, "dram", direct=False)
-                    result.phases_s["dram_huge_pages"] = float(self.dram.huge_pages)
-                    return result
+                    t0 = time.perf_counter()
+                    if self._fresh(hot, checkpoint_dir):
+                        checked = time.perf_counter() - t0
+                        result = self._load_from(hot, device, "dram", direct=False)
+                        result.phases_s["dram_huge_pages"] = float(self.dram.huge_pages)
+                        result.phases_s["source_check_s"] = checked
+                        return result
+                    stale = True
+            src = self._source(checkpoint_dir)
+            if stale:
+                log.warning("DRAM-tier entry %s is stale (%s changed since it was staged): staging it again", key,
+                            checkpoint_dir)
+                self.dram.remove(key)
+                if src is not None and not _restaged:
+                    try:
+                        self._stage(key, src)
+                    except (TierCapacityError, OSError) as exc:
+                        log.warning("could not stage %s into the DRAM tier again (%s); loading it from %s", src,
+                                    exc, "the SSD tier" if is_url(checkpoint_dir) else "its directory")
+                    else:
+                        return self.load(checkpoint_dir, device, _restaged=True)
         if not is_url(checkpoint_dir):
             return self._load_from(Path(checkpoint_dir), device, "ssd", direct=None)
         local = self.ssd_root / key
@@ -303,64 +430,88 @@ class NativeLoader(BaseLoader):
         return self._load_remote(str(checkpoint_dir), local, device)
 
     def _load_remote(self, url: str, local: Path, device: torch.device) -> LoadResult:
-        """Range-read every chunk from the server and write it through to a skeleton published into the SSD tier."""
+        """Range-read every chunk from the server and write it through to a skeleton published into the SSD tier.
+
+        Formats without checksums of their own get chunk sums computed from the bytes as they arrive, written beside
+        the SSD-tier copy (``integrity.CHUNKS``), so its later loads are verified."""
         t0 = time.perf_counter()
         remote = RemoteDirectory(url, self.remote_retries, self.remote_timeout_s)
         self.ssd_root.mkdir(parents=True, exist_ok=True)
-        _clean_stale_temps(self.ssd_root, local.name)
-        tmp = self.ssd_root / f".{local.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        fds: dict[Path, int] = {}
+        clean_dead_temps(self.ssd_root)
+        fds: dict[str, int] = {}
         try:
-            files = make_skeleton(remote, tmp)
-            plan = self._plan(tmp)
+            with temp_entry(self.ssd_root, local.name) as tmp:
+                files = make_skeleton(remote, tmp, self.max_index_bytes)
+                plan = self._plan(tmp)
+                record = not any(seg.digest for seg in plan.segments) and self.verify != "never"
+                sums: dict[tuple[str, int], str] = {}
 
-            def fetch(seg: Segment, view: memoryview) -> None:
-                remote.read_into(seg.path.name, seg.file_offset, view)
+                def fetch(seg: Segment, view: memoryview) -> None:
+                    remote.read_into(seg.path.name, seg.file_offset, view)
+                    if record:
+                        sums[(seg.path.name, seg.file_offset)] = xxhash.xxh3_64_hexdigest(view)
 
-            ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
-            if device.type == "cpu" and not ring:
-                # The SSD-tier files' pages, mapped privately, are the tensors: no model-sized buffer besides them.
-                t_plan = time.perf_counter()
-                stats = receive_into_files(plan.segments, fetch, self.threads)
-                t_fetch = time.perf_counter()
-                names = [f.name for f in files]
-                publish(tmp, local, files, sync=not plan.verifying)
-                if plan.verifying:  # re-verifiable: durable and marked verified in the background
-                    entry = [local / n for n in names]
-                    sync_then(entry, local, lambda: _mark_verified(local, entry))
-                result = self._map(self._plan(local, verify="never"), "remote", time.perf_counter(), cold=False)
-                result.bytes_by_tier = {"remote": stats.bytes_read}
-                ph = result.phases_s
-                ph.update(plan_alloc_s=t_plan - t0 + ph["plan_alloc_s"], pipeline_s=t_fetch - t_plan + ph["pipeline_s"],
-                          fetch_s=stats.read_s, verify_s=stats.verify_s, write_s=stats.copy_s)
-            else:
-                fds.update({f: os.open(f, os.O_WRONLY) for f in files})
+                def record_sums(directory: Path) -> None:
+                    by_file: dict[str, list[str]] = {}
+                    for (name, _), digest in sorted(sums.items()):
+                        by_file.setdefault(name, []).append(digest)
+                    write_chunk_sums(directory, self.chunk_bytes, by_file)
 
-                def write_through(seg: Segment, view: memoryview) -> None:
-                    remote_tier.pwrite_all(fds[seg.path], view, seg.file_offset)
+                checksummed = plan.verifying or record
+                ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
+                if device.type == "cpu" and not ring:
+                    # The SSD-tier files' pages, mapped privately, are the tensors: no model-sized buffer besides them.
+                    t_plan = time.perf_counter()
+                    stats = receive_into_files(plan.segments, fetch, self.threads)
+                    t_fetch = time.perf_counter()
+                    if record:
+                        record_sums(tmp)
+                    names = [f.name for f in files]
+                    publish(tmp, local, files, sync=not checksummed)
+                    if checksummed:  # re-verifiable: durable and marked verified in the background
+                        def then() -> None:
+                            with contextlib.suppress(NativeFormatError, OSError):
+                                mark_verified(local, self._plan(local, verify="never").fingerprint)
+                        sync_then([local / n for n in names], local, then)
+                    result = self._map(self._plan(local, verify="never"), "remote", time.perf_counter(), cold=False)
+                    result.bytes_by_tier = {"remote": stats.bytes_read}
+                    ph = result.phases_s
+                    ph.update(plan_alloc_s=t_plan - t0 + ph["plan_alloc_s"],
+                              pipeline_s=t_fetch - t_plan + ph["pipeline_s"], fetch_s=stats.read_s,
+                              verify_s=stats.verify_s, write_s=stats.copy_s)
+                else:
+                    fds.update({f.name: os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in files})
 
-                result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch, on_segment=write_through)
-                for fd in fds.values():
-                    os.close(fd)
-                fds.clear()
-                if plan.verifying:
-                    _mark_verified(tmp, plan.files)
-                publish(tmp, local, files)
+                    def write_through(seg: Segment, view: memoryview) -> None:
+                        remote_tier.pwrite_all(fds[seg.path.name], view, seg.file_offset)
+
+                    result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch,
+                                        on_segment=write_through)
+                    for fd in fds.values():
+                        os.close(fd)
+                    fds.clear()
+                    if record:
+                        record_sums(tmp)
+                    if checksummed:
+                        mark_verified(tmp, self._plan(tmp, verify="never").fingerprint)
+                    publish(tmp, local, files)
         except BaseException as exc:
             for fd in fds.values():
                 os.close(fd)
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise TierCapacityError(f"no space left caching {url} into the SSD tier at {self.ssd_root}; "
-                                        "nothing partial was kept. Free space or set loader.ssd_dir") from exc
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise TierCapacityError(f"no space left caching {url} into the SSD tier at {self.ssd_root} "
+                                        f"({exc.strerror}); nothing partial was kept. Free space or set "
+                                        "loader.ssd_dir") from exc
             raise
         result.phases_s["verified"] = float(plan.verifying)
+        result.phases_s["checksums_recorded"] = float(record)
         result.phases_s["written_through"] = 1.0
         if self.remote_to_dram and self.dram is not None:
             try:
-                self.dram.insert(local.name, local)
-            except TierCapacityError:
+                self._stage(local.name, local)
+            except (TierCapacityError, NativeFormatError, OSError) as exc:
+                log.warning("remote_to_dram: %s was loaded but could not be staged into the DRAM tier at %s: %s",
+                            url, self.dram.root, exc)
                 result.phases_s["dram_insert_failed"] = 1.0
         return result
 
@@ -372,16 +523,20 @@ class NativeLoader(BaseLoader):
         # cold pages with the kernel's readahead). On the 2-core VM a cold opt-1.3b loaded that way in 0.88–1.09 s
         # against 2.9–7.1 s with O_DIRECT preads into a fresh buffer and 2.1–2.5 s for safetensors
         # (benchmarks/cold_inprocess.py): a fresh model-sized buffer costs more than the page cache it avoids.
-        if device.type == "cpu" and (self.staging == "map" or (self.staging == "auto" and self.direct_io != "on")):
-            result = self._map(plan, tier, t0, cold=False if tier == "dram" else None)
-        else:
-            if direct is None:  # O_DIRECT only when reading cold from the SSD tier
-                direct = self.direct_io == "on" or (
-                    self.direct_io == "auto" and resident_fraction(plan.files, windows=64) < 0.5)
-            result = self._read(plan, tier, t0, device, direct, ring)
-        if plan.verifying:
-            _mark_verified(directory, plan.files)
+        try:
+            if device.type == "cpu" and (self.staging == "map" or (self.staging == "auto" and self.direct_io != "on")):
+                result = self._map(plan, tier, t0, cold=False if tier == "dram" else None)
+            else:
+                if direct is None:  # O_DIRECT only when reading cold from the SSD tier
+                    direct = self.direct_io == "on" or (
+                        self.direct_io == "auto" and resident_fraction(plan.files, windows=64) < 0.5)
+                result = self._read(plan, tier, t0, device, direct, ring)
+        except ChunkChecksumError:
+            forget_verified(directory)  # whatever was trusted before: the next load verifies every chunk
+            raise
+        _mark(directory, plan)
         result.phases_s["verified"] = float(plan.verifying)
+        result.phases_s["verify_sampled_chunks"] = float(plan.sampled)
         return result
 
     def _read(self, plan: _Plan, tier: str, t0: float, device: torch.device, direct: bool, ring: bool,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from loaders.native.format import PartitionSizeError
+from loaders.native.format import PartitionSizeError, open_regular
 from loaders.native.pipeline import PipelineStats, Segment, parallel_for, verify_segment
 
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux uapi value; Python 3.11 lacks the name
@@ -30,7 +30,7 @@ PAGE = mmap.PAGESIZE
 
 def map_file(path: Path) -> tuple[mmap.mmap, torch.Tensor]:
     """A private, writable mapping of the whole file and a uint8 tensor over it."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_regular(path)  # never through a link swapped in, never blocking on a FIFO
     try:
         size = os.fstat(fd).st_size
         if size == 0:

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 import xxhash
 
-from loaders.native.format import ALIGNMENT, ChunkChecksumError
+from loaders.native.format import ALIGNMENT, ChunkChecksumError, open_regular
 
 S = TypeVar("S")
 
@@ -163,7 +163,7 @@ def _open(path: Path, direct: bool, cache: dict[tuple[Path, bool], int], lock: t
     with lock:
         fd = cache.get(key)
         if fd is None:
-            fd = cache[key] = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+            fd = cache[key] = open_regular(path, os.O_DIRECT if direct else 0)
         return fd
 
 

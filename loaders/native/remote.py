@@ -47,12 +47,27 @@ class RemoteShortReadError(RemoteError):
     """The server sent fewer bytes than asked (the remote file is shorter than its index, or the body was cut)."""
 
 
+class RemoteTooLargeError(RemoteError):
+    """A metadata file (an index) on the server is larger than ``loader.max_index_bytes``."""
+
+
 class RemoteConnectionError(RemoteError):
     """The connection was refused, timed out or dropped, on every try."""
 
 
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _MISSING_STATUS = {403, 404, 410}
+
+
+def content_length(value: str | None, where: str) -> int | None:
+    """A ``Content-Length`` header as a byte count (None when absent); anything but 1–19 digits is a
+    ``RemoteHTTPError`` (a 5,000-digit length would otherwise be a raw ``ValueError``)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit() or not value.isascii() or len(value) > 19:
+        raise RemoteHTTPError(f"{where}: the server sent Content-Length {value[:40]!r}, not a byte count")
+    return int(value)
 
 
 def is_url(ref: object) -> bool:
@@ -94,7 +109,7 @@ class RemoteDirectory:
         for attempt in range(self.retries + 1):
             try:
                 return op()
-            except (RemoteNotFoundError, RangeNotSupportedError):
+            except (RemoteNotFoundError, RangeNotSupportedError, RemoteTooLargeError):
                 raise  # retrying cannot help
             except (RemoteError, OSError, http.client.HTTPException) as exc:
                 last = exc
@@ -155,28 +170,45 @@ class RemoteDirectory:
         def op() -> int:
             resp = self._request("HEAD", name, {})
             resp.read()
-            length = resp.getheader("Content-Length")
+            length = content_length(resp.getheader("Content-Length"), f"HEAD {self.url}/{name}")
             if length is None:
                 raise RemoteHTTPError(f"HEAD {self.url}/{name}: no Content-Length")
-            return int(length)
+            return length
         return self._retry(f"HEAD {self.url}/{name}", op)
 
-    def get(self, name: str) -> bytes:
-        """A whole (small) file: indexes, manifests, configs."""
+    def get(self, name: str, max_bytes: int | None = None) -> bytes:
+        """A whole (small) file: indexes, manifests, configs; one larger than ``max_bytes`` is a
+        ``RemoteTooLargeError`` (read no further than that)."""
+        where = f"GET {self.url}/{name}"
+
+        def too_large(size: int | str) -> RemoteTooLargeError:
+            return RemoteTooLargeError(f"{where}: {size} bytes, more than loader.max_index_bytes={max_bytes}; "
+                                       "raise it if the file is genuine")
+
         if self._fs is not None:
             def op_fs() -> bytes:
                 try:
+                    if max_bytes is not None and (size := int(self._fs.size(f"{self._root}/{name}"))) > max_bytes:
+                        raise too_large(size)
                     return bytes(self._fs.cat_file(f"{self._root}/{name}"))
                 except FileNotFoundError as exc:
                     raise RemoteNotFoundError(f"{self.url}/{name} does not exist") from exc
-            return self._retry(f"GET {self.url}/{name}", op_fs)
+            return self._retry(where, op_fs)
 
         def op() -> bytes:
             resp = self._request("GET", name, {})
-            data = resp.read()
-            length = resp.getheader("Content-Length")
-            if length is not None and len(data) != int(length):
-                raise RemoteShortReadError(f"GET {self.url}/{name}: {len(data)} of {length} bytes")
+            length = content_length(resp.getheader("Content-Length"), where)
+            if max_bytes is not None and length is not None and length > max_bytes:
+                resp.close()
+                self._drop_connection()
+                raise too_large(length)
+            data = resp.read() if max_bytes is None else resp.read(max_bytes + 1)
+            if max_bytes is not None and len(data) > max_bytes:
+                resp.close()
+                self._drop_connection()
+                raise too_large(f"more than {max_bytes}")
+            if length is not None and len(data) != length:
+                raise RemoteShortReadError(f"{where}: {len(data)} of {length} bytes")
             return data
         return self._retry(f"GET {self.url}/{name}", op)
 

@@ -24,7 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from loaders.native.format import INDEX, UnsafePartitionNameError, parse_index
+from loaders.native.format import (
+    INDEX,
+    MAX_INDEX_BYTES,
+    NativeIndex,
+    PartitionSizeError,
+    UnsafePartitionNameError,
+    parse_index,
+)
 from loaders.native.pipeline import PipelineStats, Segment, parallel_for, verify_segment
 from loaders.native.remote import RemoteDirectory, RemoteError, RemoteNotFoundError, RemoteShortReadError
 from loaders.native.sllm import DATA_PREFIX, SLLM_INDEX
@@ -50,7 +57,7 @@ def _data_names(remote: RemoteDirectory, meta: dict[str, bytes]) -> list[str]:
     url = remote.url
     try:
         if INDEX in meta:
-            return [p.name for p in parse_index(meta[INDEX], f"{url}/{INDEX}").partitions]
+            return [p.name for p in _native(remote, meta).partitions]
         if MANIFEST in meta:
             return [_safe(n, url) for n in json.loads(meta[MANIFEST])["files"]]
         if ST_INDEX in meta:
@@ -66,6 +73,10 @@ def _data_names(remote: RemoteDirectory, meta: dict[str, bytes]) -> list[str]:
         return ["model.safetensors"]
     raise RemoteNotFoundError(f"{url}: no checkpoint there (none of {', '.join(METADATA)} nor model.safetensors); "
                               "check the URL")
+
+
+def _native(remote: RemoteDirectory, meta: dict[str, bytes]) -> NativeIndex:
+    return parse_index(meta[INDEX], f"{remote.url}/{INDEX}")
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -88,21 +99,27 @@ def _reserve(fd: int, size: int) -> bool:
     return True
 
 
-def make_skeleton(remote: RemoteDirectory, tmp: Path) -> list[Path]:
-    """Fetch metadata into ``tmp``, create its data files at their remote sizes (blocks reserved where the file
-    system can); return the data files."""
+def make_skeleton(remote: RemoteDirectory, tmp: Path, max_index_bytes: int = MAX_INDEX_BYTES) -> list[Path]:
+    """Fetch metadata into ``tmp`` (each file at most ``max_index_bytes``), create its data files at their remote
+    sizes (blocks reserved where the file system can; a native partition whose remote size differs from its index
+    is refused first); return the data files."""
     meta: dict[str, bytes] = {}
     for name in METADATA:
         try:
-            meta[name] = remote.get(name)
+            meta[name] = remote.get(name, max_index_bytes)
         except RemoteNotFoundError:
             continue
     names = _data_names(remote, meta)
+    indexed = {p.name: p.size for p in _native(remote, meta).partitions} if INDEX in meta else {}
     for name, data in meta.items():
         (tmp / name).write_bytes(data)
     files = []
     for name in names:
         size = remote.size(name)
+        if name in indexed and size != indexed[name]:
+            raise PartitionSizeError(f"{remote.url}/{name} has {size} bytes, the index says {indexed[name]} "
+                                     f"({'truncated' if size < indexed[name] else 'too long'}); re-publish the "
+                                     "checkpoint", path=f"{remote.url}/{name}", entry=name)
         path = tmp / name
         with open(path, "wb") as f:
             f.truncate(size)
@@ -112,7 +129,7 @@ def make_skeleton(remote: RemoteDirectory, tmp: Path) -> list[Path]:
                 head = bytearray(8)
                 remote.read_into(name, 0, memoryview(head))
                 (n,) = struct.unpack("<Q", head)
-                if n > min(size, 100 << 20):
+                if n > min(size - 8, max_index_bytes):
                     raise RemoteShortReadError(f"{remote.url}/{name}: header length {n} exceeds the file ({size})")
                 header = bytearray(n)
                 remote.read_into(name, 8, memoryview(header))

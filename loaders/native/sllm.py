@@ -11,7 +11,6 @@ byte is read: each failure is a named ``SllmIndexError``.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -23,7 +22,15 @@ from pathlib import Path
 
 import torch
 
-from loaders.native.format import DTYPE_NAMES, DTYPES, NativeFormatError, PartitionSizeError
+from loaders.native.format import (
+    DTYPE_NAMES,
+    DTYPES,
+    Extent,
+    NativeFormatError,
+    PartitionSizeError,
+    check_extents,
+    load_json,
+)
 
 SLLM_INDEX = "tensor_index.json"
 DATA_PREFIX = "tensor.data_"
@@ -60,35 +67,30 @@ def _ints(raw: object, where: str, key: str) -> tuple[int, ...]:
 
 
 def parse_sllm_index(raw: str | bytes, where: str = SLLM_INDEX) -> list[SllmTensor]:
-    """Parse and validate ``tensor_index.json`` (shape/stride/size consistency; offsets checked in the plan)."""
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise SllmIndexError(f"{where} is not valid JSON: {exc}") from exc
+    """Parse ``tensor_index.json`` (types, dtypes, element alignment); ``check_bounds`` then validates the layout."""
+    doc = load_json(raw, where, SllmIndexError)
     if not isinstance(doc, dict):
-        raise SllmIndexError(f"{where}: top level must be an object of tensor name → entry")
+        raise SllmIndexError(f"{where}: top level must be an object of tensor name → entry", path=where)
     out = []
     for name, entry in doc.items():
         tw = f"{where}: tensor {name!r}"
         if isinstance(entry, dict):
             entry = [entry.get(k) for k in ("offset", "size", "shape", "stride", "dtype")]
         if not isinstance(entry, list) or len(entry) != 5:
-            raise SllmIndexError(f"{tw}: expected [offset, size, shape, stride, dtype], got {entry!r}")
+            raise SllmIndexError(f"{tw}: expected [offset, size, shape, stride, dtype], got {entry!r}", path=where,
+                                 entry=name)
         offset, size, shape_raw, stride_raw, dtype_raw = entry
         for key, v in (("offset", offset), ("size", size)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise SllmIndexError(f"{tw}: {key} {v!r} must be a non-negative integer")
+                raise SllmIndexError(f"{tw}: {key} {v!r} must be a non-negative integer", path=where, entry=name)
         shape, stride = _ints(shape_raw, tw, "shape"), _ints(stride_raw, tw, "stride")
         dtype = _dtype(dtype_raw, tw)
         if len(stride) != len(shape):
-            raise SllmIndexError(f"{tw}: stride {list(stride)} does not match shape {list(shape)}")
-        elem = torch.empty((), dtype=dtype).element_size()
-        span = 0 if 0 in shape else (1 + sum((d - 1) * s for d, s in zip(shape, stride, strict=True))) * elem
-        if span > size:
-            raise SllmIndexError(f"{tw}: shape {list(shape)} with stride {list(stride)} of {dtype} needs {span} "
-                                 f"bytes, the index gives {size}")
-        if offset % elem:
-            raise SllmIndexError(f"{tw}: offset {offset} is not aligned to its {elem}-byte elements")
+            raise SllmIndexError(f"{tw}: stride {list(stride)} does not match shape {list(shape)}", path=where,
+                                 entry=name)
+        if offset % dtype.itemsize:
+            raise SllmIndexError(f"{tw}: offset {offset} is not aligned to its {dtype.itemsize}-byte elements",
+                                 path=where, entry=name)
         out.append(SllmTensor(str(name), dtype, shape, stride, offset, size))
     return out
 
@@ -104,15 +106,10 @@ def data_files(directory: Path) -> list[Path]:
 
 
 def check_bounds(tensors: list[SllmTensor], total: int, where: str) -> None:
-    """Every tensor lies inside the data files' bytes, and no two tensors overlap."""
-    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors if t.nbytes)
-    for start, end, name in spans:
-        if end > total:
-            raise SllmIndexError(f"{where}: tensor {name!r} bytes [{start}, {end}) lie beyond the data files' "
-                                 f"{total} bytes: a data file is truncated or missing")
-    for (_, a_end, a), (b_start, _, b) in itertools.pairwise(spans):
-        if a_end > b_start:
-            raise SllmIndexError(f"{where}: tensors {a!r} and {b!r} overlap")
+    """The shared validation (``format.check_extents``): every tensor's strided elements lie inside its bytes, its
+    bytes inside the data files' ``total``, and no two tensors overlap."""
+    check_extents((Extent(t.name, 0, t.offset, t.nbytes, t.shape, t.dtype.itemsize, t.stride) for t in tensors),
+                  [total], ["the data files (truncated?)"], where)
 
 
 def tensor_view(flat: torch.Tensor, t: SllmTensor) -> torch.Tensor:
@@ -120,7 +117,7 @@ def tensor_view(flat: torch.Tensor, t: SllmTensor) -> torch.Tensor:
     if 0 in t.shape:
         return torch.empty(t.shape, dtype=t.dtype)
     raw = flat[: t.nbytes]
-    elem = torch.empty((), dtype=t.dtype).element_size()
+    elem = t.dtype.itemsize
     typed = raw[: t.nbytes - t.nbytes % elem].view(t.dtype)
     return torch.as_strided(typed, t.shape, t.stride)
 

@@ -1,22 +1,31 @@
 """The DRAM tier: a host-memory checkpoint cache shared by processes (files under /dev/shm), bounded, LRU.
 
-Entries are whole checkpoint directories ``<root>/<key>/``. Insertion copies into a hidden temp directory and
-renames it into place (atomic: readers never see half an entry). Readers hold a shared ``flock`` on the entry's
-lock file for the whole load; eviction takes the tier lock, picks least-recently-used entries and removes only
-those whose lock it can take exclusively, so an entry being read is never evicted.
+Entries are checkpoint directories ``<root>/<key>/`` (mode 0700) holding exactly the files a load reads, copied
+as regular files of mode 0600. Insertion copies into a hidden temp directory and renames it into place (atomic:
+readers never see half an entry). Readers hold a shared ``flock`` on the entry's lock file for the whole load;
+eviction takes the tier lock, picks least-recently-used entries and removes only those whose lock it can take
+exclusively, so an entry being read is never evicted.
+
+A temp directory is owned through an exclusive ``flock`` on ``.locks/<temp name>.lock``, taken before the directory
+is made: a process that dies while staging (SIGKILL) drops it, and the next tier start or insertion removes
+that temp (``clean_dead_temps``). Until then its bytes count toward the capacity. The SSD tier's remote fetches
+use the same temps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
+import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from loaders.native.format import open_regular
 from loaders.native.hugetmpfs import huge_pages
 
 LOCKS = ".locks"
@@ -34,8 +43,86 @@ def _touch(stamp: Path) -> None:
     os.utime(stamp, ns=(now, now))
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+def _dir_bytes(path: Path, hidden: bool = False) -> int:
+    total = 0
+    with contextlib.suppress(OSError):  # a temp removed while counted
+        for p in path.iterdir():
+            with contextlib.suppress(OSError):
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode) and (hidden or not p.name.startswith(".")):
+                    total += st.st_size
+    return total
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and (".tmp-" in name or ".evicting-" in name)
+
+
+@contextlib.contextmanager
+def temp_entry(root: Path, key: str) -> Iterator[Path]:
+    """A hidden temp directory (mode 0700) under ``root`` for an entry being written, owned while the context is open
+    (``clean_dead_temps`` removes it once its owner died). On exit it is removed unless it was renamed away."""
+    locks = Path(root) / LOCKS
+    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lock = locks / f"{name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # before the directory exists: no cleaner can take it for a dead one
+        tmp = Path(root) / name
+        tmp.mkdir(mode=0o700)
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def clean_dead_temps(root: Path) -> list[str]:
+    """Remove temp directories under ``root`` whose owner died (its lock is free); the names removed."""
+    removed: list[str] = []
+    root = Path(root)
+    try:
+        names = [p.name for p in root.iterdir() if _is_temp(p.name)]
+    except OSError:
+        return removed
+    if not names:
+        return removed
+    (root / LOCKS).mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in names:
+        lock = root / LOCKS / f"{name}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its owner is alive and writing
+            shutil.rmtree(root / name, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy a checked checkpoint file as a new regular file of mode 0600 (never through a link, never a FIFO)."""
+    fin = open_regular(src)
+    try:
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            size, done = os.fstat(fin).st_size, 0
+            while done < size:
+                n = os.sendfile(fout, fin, done, min(size - done, 1 << 30))
+                if n == 0:
+                    break
+                done += n
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
 
 
 class DramTier:
@@ -46,7 +133,9 @@ class DramTier:
             raise ValueError(f"dram capacity_bytes must be > 0, got {capacity_bytes}")
         self.root = Path(root)
         self.capacity_bytes = int(capacity_bytes)
-        (self.root / LOCKS).mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.root / LOCKS).mkdir(mode=0o700, exist_ok=True)
+        clean_dead_temps(self.root)  # what a killed stager left behind
         # 4 KiB pages make populating a hot load's mapping cost ~0.1 s per GB (hugetmpfs.py says why and mounts one)
         self.huge_pages = huge_pages(self.root)
 
@@ -57,7 +146,7 @@ class DramTier:
 
     @contextlib.contextmanager
     def _lock(self, name: str, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
-        fd = os.open(self.root / LOCKS / name, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / LOCKS / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
             try:
@@ -90,32 +179,48 @@ class DramTier:
                 out.append((used, p.name, _dir_bytes(p)))
         return sorted(out)
 
-    def used_bytes(self) -> int:
-        return sum(b for _, _, b in self.entries())
+    def temp_bytes(self) -> int:
+        """Bytes held by temp directories (entries being staged, or left by a dead stager until cleaned)."""
+        return sum(_dir_bytes(p, hidden=True) for p in self.root.iterdir() if p.is_dir() and _is_temp(p.name))
 
-    def insert(self, key: str, src: Path) -> Path:
-        """Copy checkpoint directory ``src`` into the tier as ``key`` (evicting LRU entries); return its path."""
+    def used_bytes(self) -> int:
+        return sum(b for _, _, b in self.entries()) + self.temp_bytes()
+
+    def insert(self, key: str, src: Path, files: Sequence[tuple[Path, str]] | None = None,
+               extra: dict[str, bytes] | None = None) -> Path:
+        """Copy ``files`` ((path to read, name in the entry) pairs; default: the regular files directly in ``src``)
+        into the tier as ``key``, plus ``extra`` small files (name → bytes), evicting LRU entries; return its path.
+        A full file system is a ``TierCapacityError`` and leaves nothing behind."""
         dst = self.path(key)
         if dst.exists():
             return dst
-        need = _dir_bytes(src)
+        if files is None:
+            files = [(p, p.name) for p in sorted(Path(src).iterdir())
+                     if stat.S_ISREG(p.lstat().st_mode) and not p.name.startswith(".")]
+        need = sum(p.stat().st_size for p, _ in files) + sum(len(b) for b in (extra or {}).values())
         if need > self.capacity_bytes:
             raise TierCapacityError(f"{src} needs {need / 1e9:.2f} GB but the DRAM tier holds at most "
                                     f"{self.capacity_bytes / 1e9:.2f} GB; raise dram_capacity_bytes")
         with self._lock(".tier.lock", exclusive=True):
             if dst.exists():
                 return dst
+            clean_dead_temps(self.root)
             self._evict_for(need)
-            tmp = self.root / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
             try:
-                for f in sorted(src.iterdir()):
-                    if f.is_file():
-                        shutil.copyfile(f, tmp / f.name)
-                _touch(tmp / STAMP)
-                tmp.rename(dst)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                with temp_entry(self.root, key) as tmp:
+                    for path, name in files:
+                        _copy_file(path, tmp / name)
+                    for name, data in (extra or {}).items():
+                        fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                        with os.fdopen(fd, "wb") as f:
+                            f.write(data)
+                    _touch(tmp / STAMP)
+                    tmp.rename(dst)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise TierCapacityError(f"DRAM tier at {self.root}: the file system is full staging {src} "
+                                            f"({need / 1e9:.2f} GB); nothing partial was kept. Free memory in "
+                                            f"{self.root} or lower dram_capacity_bytes to what it holds") from exc
                 raise
         return dst
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,50 @@ def test_fuzz_partition_reader_never_returns_wrong_tensors(tmp_path: Path, data:
         return
     for name, ref in small_state_dict().items():  # a flip in padding is harmless: then every tensor is intact
         assert torch.equal(loaded[name], ref), name
+
+
+_dims = st.one_of(st.integers(0, 6), st.integers(1 << 31, 1 << 64))
+_extent = st.builds(
+    fmt.Extent,
+    name=st.sampled_from(["a", "b", "c", "d", "e"]),  # few names: duplicates are drawn often
+    region=st.integers(-1, 2),
+    offset=st.one_of(st.integers(0, 64), st.integers(-3, -1), st.integers(1 << 62, 1 << 64)),
+    nbytes=st.one_of(st.integers(0, 64), st.integers(1 << 62, 1 << 64)),
+    shape=st.lists(_dims, max_size=3).map(tuple),
+    itemsize=st.sampled_from([1, 2, 4, 8]),
+    stride=st.one_of(st.none(), st.lists(st.one_of(st.integers(0, 8), st.integers(1 << 62, 1 << 64)),
+                                         max_size=3).map(tuple)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(extents=st.lists(_extent, max_size=6), sizes=st.lists(st.integers(0, 96), min_size=1, max_size=3))
+def test_fuzz_shared_validator_overlaps_duplicates_overflows(extents: list[fmt.Extent], sizes: list[int]) -> None:
+    """Whatever the shared validator accepts is unique, in bounds, below 2^63, exactly sized and free of overlaps
+    (checked here pairwise, by brute force); whatever it refuses, it refuses with a named error."""
+    try:
+        fmt.check_extents(extents, sizes, [f"region {i}" for i in range(len(sizes))], "fuzz.json")
+    except fmt.NativeFormatError as exc:
+        refused: fmt.NativeFormatError | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        assert refused.path == "fuzz.json"
+        return
+    assert len({e.name for e in extents}) == len(extents)
+    for e in extents:
+        numel = math.prod(e.shape)
+        assert 0 <= e.region < len(sizes)
+        assert e.offset >= 0
+        assert e.offset + e.nbytes <= sizes[e.region]
+        assert numel * e.itemsize < 1 << 63
+        if e.stride is None:
+            assert e.nbytes == numel * e.itemsize
+        else:
+            assert numel * e.itemsize <= e.nbytes
+            if numel:
+                assert (1 + sum((d - 1) * s for d, s in zip(e.shape, e.stride, strict=True))) * e.itemsize <= e.nbytes
+    for i, a in enumerate(extents):
+        for b in extents[i + 1 :]:
+            if a.region == b.region and a.nbytes and b.nbytes:
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)

@@ -28,7 +28,7 @@ from loaders.native.remote import (
     url_key,
 )
 from loaders.native.sllm import write_sllm
-from loaders.native.tiers import DramTier, TierCapacityError
+from loaders.native.tiers import LOCKS, DramTier, TierCapacityError
 from tests.conftest import model_spec
 from tests.loaders.native_fixtures import small_state_dict
 from tests.loaders.nginx import FaultyServer, Nginx, _free_port, nginx_fixture  # noqa: F401  (the fixture)
@@ -44,7 +44,8 @@ def _publish(ckpt_dir: Path, www: Path, name: str) -> Path:
 
 
 def _visible(ssd: Path) -> list[str]:
-    return sorted(p.name for p in ssd.iterdir()) if ssd.exists() else []
+    """What the SSD tier holds besides its lock directory (temp directories included)."""
+    return sorted(p.name for p in ssd.iterdir() if p.name != LOCKS) if ssd.exists() else []
 
 
 def _loader(tmp_path: Path, **kw: object) -> NativeLoader:

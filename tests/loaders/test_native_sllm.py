@@ -68,7 +68,7 @@ def _corrupt(d: Path, fn: object) -> None:
 
 @pytest.mark.parametrize(("mutate", "match"), [
     (lambda doc: doc.__setitem__("a.weight", [0, 1, [2], [1], "torch.float99"]), "unknown dtype"),
-    (lambda doc: doc["a.weight"].__setitem__(0, 10**12), "beyond the data files"),
+    (lambda doc: doc["a.weight"].__setitem__(0, 10**12), "outside the data files"),
     (lambda doc: doc["b.bias"].__setitem__(0, doc["a.weight"][0]), "overlap"),
     (lambda doc: doc["a.weight"].__setitem__(1, 4), "needs"),
     (lambda doc: doc["a.weight"].__setitem__(3, [1]), "stride"),
@@ -76,9 +76,10 @@ def _corrupt(d: Path, fn: object) -> None:
     (lambda doc: doc.__setitem__("x", "nope"), "expected"),
 ])
 def test_bad_sllm_index_is_named(tmp_path: Path, mutate: object, match: str) -> None:
+    """Parse errors are ``SllmIndexError``s; layout errors come from the validator shared with the other readers."""
     d = _sllm(tmp_path)
     _corrupt(d, mutate)
-    with pytest.raises(SllmIndexError, match=match):
+    with pytest.raises(NativeFormatError, match=match):
         NativeLoader(format="sllm", dram_dir=None).load(d, CPU)
 
 
@@ -90,7 +91,7 @@ def test_missing_or_truncated_data_files_are_named(tmp_path: Path) -> None:
     d2 = _sllm(tmp_path, name="trunc")
     data = (d2 / "tensor.data_0").read_bytes()
     (d2 / "tensor.data_0").write_bytes(data[: len(data) // 2])
-    with pytest.raises(SllmIndexError, match="truncated"):
+    with pytest.raises(NativeFormatError, match="truncated"):
         NativeLoader(format="sllm", dram_dir=None).load(d2, CPU)
     (d2 / SLLM_INDEX).write_text("{not json")
     with pytest.raises(SllmIndexError, match="not valid JSON"):

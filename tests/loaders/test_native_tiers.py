@@ -88,4 +88,4 @@ def test_two_processes_stage_and_load_at_once(shared_store: CheckpointStore, tmp
         p.join(60)
         assert p.exitcode == 0
     assert results[0] == results[1]
-    assert [k for _, k, _ in DramTier(tmp_path / "dram").entries()] == [ckpt.path.name]
+    assert [k for _, k, _ in DramTier(tmp_path / "dram").entries()] == [NativeLoader.tier_key(ckpt.path)]
