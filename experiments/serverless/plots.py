@@ -67,6 +67,22 @@ def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def p99_by_storage(summary: pd.DataFrame, path: Path) -> Path:
+    """P99 TTFT per policy under each storage setting, at the highest RPS of the RPS sweep at the base CV (one
+    panel per token mix; bars: mean over seeds, with their range when there are several)."""
+    df = summary[summary["scenario"] == "rps"] if "scenario" in summary.columns else summary
+    df = df[df["rps"] == df["rps"].max()] if "rps" in df.columns else df
+    col = "tokens" if "tokens" in df.columns else None
+    g = sns.catplot(data=df, x="storage", y="ttft_s_p99", hue="policy", col=col, kind="bar", height=3.5,
+                    aspect=1.3, errorbar=("pi", 100) if "seed" in df.columns else None)
+    rps = f" at {df['rps'].iloc[0]:g} RPS" if "rps" in df.columns and len(df) else ""
+    seeds = f", {df['seed'].nunique()} seeds" if "seed" in df.columns else ""
+    g.set_axis_labels(f"storage setting{rps}{seeds}", "P99 TTFT (s)")
+    g.savefig(path, dpi=120)
+    plt.close(g.figure)
+    return path
+
+
 def keepalive_tradeoff(summary: pd.DataFrame, path: Path) -> Path:
     """Cold-start rate against wasted GPU memory-time (idle instances), one point per keep-alive policy."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -88,6 +104,8 @@ def plot_serverless(run_dir: Path) -> list[Path]:
         and summary["rps"].nunique() > 1
     ):
         out.append(p99_vs_rps(summary, run_dir / "p99_vs_rps.png"))
+    if "storage" in summary.columns and summary["storage"].nunique() > 1:
+        out.append(p99_by_storage(summary, run_dir / "p99_by_storage.png"))
     if requests["cold_start"].any():
         out.append(cold_start_breakdown(requests, run_dir / "cold_start_breakdown.png"))
     return out
