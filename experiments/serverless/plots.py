@@ -42,6 +42,7 @@ def p99_vs_rps(summary: pd.DataFrame, path: Path) -> Path:
         x="rps",
         y="ttft_s_p99",
         hue="policy",
+        style="storage" if "storage" in df.columns else None,
         col=col,
         kind="line",
         marker="o",
@@ -60,7 +61,8 @@ def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> Path:
     cold["prefill_s"] = (cold["ttft_s"] - cold["queue_s"] - cold["migration_s"] - cold["load_s"]).clip(
         lower=0
     )
-    means = cold.groupby("policy")[list(BREAKDOWN)].mean()
+    by = ["policy", "storage"] if "storage" in cold.columns else ["policy"]
+    means = cold.groupby(by)[list(BREAKDOWN)].mean()
     fig, ax = plt.subplots(figsize=(6, 4))
     means.plot.bar(stacked=True, ax=ax)
     ax.set_ylabel("mean seconds per cold start")
@@ -130,3 +132,63 @@ def plot_sim_vs_real(run_dir: Path) -> list[Path]:
     """Both CDFs per policy (``experiment=sim_vs_real``)."""
     requests = pd.read_parquet(Path(run_dir) / "requests.parquet")
     return [sim_vs_real_cdf(requests, Path(run_dir) / "sim_vs_real_cdf.png")]
+
+
+REGIME_KEYS = ["set_over_dram", "set_over_ssd", "rps", "ssd_replicas"]
+
+
+def regime_table(summary: pd.DataFrame, reference: str = "serverlessllm") -> pd.DataFrame:
+    """P99 TTFT ratio of every other policy to ``reference`` per regime cell: the median over seeds, with the
+    per-seed minimum and maximum, and the timeouts of both."""
+    keys = [k for k in REGIME_KEYS if k in summary.columns]
+    seed = ["seed"] if "seed" in summary.columns else []
+    ref = summary[summary["policy"] == reference].set_index(keys + seed)
+    rows = []
+    for policy, df in summary[summary["policy"] != reference].groupby("policy"):
+        d = df.set_index(keys + seed)
+        ratio = (d["ttft_s_p99"] / ref["ttft_s_p99"]).rename("ratio").reset_index()
+        t = pd.concat([d["timeouts"], ref["timeouts"].rename("ref_timeouts")], axis=1).reset_index()
+        g = ratio.groupby(keys)["ratio"].agg(["median", "min", "max", "count"]).reset_index()
+        g = g.merge(t.groupby(keys)[["timeouts", "ref_timeouts"]].sum().reset_index(), on=keys)
+        rows.append(g.assign(policy=policy))
+    out = pd.concat(rows, ignore_index=True).rename(
+        columns={"median": "p99_ratio", "min": "p99_ratio_min", "max": "p99_ratio_max", "count": "seeds"})
+    return out[["policy", *keys, "p99_ratio", "p99_ratio_min", "p99_ratio_max", "seeds", "timeouts",
+                "ref_timeouts"]]
+
+
+def regime_map(table: pd.DataFrame, path: Path, pays_at: float = 1.27) -> Path:
+    """Heat maps of the median P99 ratio over (set / DRAM) × (set / SSD): one row per baseline, one column per
+    (RPS, SSD replicas). Cells at or above ``pays_at`` are boxed; cells below 1 are hatched."""
+    panels = table[["rps", "ssd_replicas"]].drop_duplicates().sort_values(["rps", "ssd_replicas"]).values.tolist()
+    policies = sorted(table["policy"].unique())
+    fig, axes = plt.subplots(len(policies), len(panels), figsize=(3.6 * len(panels), 3.2 * len(policies)),
+                             squeeze=False)
+    for i, policy in enumerate(policies):
+        for j, (rps, rep) in enumerate(panels):
+            ax = axes[i][j]
+            d = table[(table["policy"] == policy) & (table["rps"] == rps) & (table["ssd_replicas"] == rep)]
+            grid = d.pivot(index="set_over_ssd", columns="set_over_dram", values="p99_ratio").sort_index(
+                ascending=False)
+            sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", center=1.0, vmin=0.5, vmax=2.5,
+                        cbar=j == len(panels) - 1)
+            for (yi, y), (xi, x) in ((a, b) for a in enumerate(grid.index) for b in enumerate(grid.columns)):
+                v = grid.loc[y, x]
+                if v >= pays_at:
+                    ax.add_patch(plt.Rectangle((xi, yi), 1, 1, fill=False, lw=2, ec="black"))
+                elif v < 1:
+                    ax.add_patch(plt.Rectangle((xi, yi), 1, 1, fill=False, hatch="//", lw=0, ec="gray"))
+            ax.set_title(f"{policy} / serverlessllm, {rps:g} RPS, {rep:g} SSD replica(s)", fontsize=8)
+            ax.set_xlabel("checkpoint set / server DRAM")
+            ax.set_ylabel("checkpoint set / server SSD")
+    fig.suptitle(f"P99 TTFT ratio, median over seeds (box: >= {pays_at}; hatched: < 1); equal storage", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_regime(run_dir: Path) -> list[Path]:
+    """The regime map and its table (``regime.csv``), from the run's ``summary.csv``."""
+    run_dir = Path(run_dir)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    table = regime_table(summary)
+    table.to_csv(run_dir / "regime.csv", index=False)
+    return [regime_map(table, run_dir / "regime_map.png")]

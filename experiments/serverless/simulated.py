@@ -252,3 +252,28 @@ def run_keepalive(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Cold-start rate vs wasted (idle) GPU memory-time for fixed windows and the hybrid histogram."""
     w = workload_cfg(cfg, bool(cfg.smoke))
     return simulate_grid(cfg, [({"scenario": "keepalive", "rps": w.rps}, w)])
+
+
+def run_sllm_regime(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
+    """The regime map: every policy with the same storage over (checkpoint set / DRAM, set / SSD, RPS, SSD
+    replicas); the cluster's per-server ``dram_gb`` and ``ssd_gb`` are the set's size divided by the ratios."""
+    r, smoke = cfg.experiment.regime, bool(cfg.smoke)
+    w0 = workload_cfg(cfg, smoke)
+    infos = model_infos(list(w0.models), instantiate(cfg.cluster), str(cfg.dtype))
+    set_gb = sum(i.size_bytes for i in infos.values()) / 1e9
+    dram, ssd, rps_list, replicas = (list(r.set_over_dram), list(r.set_over_ssd), list(r.rps),
+                                     list(r.ssd_replicas))
+    if smoke:
+        dram, ssd, rps_list, replicas = dram[:2], ssd[:1], rps_list[-1:], replicas[:1]
+
+    def scenarios() -> Iterable[Scenario]:
+        for rps in rps_list:
+            for rep in replicas:
+                for x in dram:
+                    for y in ssd:
+                        labels = {"set_over_dram": float(x), "set_over_ssd": float(y), "rps": float(rps),
+                                  "ssd_replicas": int(rep), "set_gb": round(set_gb, 1)}
+                        cluster = {"dram_gb": set_gb / float(x), "ssd_gb": set_gb / float(y), "ssd_replicas": int(rep)}
+                        yield labels, workload_cfg(cfg, smoke, rps=rps), cluster
+
+    return simulate_grid(cfg, scenarios())
