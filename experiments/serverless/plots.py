@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from omegaconf import OmegaConf
 
 BREAKDOWN = ("queue_s", "migration_s", "load_s", "prefill_s")
 
@@ -191,4 +192,6 @@ def plot_regime(run_dir: Path) -> list[Path]:
     summary = pd.read_csv(run_dir / "summary.csv")
     table = regime_table(summary)
     table.to_csv(run_dir / "regime.csv", index=False)
-    return [regime_map(table, run_dir / "regime_map.png")]
+    config = run_dir / "config.yaml"
+    pays_at = OmegaConf.load(config).experiment.get("pays_at", 1.27) if config.exists() else 1.27
+    return [regime_map(table, run_dir / "regime_map.png", float(pays_at))]
