@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schedulers.base import ClusterView, Decision, Placement, Request, Scheduler, startup_estimate_s
+from schedulers.base import (
+    ClusterView,
+    Decision,
+    Placement,
+    Request,
+    Scheduler,
+    policy_storage,
+    startup_estimate_s,
+)
 from schedulers.cluster import Cluster
 from schedulers.fixed import FixedKeepAlive
 from schedulers.hybrid_histogram import HybridHistogramKeepAlive
@@ -34,6 +42,8 @@ POLICIES: list[Scheduler] = [
     ShepherdScheduler(),
     RayServeScheduler(upscale_delay_s=5),
     KServeScheduler(),
+    ServerlessScheduler(cache_to=("ssd",)),  # the storage settings of sllm_scheduler
+    ServerlessLLMScheduler(cache_to=(), tier_upgrade=False),
 ]
 
 
@@ -70,12 +80,14 @@ def small_cluster(**kw: object) -> Cluster:
     slots=st.integers(1, 2),
     store=st.sampled_from([None, 1.5]),
     timeout_s=st.sampled_from([5.0, 300.0]),
+    dram_gb=st.sampled_from([0, 25]),
 )
 def test_invariants(
-    n: int, seed: int, policy: int, hybrid: bool, slots: int, store: float | None, timeout_s: float
+    n: int, seed: int, policy: int, hybrid: bool, slots: int, store: float | None, timeout_s: float, dram_gb: int
 ) -> None:
     """Every request completes or times out exactly once; capacities hold (the simulator raises otherwise);
-    no load beats bytes / bandwidth of its tier."""
+    no load beats bytes / bandwidth of its tier; no tier holds a checkpoint the policy's storage does not keep;
+    a load reads the decided tier or (with tier upgrades) a faster one."""
     rng = np.random.default_rng(seed)
     models = {
         f"m{k}": fake_model(f"m{k}", size_gb=[8, 12, 30][k % 3], gpus=1 + (k % 3 == 2)) for k in range(5)
@@ -88,7 +100,7 @@ def test_invariants(
         if hybrid
         else FixedKeepAlive(float(rng.choice([0, 5, 30])))
     )
-    cluster = small_cluster(load_slots=slots, store_gbps=store)
+    cluster = small_cluster(load_slots=slots, store_gbps=store, dram_gb=dram_gb)
     sim = Simulator(
         cluster, models, POLICIES[policy], keep, SimConfig(timeout_s=timeout_s, record_events=True)
     )
@@ -108,6 +120,14 @@ def test_invariants(
             assert e["duration_s"] >= e["bytes"] / (e["gbps"] * 1e9) * (1 - 1e-9)
     for s in sim.servers:
         assert 0 <= s.free_gpus <= s.num_gpus
+    cache_to, upgrade = policy_storage(POLICIES[policy])
+    if "dram" not in cache_to:
+        assert all(not s.dram.items for s in sim.servers)
+    order = ["gpu", "dram", "ssd", "remote", ""]
+    decided, loaded = df["tier_decided"].map(order.index), df["tier_loaded"].map(order.index)
+    assert (loaded <= decided).all()
+    if not upgrade:
+        assert (loaded == decided).all()
         assert s.dram.used_bytes <= s.dram.capacity_bytes
         assert s.ssd.used_bytes <= s.ssd.capacity_bytes
 
