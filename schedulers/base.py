@@ -3,13 +3,15 @@ controller)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 # Where a checkpoint is read from when an instance starts. "gpu" means a warm instance served the request.
 Tier = Literal["gpu", "dram", "ssd", "remote"]
 LOCAL_TIERS: tuple[Tier, ...] = ("dram", "ssd")
+# ServerlessLLM's checkpoint store: a pinned DRAM pool and the local SSD, both written after a load (§4, §5).
+SLLM_CACHE: tuple[Tier, ...] = ("dram", "ssd")
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,9 @@ class Placement:
     ``migrations`` move running instances away first; ``preemptions`` kill them (their requests restart).
     ``loader_gbps`` caps the loading speed (None: the tier's bandwidth, i.e. a fast loader);
     ``download_then_load`` downloads the whole checkpoint over the link before loading (KServe, Ray Serve).
-    ``cache_to``: tiers that keep a copy once loaded (ServerlessLLM's store: pinned DRAM and SSD).
+    ``cache_to``: tiers written once the load lands, write-through (each tier that accepts it keeps a copy;
+    ServerlessLLM's store: pinned DRAM and SSD). ``tier_upgrade``: a queued load may switch to a faster local
+    copy that an earlier load put on the server before this one starts (False: it reads the decided tier).
     """
 
     server: int
@@ -161,7 +165,60 @@ class Placement:
     preemptions: tuple[int, ...] = ()
     loader_gbps: float | None = None
     download_then_load: bool = False
-    cache_to: tuple[Tier, ...] = ("dram", "ssd")
+    cache_to: tuple[Tier, ...] = SLLM_CACHE
+    tier_upgrade: bool = True
+
+
+def check_cache_to(cache_to: object, key: str = "scheduler.cache_to") -> tuple[Tier, ...]:
+    """Validate a list of checkpoint tiers: an ordered subset of DRAM → SSD (``[]``: keep no copy)."""
+    tiers = tuple(str(t) for t in cache_to) if isinstance(cache_to, Iterable) and not isinstance(cache_to, str) \
+        else None
+    if (
+        tiers is None
+        or any(t not in LOCAL_TIERS for t in tiers)
+        or list(tiers) != sorted(tiers, key=LOCAL_TIERS.index)
+        or len(set(tiers)) != len(tiers)
+    ):
+        raise ValueError(
+            f"{key}={cache_to!r} is not allowed; use an ordered subset of {list(LOCAL_TIERS)} "
+            f"(e.g. [dram, ssd], [ssd] or [])"
+        )
+    return tiers  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class StorageScheduler:
+    """The checkpoint storage a policy's loads use (a base of the scheduler dataclasses; the option YAML sets it).
+
+    ``cache_to``: tiers every load the policy causes writes the checkpoint to (cold starts, migration
+    destinations, pre-warms); a keep-alive demotion only goes to tiers in it too. ``tier_upgrade``: whether a
+    queued load reads a faster local copy that landed while it waited. The defaults are ServerlessLLM's store.
+    """
+
+    cache_to: tuple[Tier, ...] = SLLM_CACHE
+    tier_upgrade: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_to", check_cache_to(self.cache_to))
+        if not isinstance(self.tier_upgrade, bool):
+            raise ValueError(f"scheduler.tier_upgrade={self.tier_upgrade!r} is not allowed; it must be true or false")
+
+    def place(
+        self,
+        server: int,
+        tier: Tier,
+        estimated_startup_s: float = 0.0,
+        migrations: tuple[Migration, ...] = (),
+        preemptions: tuple[int, ...] = (),
+    ) -> Placement:
+        """A ``Placement`` carrying this policy's storage behaviour."""
+        return Placement(server, tier, estimated_startup_s, migrations, preemptions, cache_to=self.cache_to,
+                         tier_upgrade=self.tier_upgrade)
+
+
+def policy_storage(scheduler: object) -> tuple[tuple[Tier, ...], bool]:
+    """(cache_to, tier_upgrade) of a scheduler; a scheduler that states neither gets ServerlessLLM's store."""
+    return tuple(getattr(scheduler, "cache_to", SLLM_CACHE)), bool(getattr(scheduler, "tier_upgrade", True))
 
 
 @dataclass(frozen=True)

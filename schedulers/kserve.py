@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedulers.base import ClusterView, Decision, Placement, Request, Wait
+from schedulers.base import ClusterView, Decision, Placement, Request, Tier, Wait, check_cache_to
 from schedulers.ray_serve import TORCH_LOAD_GBPS
 
 
@@ -17,8 +17,11 @@ class KServeScheduler:
     and no demotion (``demote_to: []``) for scale-to-zero."""
 
     torch_load_gbps: float = TORCH_LOAD_GBPS
+    cache_to: tuple[Tier, ...] = ()
+    tier_upgrade: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_to", check_cache_to(self.cache_to))
         if not self.torch_load_gbps > 0:
             raise ValueError(f"scheduler.torch_load_gbps={self.torch_load_gbps!r}; it must be > 0")
 
@@ -29,5 +32,6 @@ class KServeScheduler:
             return Wait()
         s = max(ok, key=lambda s: (s.available_gpus, -s.server_id))
         return Placement(
-            s.server_id, "remote", loader_gbps=self.torch_load_gbps, download_then_load=True, cache_to=()
+            s.server_id, "remote", loader_gbps=self.torch_load_gbps, download_then_load=True,
+            cache_to=self.cache_to, tier_upgrade=self.tier_upgrade,
         )

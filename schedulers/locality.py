@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedulers.base import ClusterView, Decision, Placement, Request, ServerView, Wait, startup_estimate_s
+from schedulers.base import ClusterView, Decision, Request, ServerView, StorageScheduler, Wait, startup_estimate_s
 
 TIER_RANK = {"dram": 0, "ssd": 1, "remote": 2}
 
@@ -16,7 +16,7 @@ def best_locality(view: ClusterView, model: str) -> list[ServerView]:
 
 
 @dataclass(frozen=True)
-class LocalityScheduler:
+class LocalityScheduler(StorageScheduler):
     """Only servers with the best locality are eligible; if none has GPUs available, the request waits."""
 
     def schedule(self, request: Request, view: ClusterView) -> Decision:
@@ -26,4 +26,4 @@ class LocalityScheduler:
             return Wait()
         s = min(ok, key=lambda s: (s.queue_s(view.now_s), -s.available_gpus, s.server_id))
         tier = s.best_tier(info.name)
-        return Placement(s.server_id, tier, startup_estimate_s(s, info, tier, view.now_s))
+        return self.place(s.server_id, tier, startup_estimate_s(s, info, tier, view.now_s))

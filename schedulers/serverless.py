@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedulers.base import ClusterView, Decision, Placement, Request, Wait, startup_estimate_s
+from schedulers.base import ClusterView, Decision, Request, StorageScheduler, Wait, startup_estimate_s
 
 
 @dataclass(frozen=True)
-class ServerlessScheduler:
+class ServerlessScheduler(StorageScheduler):
     """Place on the server with the most available GPUs (ties: lowest id); load from whatever tier it has
     there."""
 
@@ -19,4 +19,4 @@ class ServerlessScheduler:
             return Wait()
         s = max(ok, key=lambda s: (s.available_gpus, -s.server_id))
         tier = s.best_tier(info.name)
-        return Placement(s.server_id, tier, startup_estimate_s(s, info, tier, view.now_s))
+        return self.place(s.server_id, tier, startup_estimate_s(s, info, tier, view.now_s))

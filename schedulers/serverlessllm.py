@@ -13,6 +13,7 @@ from schedulers.base import (
     Placement,
     Request,
     ServerView,
+    StorageScheduler,
     Tier,
     Wait,
     startup_estimate_s,
@@ -21,7 +22,7 @@ from schedulers.knapsack import min_cost_cover
 
 
 @dataclass(frozen=True)
-class ServerlessLLMScheduler:
+class ServerlessLLMScheduler(StorageScheduler):
     """Startup-time-optimized placement (Fu et al., OSDI'24, §5).
 
     For every server: startup = q + n / b (q: its loading-queue wait; n: checkpoint bytes; b: bandwidth of the
@@ -75,12 +76,12 @@ class ServerlessLLMScheduler:
             plan = self._migrations(server, info, view)
             if plan is not None and (best is None or (est + plan[0], server.server_id) < best[:2]):
                 best = (est + plan[0], server.server_id, tier)
-                plan_best = Placement(server.server_id, tier, est + plan[0], migrations=plan[1])
+                plan_best = self.place(server.server_id, tier, est + plan[0], migrations=plan[1])
         if best is None and self.local_only:
             return self.fallback(request, view)
         if best is None:
             return Wait()
-        return plan_best if plan_best is not None else Placement(best[1], best[2], best[0])
+        return plan_best if plan_best is not None else self.place(best[1], best[2], best[0])
 
     def fallback(self, request: Request, view: ClusterView) -> Decision:
         """No local copy anywhere (released code): the server with the most available GPUs, from remote."""
@@ -89,7 +90,7 @@ class ServerlessLLMScheduler:
         if not ok:
             return Wait()
         s = max(ok, key=lambda s: (s.available_gpus, -s.server_id))
-        return Placement(s.server_id, "remote", startup_estimate_s(s, info, "remote", view.now_s))
+        return self.place(s.server_id, "remote", startup_estimate_s(s, info, "remote", view.now_s))
 
     def resume_s(self, info: ModelInfo, tokens: int) -> float:
         """Time to re-prefill ``tokens`` at the destination: a · tokens + b."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedulers.base import ClusterView, Decision, Placement, Request, Wait, startup_estimate_s
+from schedulers.base import ClusterView, Decision, Request, StorageScheduler, Wait, startup_estimate_s
 from schedulers.locality import best_locality
 
 
 @dataclass(frozen=True)
-class ShepherdScheduler:
+class ShepherdScheduler(StorageScheduler):
     """Among best-locality servers, use one with GPUs available; else preempt the running instances with the
     fewest tokens done on the best-locality server that can free enough (their requests restart elsewhere)."""
 
@@ -20,7 +20,7 @@ class ShepherdScheduler:
         if ok:
             s = min(ok, key=lambda s: (s.queue_s(view.now_s), -s.available_gpus, s.server_id))
             tier = s.best_tier(info.name)
-            return Placement(s.server_id, tier, startup_estimate_s(s, info, tier, view.now_s))
+            return self.place(s.server_id, tier, startup_estimate_s(s, info, tier, view.now_s))
         for s in sorted(servers, key=lambda s: (s.queue_s(view.now_s), s.server_id)):
             victims = sorted(
                 (i for i in s.instances if i.busy and not i.migrating and i.model != info.name),
@@ -35,5 +35,5 @@ class ShepherdScheduler:
             if need <= 0:
                 tier = s.best_tier(info.name)
                 est = startup_estimate_s(s, info, tier, view.now_s)
-                return Placement(s.server_id, tier, est, preemptions=tuple(chosen))
+                return self.place(s.server_id, tier, est, preemptions=tuple(chosen))
         return Wait()

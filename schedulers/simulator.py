@@ -14,7 +14,16 @@ from typing import Any
 import pandas as pd
 import simpy
 
-from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler, Tier
+from schedulers.base import (
+    ClusterView,
+    KeepAlive,
+    ModelInfo,
+    Placement,
+    Request,
+    Scheduler,
+    Tier,
+    policy_storage,
+)
 from schedulers.cluster import Cluster
 from schedulers.errors import SimulatorInvariantError
 from schedulers.links import FairShareLink
@@ -76,6 +85,10 @@ class Simulator:
         self.scheduler = scheduler
         self.keepalive = keepalive
         self.cfg = config or SimConfig()
+        # The policy's storage: what its migration and pre-warm loads write and whether they may upgrade (cold
+        # starts carry it in their Placement), and where a keep-alive eviction may demote a checkpoint to.
+        self.cache_to, self.tier_upgrade = policy_storage(scheduler)
+        self.demote_to = tuple(t for t in keepalive.demote_to if t in self.cache_to)
         self.env = simpy.Environment()
         self._dirty: set[int] = set()
         self.servers = [Server(s, cluster, self._dirty) for s in range(cluster.servers)]
@@ -121,7 +134,8 @@ class Simulator:
         }
         self.r.update(
             server=[-1] * n,
-            tier=[""] * n,
+            tier_decided=[""] * n,
+            tier_loaded=[""] * n,
             migration_s=[0.0] * n,
             timed_out=[False] * n,
             cold_start=[False] * n,
@@ -218,7 +232,7 @@ class Simulator:
             self.stats["idle_gpu_gb_s"] += (
                 inst.gpus * self.cluster.gpu_mem_gb * (self.env.now - inst.idle_since)
             )
-            self.r["tier"][i] = "gpu"
+            self.r["tier_decided"][i] = self.r["tier_loaded"][i] = "gpu"
             self._run(inst, i)
         else:
             self._decide(i)
@@ -338,7 +352,8 @@ class Simulator:
         inst.request, inst.prompt_tokens = i, self.inp[i]
         inst.decision = d
         self.r["placed_s"][i] = self.env.now
-        self.r["server"][i], self.r["tier"][i], self.r["cold_start"][i] = d.server, d.tier, True
+        self.r["server"][i], self.r["cold_start"][i] = d.server, True
+        self.r["tier_decided"][i] = self.r["tier_loaded"][i] = d.tier
         self.gather(inst, server)
         for pid in d.preemptions:
             self._preempt(self.instances[pid], inst)
@@ -347,7 +362,7 @@ class Simulator:
         if inst.state != "pending":
             return  # a preemption already handed over the last GPUs and started the load
         if inst.have >= inst.gpus:
-            self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
+            self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to, d.tier_upgrade)
         elif not any(x.handoff_to is inst for x in server.instances.values()):
             raise SimulatorInvariantError(
                 f"infeasible placement {d} for request {i}: {inst.have}/{inst.gpus} GPUs"
@@ -357,7 +372,7 @@ class Simulator:
         """``inst`` received all its GPUs from migrations or preemptions: start its load."""
         d = inst.decision
         assert d is not None
-        self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to)
+        self._enqueue(inst, d.tier, d.loader_gbps, d.download_then_load, d.cache_to, d.tier_upgrade)
 
     def ready(self, inst: Instance) -> None:
         self.stats["events"] += 1
@@ -379,7 +394,7 @@ class Simulator:
             inst.request = -1
             self.next_or_idle(inst)
             return
-        if self.r["tier"][i] == "gpu":
+        if self.r["tier_loaded"][i] == "gpu":
             self.r["queue_s"][i], self.r["load_s"][i] = now - self.arrival[i], 0.0
             self.r["server"][i], self.r["cold_start"][i] = inst.server.id, False
         else:
@@ -429,7 +444,7 @@ class Simulator:
                 self._timeout(j)
                 continue
             self._unwait(j, ASSIGNED)
-            self.r["tier"][j] = "gpu"
+            self.r["tier_decided"][j] = self.r["tier_loaded"][j] = "gpu"
             self._run(inst, j)
             return
         self._go_idle(inst)
@@ -470,7 +485,7 @@ class Simulator:
         inst.prewarm_keep_s = keep_s
         self.gather(inst, server)
         self.log("prewarm", instance=inst.id, model=m, server=server.id)
-        self._enqueue(inst, server.view().best_tier(m), None, False)
+        self._enqueue(inst, server.view().best_tier(m), None, False, self.cache_to, self.tier_upgrade)
 
     def _expire(self, inst: Instance, version: int) -> None:
         if version != inst.version or inst.state != "idle":
@@ -486,7 +501,7 @@ class Simulator:
         if self.idle_by_model[m].pop(inst.id, None) is not None:
             self.stats["idle_gpu_gb_s"] += inst.gpus * self.cluster.gpu_mem_gb * (self.env.now - inst.idle_since)
         self._release(inst)
-        demoted = self._store_checkpoint(server, m, self.keepalive.demote_to)
+        demoted = self._store_checkpoint(server, m, self.demote_to)
         self.log("evict", instance=inst.id, model=m, server=server.id, demoted=demoted)
         server.dirty()
         self._retry_flag = True
@@ -515,25 +530,28 @@ class Simulator:
 
     # ------------------------------------------------------------ loading queues, tier reads, checkpoint caching
 
-    def _enqueue(self, inst: Instance,
+    def _enqueue(
+        self,
+        inst: Instance,
         tier: Tier,
         loader_gbps: float | None,
         dtl: bool,
-        cache_to: tuple[Tier, ...] = ("dram", "ssd"),
+        cache_to: tuple[Tier, ...],
+        upgrade: bool,
     ) -> None:
         server, n = inst.server, inst.info.size_bytes
         bw = min(server.gbps[tier], loader_gbps or math.inf)
         est = (
             n / (server.gbps["remote"] * 1e9) + n / (loader_gbps * 1e9) if dtl and loader_gbps else n / (bw * 1e9)
         )
-        server.reserve_slot(self.env.now, est)
+        slot = server.reserve_slot(self.env.now, est)
         if tier in ("dram", "ssd"):
             store = server.dram if tier == "dram" else server.ssd
             store.pinned[inst.info.name] = store.pinned.get(inst.info.name, 0) + 1
         inst.state = "loading"
         if inst.request >= 0 and inst.migration_src is None:
             self.r["enq_s"][inst.request] = self.env.now
-        server.queue.append(LoadJob(inst, tier, loader_gbps, dtl, est, cache_to))
+        server.queue.append(LoadJob(inst, tier, loader_gbps, dtl, est, cache_to, upgrade, slot))
         self._pump(server)
 
     def _pump(self, server: Server) -> None:
@@ -552,11 +570,11 @@ class Simulator:
 
     def _start_load(self, job: LoadJob, start: float) -> None:
         inst, server, n = job.instance, job.instance.server, job.instance.info.size_bytes
-        if not job.download_then_load:
+        if job.upgrade and not job.download_then_load:
             self._upgrade_tier(job)
         if inst.request >= 0 and inst.migration_src is None:
             self.r["load_start_s"][inst.request] = start
-            self.r["tier"][inst.request] = job.tier
+            self.r["tier_loaded"][inst.request] = job.tier
 
         def done() -> None:
             self._load_done(job, start)
@@ -574,7 +592,8 @@ class Simulator:
 
     def _upgrade_tier(self, job: LoadJob) -> None:
         """A fast loader reads the fastest copy present when the load starts (an earlier load may have cached
-        it)."""
+        it); the loading-queue time reserved for it at placement shrinks to the new tier's estimate, so later
+        startup estimates (q in q + n/b) see the queue as it now is."""
         server, m = job.instance.server, job.instance.info.name
         best: Tier = "dram" if m in server.dram else "ssd" if m in server.ssd else "remote"
         if TIER_ORDER.index(best) >= TIER_ORDER.index(job.tier):
@@ -586,24 +605,38 @@ class Simulator:
         new.pinned[m] = new.pinned.get(m, 0) + 1
         self.log("tier_upgrade", instance=job.instance.id, model=m, server=server.id, old=job.tier, new=best)
         job.tier = best
+        est = job.instance.info.size_bytes / (min(server.gbps[best], job.loader_gbps or math.inf) * 1e9)
+        server.correct_slot(job.slot, est - job.est_s)
+        job.est_s = est
 
-    def _store_checkpoint(self, server: Server, model: str, tiers: tuple[Tier, ...]
+    def _store_checkpoint(
+        self, server: Server, model: str, tiers: tuple[Tier, ...], through: bool = False
     ) -> list[tuple[str, str]]:
-        """Put ``model`` into ``tiers`` in order; a tier's LRU victims fall to the next tier of the chain."""
+        """Put ``model`` into the chain ``tiers`` (DRAM before SSD); returns (checkpoint, tier) for each copy kept.
+
+        ``through`` (after a load; a policy's ``cache_to``): write-through, every tier of the chain that accepts
+        ``model`` keeps a copy at once. Otherwise (a keep-alive demotion) the first tier that accepts it keeps it.
+        Either way a tier that refuses it (larger than the tier, no room beside pinned copies, a 0-byte tier)
+        passes it to the next tier, and each tier's LRU victims fall to the next tier of the chain.
+        """
         stored: list[tuple[str, str]] = []
         pending = [model]
         changed = False
         for tier in tiers:
             store = server.dram if tier == "dram" else server.ssd
             spill: list[str] = []
+            carry = False
             for name in pending:
                 new = name not in store
                 evicted = store.insert(name, self.models[name].size_bytes)
-                if evicted is not None:
-                    stored.append((name, tier))
-                    spill.extend(evicted)
-                    changed = changed or new or bool(evicted)
-            pending = spill
+                if evicted is None:
+                    carry = carry or name == model
+                    continue
+                stored.append((name, tier))
+                spill.extend(evicted)
+                changed = changed or new or bool(evicted)
+                carry = carry or (through and name == model)
+            pending = [*spill, model] if carry else spill
         if changed:
             server.dirty()
         return stored
@@ -624,7 +657,7 @@ class Simulator:
             store.pinned[m] -= 1
             store.touch(m)
         if job.cache_to:
-            self._store_checkpoint(server, m, job.cache_to)
+            self._store_checkpoint(server, m, job.cache_to, through=True)
         self.log(
             "load",
             instance=inst.id,
@@ -680,7 +713,9 @@ class Simulator:
             dst=dst.id,
             model=src.info.name,
         )
-        self._enqueue(dest, dst.view().best_tier(src.info.name), None, False)
+        d = target.decision
+        cache_to, upgrade = (d.cache_to, d.tier_upgrade) if d is not None else (self.cache_to, self.tier_upgrade)
+        self._enqueue(dest, dst.view().best_tier(src.info.name), None, False, cache_to, upgrade)
 
     def _migration_loaded(self, dest: Instance) -> None:
         """The destination has the model: plan the re-prefill rounds until a round yields < stop-token new

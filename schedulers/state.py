@@ -74,6 +74,8 @@ class LoadJob:
     download_then_load: bool
     est_s: float
     cache_to: tuple[Tier, ...] = ("dram", "ssd")
+    upgrade: bool = True  # may switch to a faster local copy when it starts (the policy's tier_upgrade)
+    slot: int = 0  # the loading slot whose estimated free time ``est_s`` was added to
 
 
 class TierStore:
@@ -178,9 +180,16 @@ class Server:
         """When the loading queue is expected to drain (estimates of the loads enqueued so far)."""
         return min(self.slot_free_at)
 
-    def reserve_slot(self, now: float, est_s: float) -> None:
+    def reserve_slot(self, now: float, est_s: float) -> int:
+        """Add a load's estimate to the slot that frees first; returns that slot (to correct it later)."""
         i = min(range(len(self.slot_free_at)), key=self.slot_free_at.__getitem__)
         self.slot_free_at[i] = max(now, self.slot_free_at[i]) + est_s
+        self.dirty()
+        return i
+
+    def correct_slot(self, slot: int, delta_s: float) -> None:
+        """A reserved load turned out ``delta_s`` longer (negative: shorter) than estimated."""
+        self.slot_free_at[slot] += delta_s
         self.dirty()
 
     def view(self) -> ServerView:

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.patches import Rectangle
+from omegaconf import OmegaConf
 
 from experiments import style
 
@@ -126,6 +129,40 @@ def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> list[Path]:
     return style.save(fig, path, pd.concat(frames, ignore_index=True))
 
 
+def p99_by_storage(summary: pd.DataFrame, path: Path) -> list[Path]:
+    """P99 TTFT per policy under each storage setting, at the highest rate of the rps scenario (one panel per token
+    mix, shared y; bars: median over seeds, whiskers their range, n seeds noted)."""
+    df = summary[summary["scenario"] == "rps"] if "scenario" in summary.columns else summary
+    df = df[df["rps"] == df["rps"].max()] if "rps" in df.columns else df
+    mixes = list(dict.fromkeys(df["tokens"])) if "tokens" in df.columns else [None]
+    settings = list(dict.fromkeys(df["storage"]))
+    fig, axes = style.figure(1, len(mixes), width=1.8 + 3.8 * len(mixes), height=3.4, sharey=True)
+    frames = []
+    for ax, mix in zip(axes[0], mixes, strict=True):
+        part = df if mix is None else df[df["tokens"] == mix]
+        rows = part.groupby(["storage", "policy"], sort=False)["ttft_s_p99"].agg(
+            median="median", lo="min", hi="max", n="size").reset_index()
+        policies = list(dict.fromkeys(rows["policy"]))
+        width = 0.8 / max(len(policies), 1)
+        for k, policy in enumerate(policies):
+            r = rows[rows["policy"] == policy].set_index("storage").reindex(settings)
+            pos = [i + (k - (len(policies) - 1) / 2) * width for i in range(len(settings))]
+            ax.bar(pos, r["median"], width=width, color=style.color(policy), label=str(policy),
+                   yerr=[r["median"] - r["lo"], r["hi"] - r["median"]], capsize=2)
+        ax.set_xticks(range(len(settings)), settings)
+        ax.set_xlabel("storage setting")
+        if mix is not None:
+            ax.set_title(f"token mix: {mix}")
+        frames.append(rows.assign(panel=mix))
+    axes[0][0].set_ylabel(style.label("ttft_s_p99"))
+    rps = f" at {df['rps'].iloc[0]:g} req/s" if "rps" in df.columns and len(df) else ""
+    fig.suptitle(f"P99 time to first token per storage setting{rps}")
+    plotted = pd.concat(frames, ignore_index=True)
+    style.legend_outside(fig, axes[0], title="policy",
+                         notes=[f"bars: median over seeds, whiskers min–max; {style.n_note(plotted['n'], 'seeds')}"])
+    return style.save(fig, path, plotted)
+
+
 def keepalive_tradeoff(summary: pd.DataFrame, path: Path) -> list[Path]:
     """Cold-start rate against idle GPU memory-time, one point per keep-alive policy."""
     fig, axes = style.figure(1, 1, width=6.2, height=3.6)
@@ -154,6 +191,12 @@ def plot_serverless(run_dir: Path) -> list[Path]:
     requests = style.read_table(run_dir, "requests")
     summary = pd.read_csv(run_dir / "summary.csv")
     out: list[Path] = []
+    if "storage" in summary.columns and summary["storage"].nunique() > 1:
+        out += p99_by_storage(summary, run_dir / "p99_by_storage")
+        first = summary["storage"].iloc[0]  # the other figures: one storage setting (p99_by_storage compares them)
+        summary = summary[summary["storage"] == first]
+        if requests is not None and "storage" in requests.columns:
+            requests = requests[requests["storage"] == first]
     if requests is not None and len(requests):
         out += latency_cdf(requests, run_dir / "latency_cdf")
     rps_rows = summary[summary["scenario"] == "rps"] if "scenario" in summary.columns else summary
@@ -196,3 +239,71 @@ def plot_sim_vs_real(run_dir: Path) -> list[Path]:
     """Both CDFs per policy (``experiment=sim_vs_real``)."""
     requests = style.read_table(Path(run_dir), "requests")
     return [] if requests is None else sim_vs_real_cdf(requests, Path(run_dir) / "sim_vs_real_cdf")
+
+
+REGIME_KEYS = ["set_over_dram", "set_over_ssd", "rps", "ssd_replicas"]
+
+
+def regime_table(summary: pd.DataFrame, reference: str = "serverlessllm") -> pd.DataFrame:
+    """P99 TTFT ratio of every other policy to ``reference`` per regime cell: the median over seeds, with the
+    per-seed minimum and maximum, and the timeouts of both."""
+    keys = [k for k in REGIME_KEYS if k in summary.columns]
+    seed = ["seed"] if "seed" in summary.columns else []
+    ref = summary[summary["policy"] == reference].set_index(keys + seed)
+    rows = []
+    for policy, df in summary[summary["policy"] != reference].groupby("policy"):
+        d = df.set_index(keys + seed)
+        ratio = (d["ttft_s_p99"] / ref["ttft_s_p99"]).rename("ratio").reset_index()
+        t = pd.concat([d["timeouts"], ref["timeouts"].rename("ref_timeouts")], axis=1).reset_index()
+        g = ratio.groupby(keys)["ratio"].agg(["median", "min", "max", "count"]).reset_index()
+        g = g.merge(t.groupby(keys)[["timeouts", "ref_timeouts"]].sum().reset_index(), on=keys)
+        rows.append(g.assign(policy=policy))
+    out = pd.concat(rows, ignore_index=True).rename(
+        columns={"median": "p99_ratio", "min": "p99_ratio_min", "max": "p99_ratio_max", "count": "seeds"})
+    return out[["policy", *keys, "p99_ratio", "p99_ratio_min", "p99_ratio_max", "seeds", "timeouts",
+                "ref_timeouts"]]
+
+
+def regime_map(table: pd.DataFrame, path: Path, pays_at: float = 1.27) -> list[Path]:
+    """Heat maps of the median P99 ratio over (set / DRAM) × (set / SSD): one row per baseline, one column per
+    (RPS, SSD replicas). Cells at or above ``pays_at`` are boxed; cells below 1 are hatched."""
+    panels = table[["rps", "ssd_replicas"]].drop_duplicates().sort_values(["rps", "ssd_replicas"]).values.tolist()
+    policies = sorted(table["policy"].unique())
+    fig, axes = style.figure(len(policies), len(panels), width=3.6 * len(panels), height=3.2 * len(policies))
+    for i, policy in enumerate(policies):
+        for j, (rps, rep) in enumerate(panels):
+            ax = axes[i][j]
+            d = table[(table["policy"] == policy) & (table["rps"] == rps) & (table["ssd_replicas"] == rep)]
+            grid = d.pivot(index="set_over_ssd", columns="set_over_dram", values="p99_ratio").sort_index(
+                ascending=False)
+            img = ax.imshow(grid.to_numpy(dtype=float), cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 0.5, 2.5),
+                            aspect="auto")
+            for yi in range(grid.shape[0]):
+                for xi in range(grid.shape[1]):
+                    ax.text(xi, yi, f"{grid.iat[yi, xi]:.2f}", ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(grid.shape[1]), [f"{v:g}" for v in grid.columns])
+            ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index])
+            for (yi, y), (xi, x) in ((a, b) for a in enumerate(grid.index) for b in enumerate(grid.columns)):
+                v = grid.loc[y, x]
+                if v >= pays_at:
+                    ax.add_patch(Rectangle((xi - 0.5, yi - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+                elif v < 1:
+                    ax.add_patch(Rectangle((xi - 0.5, yi - 0.5), 1, 1, fill=False, hatch="//", lw=0, ec="gray"))
+            ax.set_title(f"{policy} / serverlessllm, {rps:g} RPS, {rep:g} SSD replica(s)", fontsize=8)
+            ax.set_xlabel("checkpoint set / server DRAM")
+            ax.set_ylabel("checkpoint set / server SSD")
+            ax.grid(False)
+    fig.colorbar(img, ax=axes, shrink=0.8, label="P99 TTFT ratio (baseline / serverlessllm)")
+    fig.suptitle(f"P99 TTFT ratio, median over seeds (box: >= {pays_at}; hatched: < 1); equal storage", fontsize=9)
+    return style.save(fig, path, table)
+
+
+def plot_regime(run_dir: Path) -> list[Path]:
+    """The regime map and its table (``regime.csv``), from the run's ``summary.csv``."""
+    run_dir = Path(run_dir)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    table = regime_table(summary)
+    table.to_csv(run_dir / "regime.csv", index=False)
+    config = run_dir / "config.yaml"
+    pays_at = OmegaConf.load(config).experiment.get("pays_at", 1.27) if config.exists() else 1.27
+    return regime_map(table, run_dir / "regime_map", float(pays_at))

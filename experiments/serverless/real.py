@@ -86,7 +86,8 @@ def request_rows(reqs: list[Req], timeout_s: float) -> pd.DataFrame:
         queue_s = (r.serve_start_s - r.arrival_s - (r.load_s if cold else 0.0)) if ok else math.nan
         rows.append({
             "request_id": r.rid, "model": r.model, "arrival_s": r.arrival_s, "input_tokens": r.input_tokens,
-            "output_tokens": r.output_tokens, "server": r.server, "tier": r.tier or "none",
+            "output_tokens": r.output_tokens, "server": r.server,
+            "tier_decided": r.tier or "none", "tier_loaded": r.tier or "none",  # real loads read the decided tier
             "queue_s": max(queue_s, 0.0) if ok else math.nan, "load_s": r.load_s if cold else (0.0 if ok else math.nan),
             "migration_s": 0.0, "ttft_s": r.first_token_s - r.arrival_s if ok else timeout_s,
             "e2e_s": r.done_s - r.arrival_s if ok else timeout_s, "timed_out": not ok, "cold_start": cold,

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from harness.executors.workers import WorkerError, start_worker
-from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler
+from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler, policy_storage
 from schedulers.real.records import RealConfig, Req
 from schedulers.real.serving import Stream, serve
 from schedulers.real.slots import LiveInstance, LiveServer
@@ -35,6 +35,9 @@ class Controller:
     def __init__(self, servers: list[LiveServer], models: Mapping[str, ModelInfo], scheduler: Scheduler,
                  keepalive: KeepAlive, executor: Any, tiers: TierOps, cfg: RealConfig) -> None:
         self.servers, self.models, self.scheduler, self.keepalive = servers, dict(models), scheduler, keepalive
+        # the policy's storage (as in the simulator): what migration and pre-warm loads keep, where demotions go
+        self.cache_to: tuple[str, ...] = policy_storage(scheduler)[0]
+        self.demote_to = tuple(t for t in keepalive.demote_to if t in self.cache_to)
         self.executor, self.tiers, self.cfg = executor, tiers, cfg
         self._q: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -369,7 +372,7 @@ class Controller:
             return
         self.stats["prewarms"] += 1
         inst = LiveInstance(next(self._ids), model, sid, info.gpus, tier=server.view().best_tier(model),
-                            cache_to=(), prewarm_keep_s=keep_s)
+                            cache_to=self.cache_to, prewarm_keep_s=keep_s)
         self.instances[inst.iid] = inst
         server.instances[inst.iid] = inst
         self._grab_gpus(inst)
@@ -382,7 +385,7 @@ class Controller:
     def _evict(self, inst: LiveInstance) -> None:
         """Take an idle instance off its slot; demote its checkpoint as the keep-alive policy says."""
         self._account_idle(inst)
-        self.tiers.demote(self.servers[inst.server], inst.model, self.keepalive.demote_to)
+        self.tiers.demote(self.servers[inst.server], inst.model, self.demote_to)
         self._kill_instance(inst, None)
 
     def _evict_idle_for(self, server: LiveServer, gpus: int) -> None:
@@ -428,7 +431,7 @@ class Controller:
             return
         self.stats["migrations"] += 1
         dst = LiveInstance(next(self._ids), src.model, dst_server, src.gpus, tier=
-                           self.servers[dst_server].view().best_tier(src.model))
+                           self.servers[dst_server].view().best_tier(src.model), cache_to=self.cache_to)
         dst.migrating = src.migrating = True
         self.instances[dst.iid] = dst
         self.servers[dst_server].instances[dst.iid] = dst

@@ -14,7 +14,7 @@ from harness.config import CONF_DIR, options
 from harness.results import write_result
 
 GROUPS = ("cluster", "workload", "scheduler", "keepalive")
-EXPERIMENTS = ("serverless", "sllm_scheduler", "sllm_e2e", "keepalive")
+EXPERIMENTS = ("serverless", "sllm_scheduler", "sllm_e2e", "keepalive", "sllm_regime")
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
@@ -73,3 +73,38 @@ def test_same_seed_same_requests(compose_cfg: Callable[..., DictConfig], tmp_pat
     cfg = compose_cfg("experiment=sllm_scheduler", "smoke=true", "seed=8")
     other = instantiate(cfg.experiment.run)(cfg, tmp_path / "x").tables["requests"]
     assert not other["arrival_s"].equals(frames[0]["arrival_s"])
+
+
+def test_sllm_scheduler_runs_every_storage_setting_side_by_side(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """The three storage settings on the same workload: only the named policies lose their DRAM cache."""
+    cfg = compose_cfg("experiment=sllm_scheduler", "smoke=true")
+    summary = instantiate(cfg.experiment.run)(cfg, tmp_path).tables["summary"]
+    caches = summary.drop_duplicates(["storage", "policy"]).set_index(["storage", "policy"])["cache_to"].to_dict()
+    assert caches == {
+        ("shared", "serverlessllm"): "dram+ssd", ("shared", "serverless"): "dram+ssd",
+        ("shared", "shepherd"): "dram+ssd", ("baselines_ssd", "serverlessllm"): "dram+ssd",
+        ("baselines_ssd", "serverless"): "ssd", ("baselines_ssd", "shepherd"): "ssd",
+        ("ssd_only", "serverlessllm"): "ssd", ("ssd_only", "serverless"): "ssd", ("ssd_only", "shepherd"): "ssd",
+    }
+    assert summary["tier_upgrade"].all()
+    shared = summary[summary["storage"] == "shared"].reset_index(drop=True)
+    alone = compose_cfg("experiment=sllm_scheduler", "smoke=true", "experiment.storage=null")
+    plain = instantiate(alone.experiment.run)(alone, tmp_path / "plain").tables["summary"]
+    cols = ["ttft_s_p99", "timeouts", "loads"]
+    pd.testing.assert_frame_equal(shared[cols], plain[cols])
+
+
+def test_storage_settings_name_listed_policies_and_do_not_clash(compose_cfg: Callable[..., DictConfig]) -> None:
+    from experiments.serverless.simulated import storage_settings
+    from harness.config import ConfigError
+
+    cfg = compose_cfg("experiment=sllm_scheduler", "+experiment.storage.x.nope={cache_to: [ssd]}")
+    with pytest.raises(ConfigError, match=r"experiment.storage.x.nope: 'nope' is not a listed policy"):
+        storage_settings(cfg)
+    cfg = compose_cfg("experiment=sllm_scheduler", "scheduler_args.serverless.cache_to=[dram]")
+    with pytest.raises(ConfigError, match=r"scheduler_args.serverless overrides \['cache_to'\]"):
+        storage_settings(cfg)
+    cfg = compose_cfg("experiment=sllm_scheduler", "scheduler_args.serverless.tier_upgrade=false")
+    assert set(storage_settings(cfg)) == {"shared", "baselines_ssd", "ssd_only"}

@@ -13,6 +13,7 @@ from schedulers.base import (
     Placement,
     Request,
     ServerView,
+    StorageScheduler,
     Wait,
     startup_estimate_s,
 )
@@ -165,6 +166,7 @@ def test_the_docs_example_policy_works() -> None:
         "ClusterView": ClusterView,
         "Decision": Decision,
         "Placement": Placement,
+        "StorageScheduler": StorageScheduler,
         "Wait": Wait,
         "startup_estimate_s": startup_estimate_s,
     }
@@ -173,4 +175,7 @@ def test_the_docs_example_policy_works() -> None:
     d = policy.schedule(REQ, view(server(0, queue_at=130.0), server(1, ssd=("a",), queue_at=110.0)))
     assert isinstance(d, Placement)
     assert (d.server, d.tier) == (1, "ssd")
+    assert (d.cache_to, d.tier_upgrade) == (("dram", "ssd"), True)  # the policy's storage rides on its decisions
+    assert namespace["MyPolicyScheduler"](cache_to=("ssd",)).schedule(  # type: ignore[operator]
+        REQ, view(server(1, ssd=("a",)))).cache_to == ("ssd",)
     assert isinstance(policy.schedule(REQ, view(server(0, free=0))), Wait)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schedulers.base import ClusterView, Decision, Placement, Request, Scheduler, startup_estimate_s
+from schedulers.base import (
+    ClusterView,
+    Decision,
+    Placement,
+    Request,
+    Scheduler,
+    policy_storage,
+    startup_estimate_s,
+)
 from schedulers.cluster import Cluster
 from schedulers.fixed import FixedKeepAlive
 from schedulers.hybrid_histogram import HybridHistogramKeepAlive
@@ -33,6 +42,8 @@ POLICIES: list[Scheduler] = [
     ShepherdScheduler(),
     RayServeScheduler(upscale_delay_s=5),
     KServeScheduler(),
+    ServerlessScheduler(cache_to=("ssd",)),  # the storage settings of sllm_scheduler
+    ServerlessLLMScheduler(cache_to=(), tier_upgrade=False),
 ]
 
 
@@ -69,12 +80,14 @@ def small_cluster(**kw: object) -> Cluster:
     slots=st.integers(1, 2),
     store=st.sampled_from([None, 1.5]),
     timeout_s=st.sampled_from([5.0, 300.0]),
+    dram_gb=st.sampled_from([0, 25]),
 )
 def test_invariants(
-    n: int, seed: int, policy: int, hybrid: bool, slots: int, store: float | None, timeout_s: float
+    n: int, seed: int, policy: int, hybrid: bool, slots: int, store: float | None, timeout_s: float, dram_gb: int
 ) -> None:
     """Every request completes or times out exactly once; capacities hold (the simulator raises otherwise);
-    no load beats bytes / bandwidth of its tier."""
+    no load beats bytes / bandwidth of its tier; no tier holds a checkpoint the policy's storage does not keep;
+    a load reads the decided tier or (with tier upgrades) a faster one."""
     rng = np.random.default_rng(seed)
     models = {
         f"m{k}": fake_model(f"m{k}", size_gb=[8, 12, 30][k % 3], gpus=1 + (k % 3 == 2)) for k in range(5)
@@ -87,7 +100,7 @@ def test_invariants(
         if hybrid
         else FixedKeepAlive(float(rng.choice([0, 5, 30])))
     )
-    cluster = small_cluster(load_slots=slots, store_gbps=store)
+    cluster = small_cluster(load_slots=slots, store_gbps=store, dram_gb=dram_gb)
     sim = Simulator(
         cluster, models, POLICIES[policy], keep, SimConfig(timeout_s=timeout_s, record_events=True)
     )
@@ -107,6 +120,14 @@ def test_invariants(
             assert e["duration_s"] >= e["bytes"] / (e["gbps"] * 1e9) * (1 - 1e-9)
     for s in sim.servers:
         assert 0 <= s.free_gpus <= s.num_gpus
+    cache_to, upgrade = policy_storage(POLICIES[policy])
+    if "dram" not in cache_to:
+        assert all(not s.dram.items for s in sim.servers)
+    order = ["gpu", "dram", "ssd", "remote", ""]
+    decided, loaded = df["tier_decided"].map(order.index), df["tier_loaded"].map(order.index)
+    assert (loaded <= decided).all()
+    if not upgrade:
+        assert (loaded == decided).all()
         assert s.dram.used_bytes <= s.dram.capacity_bytes
         assert s.ssd.used_bytes <= s.ssd.capacity_bytes
 
@@ -214,7 +235,7 @@ def test_live_migration_rounds_and_handoff() -> None:
     migrated = df[df["migrated"] > 0]
     assert len(migrated) == 1
     assert migrated["migration_s"].iloc[0] > 0
-    assert df.loc[2, "tier"] == "dram"
+    assert df.loc[2, "tier_loaded"] == "dram"
     assert df.loc[2, "server"] == 0
     assert not df["timed_out"].any()
 
@@ -253,7 +274,7 @@ def test_loads_cache_the_checkpoint_and_later_loads_read_it() -> None:
     sim = Simulator(cluster, m, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig(record_events=True))
     df = sim.run(requests_of([0.0, 0.0], [0, 0], ("a",), out=1)).requests
     # Both placed from remote at t=0; the second starts after the first cached it in DRAM.
-    assert df["tier"].tolist() == ["remote", "dram"]
+    assert df["tier_loaded"].tolist() == ["remote", "dram"]
     assert any(e["kind"] == "tier_upgrade" for e in sim.events)
     assert df.loc[1, "load_s"] == pytest.approx(0.5)
 
@@ -291,5 +312,105 @@ def test_hybrid_histogram_unloads_then_prewarms_before_the_next_request() -> Non
         assert t == pytest.approx(prev + 81.0)
     late = df[df["arrival_s"] > prewarms[0]]
     assert len(late) > 0
-    assert (late["tier"] == "gpu").all()
+    assert (late["tier_loaded"] == "gpu").all()
     assert not late["cold_start"].any()
+
+
+# ---------------------------------------------------------------- storage: tier chain, estimates, policy storage
+
+
+def one_server(**kw: object) -> Cluster:
+    return small_cluster(**{"servers": 1, "gpus_per_server": 1, "ssd_replicas": 0, **kw})
+
+
+@pytest.mark.parametrize("dram_gb", [0, 5])
+def test_a_tier_that_refuses_a_checkpoint_passes_it_to_the_next(dram_gb: int) -> None:
+    """Bug 1: no DRAM tier (or one smaller than the checkpoint) must not switch SSD caching off."""
+    m = {"a": fake_model("a", size_gb=10)}
+    sim = Simulator(one_server(dram_gb=dram_gb), m, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig())
+    df = sim.run(requests_of([0.0, 100.0], [0, 0], ("a",), out=1)).requests
+    assert df["tier_loaded"].tolist() == ["remote", "ssd"]
+    assert "a" in sim.servers[0].ssd
+    assert "a" not in sim.servers[0].dram
+
+
+def test_demotion_into_a_missing_dram_tier_lands_on_ssd() -> None:
+    m = {"a": fake_model("a", size_gb=10)}
+    sim = Simulator(one_server(dram_gb=0), m, NoCacheScheduler(), FixedKeepAlive(5), SimConfig(record_events=True))
+    sim.run(requests_of([0.0], [0], ("a",), out=1))
+    assert [e["demoted"] for e in sim.events if e["kind"] == "evict"] == [[("a", "ssd")]]
+
+
+def test_cache_to_writes_through_to_every_tier_at_load() -> None:
+    """Bug 1: with cache_to (dram, ssd) the SSD gets its copy when the load lands, not when DRAM evicts it."""
+    m = {"a": fake_model("a", size_gb=10)}
+    sim = Simulator(one_server(dram_gb=100), m, ServerlessLLMScheduler(), FixedKeepAlive(math.inf), SimConfig())
+    sim.run(requests_of([0.0], [0], ("a",), out=1))
+    assert "a" in sim.servers[0].dram
+    assert "a" in sim.servers[0].ssd
+
+
+def test_an_upgraded_load_gives_back_its_reserved_queue_time() -> None:
+    """Bug 2: two remote loads reserve 10 s each; the second is upgraded to DRAM (0.5 s), so the queue drains
+    at 10.5 s, not 20 s."""
+    m = {"a": fake_model("a", size_gb=10)}
+    sim = Simulator(one_server(gpus_per_server=2, dram_gb=100), m, ServerlessLLMScheduler(), FixedKeepAlive(0),
+                    SimConfig())
+    sim.run(requests_of([0.0, 0.0], [0, 0], ("a",), out=1))
+    assert sim.servers[0].queue_free_at() == pytest.approx(10.5)
+
+
+def test_tier_decided_and_tier_loaded_are_both_recorded() -> None:
+    """Bug 4: the upgrade must not overwrite the tier the scheduler decided."""
+    m = {"a": fake_model("a", size_gb=10)}
+    sim = Simulator(one_server(gpus_per_server=2, dram_gb=100), m, ServerlessLLMScheduler(), FixedKeepAlive(0),
+                    SimConfig())
+    df = sim.run(requests_of([0.0, 0.0], [0, 0], ("a",), out=1)).requests
+    assert df["tier_decided"].tolist() == ["remote", "remote"]
+    assert df["tier_loaded"].tolist() == ["remote", "dram"]
+
+
+def test_tier_upgrade_false_reads_the_decided_tier() -> None:
+    m = {"a": fake_model("a", size_gb=10)}
+    sim = Simulator(one_server(gpus_per_server=2, dram_gb=100), m, ServerlessLLMScheduler(tier_upgrade=False),
+                    FixedKeepAlive(0), SimConfig())
+    df = sim.run(requests_of([0.0, 0.0], [0, 0], ("a",), out=1)).requests
+    assert df["tier_loaded"].tolist() == ["remote", "remote"]
+    assert df.loc[1, "load_s"] == pytest.approx(10.0)
+
+
+def test_prewarm_loads_and_demotions_keep_the_policys_storage() -> None:
+    """Bug 3: a policy without a DRAM cache never gets one through pre-warming or keep-alive demotion."""
+    m = {"a": fake_model("a", size_gb=10)}
+    keep = HybridHistogramKeepAlive(bin_s=10, range_s=1000, min_samples=3, cv_threshold=0.0)
+    sim = Simulator(one_server(dram_gb=100, ssd_replicas=1), m, ServerlessLLMScheduler(cache_to=("ssd",)), keep,
+                    SimConfig(record_events=True))
+    sim.run(requests_of([100.0 * k for k in range(8)], [0] * 8, ("a",), out=1))
+    assert any(e["kind"] == "prewarm" for e in sim.events)
+    assert any(e["kind"] == "evict" for e in sim.events)
+    assert "a" not in sim.servers[0].dram
+    assert {e["tier"] for e in sim.events if e["kind"] == "load"} == {"ssd"}
+
+
+def test_migration_destination_loads_keep_the_policys_storage() -> None:
+    """Bug 3: the migration destination's load writes what the policy says (here nothing), not DRAM + SSD."""
+    a = fake_model("a", size_gb=30, gpus=1)
+    b = fake_model("b", size_gb=2, gpus=1, decode_s=0.05, prefill_s=0.01)
+    cluster = small_cluster(servers=2, gpus_per_server=1, dram_gb=40, ssd_gb=40, ssd_replicas=0, remote_gbps=0.5)
+    sim = Simulator(cluster, {"a": a, "b": b}, ServerlessLLMScheduler(cache_to=()), FixedKeepAlive(1000),
+                    SimConfig(record_events=True))
+    sim.servers[0].dram.insert("a", a.size_bytes)
+    for s in sim.servers:
+        s.dram.insert("b", b.size_bytes)
+        s.dirty()
+    sim.run(requests_of([0.0, 0.0, 10.0], [1, 1, 0], ("a", "b"), out=[2000, 1, 1]))
+    assert any(e["kind"] == "migration_done" for e in sim.events)
+    assert "b" not in sim.servers[1].ssd
+
+
+def test_cache_to_is_validated() -> None:
+    with pytest.raises(ValueError, match=r"scheduler.cache_to=.*ordered subset"):
+        ServerlessScheduler(cache_to=("ssd", "dram"))
+    with pytest.raises(ValueError, match=r"scheduler.cache_to"):
+        ServerlessScheduler(cache_to=("gpu",))  # type: ignore[arg-type]
+    assert ServerlessScheduler(cache_to=["ssd"]).cache_to == ("ssd",)  # type: ignore[arg-type]
