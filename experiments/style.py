@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import textwrap
 import zlib
@@ -75,6 +76,10 @@ _STATS = {"median": "median", "mean": "mean", "p50": "P50", "p95": "P95", "p99":
 _UNITS = {"_s": "s", "_ms": "ms", "_gbps": "GB/s", "_bytes": "bytes", "_pct": "%", "_gb_s": "GB·s"}
 
 NOTE_SIZE = 8
+
+
+# PDF output subsets fonts through fontTools, which logs every table it prunes at INFO: not the run's business.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
 def apply() -> None:
