@@ -6,24 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schedulers.base import KeepAliveDecision, Tier
-
-DEMOTION_TIERS = ("dram", "ssd")
+from schedulers.base import KeepAliveDecision, Tier, check_cache_to
 
 
 def check_demote_to(demote_to: Sequence[str]) -> tuple[Tier, ...]:
-    """Validate a demotion chain: a subsequence of GPU → DRAM → SSD."""
-    tiers = tuple(str(t) for t in demote_to)
-    if (
-        any(t not in DEMOTION_TIERS for t in tiers)
-        or list(tiers) != sorted(tiers, key=DEMOTION_TIERS.index)
-        or len(set(tiers)) != len(tiers)
-    ):
-        raise ValueError(
-            f"keepalive.demote_to={list(tiers)!r} is not allowed; use an ordered subset of "
-            f"{list(DEMOTION_TIERS)} (e.g. [dram, ssd], [ssd] or [])"
-        )
-    return tiers  # type: ignore[return-value]
+    """Validate a demotion chain: a subsequence of GPU → DRAM → SSD (the same rule as a policy's ``cache_to``)."""
+    return check_cache_to(demote_to, key="keepalive.demote_to")
 
 
 @dataclass(frozen=True)
