@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from harness.summary import console_table
 
-    print(console_table(report))
+    print(console_table(report, source="report.csv"))
     print(f"\n{len(report)} rows → {out}/report.csv, {out}/report.png")
     return 0
 
@@ -185,3 +185,7 @@ class ReportCallback(Callback):
             log.info("sweep report: %s", sweep / REPORT_DIR / "report.csv")
         except Exception as exc:  # a report must never turn a finished sweep into a failure
             log.error("no sweep report for %s: %s", sweep, exc)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

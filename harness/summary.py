@@ -36,7 +36,7 @@ def objective(summary: pd.DataFrame, spec: Mapping[str, Any] | None) -> float:
 
 
 def console_table(summary: pd.DataFrame, columns: Sequence[str] | None = None,
-                  max_rows: int = MAX_CONSOLE_ROWS) -> str:
+                  max_rows: int = MAX_CONSOLE_ROWS, source: str = "summary.csv") -> str:
     """The summary's headline columns (those of ``columns`` it has, else all), floats to 4 significant digits, missing
     values as ``-``, at most ``max_rows`` rows."""
     cols = [c for c in (columns or summary.columns) if c in summary] or list(summary.columns)
@@ -44,5 +44,5 @@ def console_table(summary: pd.DataFrame, columns: Sequence[str] | None = None,
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 28):
         text = shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")
     if len(summary) > max_rows:
-        text += f"\n… {len(summary) - max_rows} more rows in summary.csv"
+        text += f"\n… {len(summary) - max_rows} more rows in {source}"
     return text
