@@ -10,7 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from harness.config import check_args
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 from placement.base import InfeasiblePlacementError, Problem
 from placement.catalog import BLOOM_176B
 from placement.cg_bp import CgBpPlacement
@@ -33,30 +33,35 @@ def run_bprr_optimality(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     check_args(cfg, {})  # random instances: no model, topology or policy option is read, so none may be overridden
     o = cfg.optimality
     n = int(o.smoke_instances if cfg.get("smoke", False) else o.instances)
-    rows = []
-    for i in range(n):
-        rng = np.random.default_rng([int(cfg.seed), i])
-        problem = random_problem(rng, int(rng.integers(o.min_servers, o.max_servers + 1)),
-                                 int(rng.integers(o.min_blocks, o.max_blocks + 1)), int(o.num_clients),
-                                 int(rng.integers(1, o.max_requests + 1)))
-        row: dict[str, object] = {"instance": i, "servers": len(problem.network.servers),
-                                  "blocks": problem.num_blocks,
-               "requests": problem.design_concurrency}
-        t0 = time.perf_counter()
-        try:
-            sol = solve_bprr(problem, request_clients(problem), float(o.time_limit_s))
-        except InfeasiblePlacementError:
-            rows.append({**row, "status": "milp_infeasible"})
-            continue
-        row.update(milp_objective_s=sol.objective_s, milp_bound_s=sol.bound_s, milp_gap=sol.gap,
-                   milp_optimal=sol.optimal, milp_time_s=time.perf_counter() - t0)
-        try:
-            cg = cg_bprr_objective_s(problem, rng)
-        except InfeasiblePlacementError:
-            rows.append({**row, "status": "cg_bprr_infeasible"})
-            continue
-        rows.append({**row, "status": "ok", "cg_bprr_objective_s": cg,
-                     "gap_pct": 100 * (cg - sol.objective_s) / sol.objective_s})
+    rows: list[dict[str, object]] = []
+    stopped: BaseException | None = None
+    try:
+        for i in range(n):
+            rng = np.random.default_rng([int(cfg.seed), i])
+            problem = random_problem(rng, int(rng.integers(o.min_servers, o.max_servers + 1)),
+                                     int(rng.integers(o.min_blocks, o.max_blocks + 1)), int(o.num_clients),
+                                     int(rng.integers(1, o.max_requests + 1)))
+            row: dict[str, object] = {"instance": i, "servers": len(problem.network.servers),
+                                      "blocks": problem.num_blocks, "requests": problem.design_concurrency}
+            t0 = time.perf_counter()
+            try:
+                sol = solve_bprr(problem, request_clients(problem), float(o.time_limit_s))
+            except InfeasiblePlacementError:
+                rows.append({**row, "status": "milp_infeasible"})
+                continue
+            row.update(milp_objective_s=sol.objective_s, milp_bound_s=sol.bound_s, milp_gap=sol.gap,
+                       milp_optimal=sol.optimal, milp_time_s=time.perf_counter() - t0)
+            try:
+                cg = cg_bprr_objective_s(problem, rng)
+            except InfeasiblePlacementError:
+                rows.append({**row, "status": "cg_bprr_infeasible"})
+                continue
+            rows.append({**row, "status": "ok", "cg_bprr_objective_s": cg,
+                         "gap_pct": 100 * (cg - sol.objective_s) / sol.objective_s})
+    except BaseException as exc:  # Ctrl-C or a failure: the solved instances are kept (status: incomplete)
+        if not rows:
+            raise
+        stopped = exc
     df = pd.DataFrame(rows)
     ok = df[df["status"] == "ok"] if "status" in df else df
     summary = pd.DataFrame([{
@@ -68,6 +73,8 @@ def run_bprr_optimality(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         "cg_bprr_infeasible": int((df["status"] == "cg_bprr_infeasible").sum()),
         "cg_bprr_optimal_share": float((ok["gap_pct"] < 1e-6).mean()) if len(ok) else np.nan,
         "milp_time_s_mean": ok["milp_time_s"].mean() if len(ok) else np.nan}])
+    if stopped is not None:
+        raise PartialResult(ExperimentResult(tables={"instances": df, "summary": summary}), stopped) from stopped
     testbeds = testbed_rows(cfg)
     failure = None if len(ok) else (f"none of the {n} instances was solved by both the MILP and CG-BPRR "
                                     f"(statuses: {df['status'].value_counts().to_dict()})")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.placement.bprr import check_policies, option_name, policy_option
 from experiments.placement.scenario import auto_concurrency, block_counts_by_type
 from harness.executors.base import Executor
-from harness.experiment import ExperimentResult
+from harness.experiment import ExperimentResult, PartialResult
 from harness.zoo import ModelSpec
 from placement.base import Network, Placement, Problem, Router
 from placement.real.blocks import ClientParts, build_synthetic, chain_spec, one_process_greedy
@@ -217,48 +217,56 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
     frames, hop_frames, placements, faults = [], [], [], []
     situ_cal: list[dict[str, Any]] = []
     policies = list(p.policies)
-    for idx, spec_p in enumerate(policies):
-        name = str(spec_p.name)
-        placement_cfg, routing_cfg = policy_option(cfg, spec_p, "placement"), policy_option(cfg, spec_p, "routing")
-        placement: Placement = instantiate(placement_cfg).place(problem, np.random.default_rng([seed, 1]))
-        router: Router = instantiate(routing_cfg)
-        sim_rows, _ = simulate(problem, placement, router, arrivals)
-        sim = pd.DataFrame(sim_rows).assign(mode="sim", reroutes=0, tokens_match=True)
-        # The same, with each server's compute bounded as the real one is: hops of concurrent sessions queue.
-        cont_rows, _ = simulate(problem, placement, router, arrivals, compute=compute)
-        contended = pd.DataFrame(cont_rows).assign(mode="sim_contended", reroutes=0, tokens_match=True)
-        configs = server_configs(problem, placement, real, seed, dtype)
-        log.info("%s: %d servers, placement start=%s count=%s", name, len(configs), placement.start, placement.count)
-        with deploy(spec, configs, host) as hosts:
-            chain = {c: ChainClient(parts, problem, placement, router, hosts, client=c) for c in sorted(set(clients))}
-            warm_rows, warm_hops, _ = run_workload(chain, warm_arrivals, warm_prompts, l_max) if warm_arrivals \
-                else ([], [], [])
-            rows, hops, tokens = run_workload(chain, arrivals, prompts, l_max)
-            if bool(p.fault) and idx == len(policies) - 1:
-                faults.append({"policy": name, **_fault(chain[clients[0]], placement, prompts[0], l_max,
-                                                         references[0], hosts)})
-            for c in chain.values():
-                c.close()
-        # The same workload simulated with τ, τ^I and overheads re-fitted on this deployment's warm-up requests.
-        situ = in_situ(warm_hops, warm_rows, [s.name for s in net.servers], cal, l_in, l_max)
-        situ_net = Network(tuple(situ.types[s.name] for s in net.servers), net.clients, net.client_rtt_s,
-                           net.server_rtt_s, net.client_groups)
-        situ_problem = replace(problem, network=situ_net, overheads=situ.overheads)
-        situ_rows, _ = simulate(situ_problem, placement, router, arrivals)
-        situ_sim = pd.DataFrame(situ_rows).assign(mode="sim_in_situ", reroutes=0, tokens_match=True)
-        situ_cal.extend({"policy": name, **r} for r in situ.rows)
-        measured = pd.DataFrame(rows).assign(mode="real", tokens_match=[t == references[r["request_id"]]
-                                                                         for t, r in zip(tokens, rows, strict=True)])
-        both = pd.concat([measured, sim, situ_sim, contended], ignore_index=True)
-        both = both.assign(policy=name, placement=option_name(placement_cfg._target_),
-                           routing=option_name(routing_cfg._target_))
-        frames.append(both)
-        hop_frame = pd.DataFrame(hops).assign(policy=name)
-        hop_frame["server_type"] = [net.servers[j].name for j in hop_frame["server"]]
-        hop_frames.append(hop_frame)
-        placements.append({"policy": name, "design_concurrency": design, "start": list(placement.start),
-                           "count": list(placement.count), "cache_slots": list(placement.cache_slots),
-                           **block_counts_by_type(problem, placement)})
+    stopped: BaseException | None = None
+    try:
+        for idx, spec_p in enumerate(policies):
+            name = str(spec_p.name)
+            placement_cfg, routing_cfg = policy_option(cfg, spec_p, "placement"), policy_option(cfg, spec_p, "routing")
+            placement: Placement = instantiate(placement_cfg).place(problem, np.random.default_rng([seed, 1]))
+            router: Router = instantiate(routing_cfg)
+            sim_rows, _ = simulate(problem, placement, router, arrivals)
+            sim = pd.DataFrame(sim_rows).assign(mode="sim", reroutes=0, tokens_match=True)
+            # The same, with each server's compute bounded as the real one is: hops of concurrent sessions queue.
+            cont_rows, _ = simulate(problem, placement, router, arrivals, compute=compute)
+            contended = pd.DataFrame(cont_rows).assign(mode="sim_contended", reroutes=0, tokens_match=True)
+            configs = server_configs(problem, placement, real, seed, dtype)
+            log.info("%s: %d servers, placement start=%s count=%s", name, len(configs), placement.start,
+                     placement.count)
+            with deploy(spec, configs, host) as hosts:
+                chain = {c: ChainClient(parts, problem, placement, router, hosts, client=c)
+                         for c in sorted(set(clients))}
+                warm_rows, warm_hops, _ = run_workload(chain, warm_arrivals, warm_prompts, l_max) if warm_arrivals \
+                    else ([], [], [])
+                rows, hops, tokens = run_workload(chain, arrivals, prompts, l_max)
+                if bool(p.fault) and idx == len(policies) - 1:
+                    faults.append({"policy": name, **_fault(chain[clients[0]], placement, prompts[0], l_max,
+                                                             references[0], hosts)})
+                for c in chain.values():
+                    c.close()
+            # The same workload simulated with τ, τ^I and overheads re-fitted on this deployment's warm-up requests.
+            situ = in_situ(warm_hops, warm_rows, [s.name for s in net.servers], cal, l_in, l_max)
+            situ_net = Network(tuple(situ.types[s.name] for s in net.servers), net.clients, net.client_rtt_s,
+                               net.server_rtt_s, net.client_groups)
+            situ_problem = replace(problem, network=situ_net, overheads=situ.overheads)
+            situ_rows, _ = simulate(situ_problem, placement, router, arrivals)
+            situ_sim = pd.DataFrame(situ_rows).assign(mode="sim_in_situ", reroutes=0, tokens_match=True)
+            situ_cal.extend({"policy": name, **r} for r in situ.rows)
+            matches = [t == references[r["request_id"]] for t, r in zip(tokens, rows, strict=True)]
+            measured = pd.DataFrame(rows).assign(mode="real", tokens_match=matches)
+            both = pd.concat([measured, sim, situ_sim, contended], ignore_index=True)
+            both = both.assign(policy=name, placement=option_name(placement_cfg._target_),
+                               routing=option_name(routing_cfg._target_))
+            frames.append(both)
+            hop_frame = pd.DataFrame(hops).assign(policy=name)
+            hop_frame["server_type"] = [net.servers[j].name for j in hop_frame["server"]]
+            hop_frames.append(hop_frame)
+            placements.append({"policy": name, "design_concurrency": design, "start": list(placement.start),
+                               "count": list(placement.count), "cache_slots": list(placement.cache_slots),
+                               **block_counts_by_type(problem, placement)})
+    except BaseException as exc:  # Ctrl-C or a failure: the finished policies are kept (status: incomplete)
+        if not frames:
+            raise
+        stopped = exc
     requests = pd.concat(frames, ignore_index=True)
     summary = _summary(requests)
     all_hops = pd.concat(hop_frames, ignore_index=True)
@@ -266,10 +274,13 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
               "calibration": pd.DataFrame(cal.rows), "calibration_in_situ": pd.DataFrame(situ_cal),
               "placements": pd.DataFrame(placements),
               "faults": pd.DataFrame(faults)}
-    if len(policies) >= 2:
+    if len(policies) >= 2 and stopped is None:  # a stopped run may lack the last policy's rows
         tables["advantage"] = _advantage(summary, str(policies[0].name), str(policies[-1].name))
     docs = {"pipeline": OmegaConf.to_container(p, resolve=True), "model": {"name": spec.name, **spec.hf_config},
             "sim_contended": {"capacity": list(compute.capacity), "busy_share": list(compute.busy_share),
                               "fixed_busy_s": list(compute.fixed_busy_s),
                               "prefill_fixed_busy_s": list(compute.prefill_fixed_busy_s)}}
-    return ExperimentResult(tables=tables, documents=docs)  # type: ignore[arg-type]
+    result = ExperimentResult(tables=tables, documents=docs)  # type: ignore[arg-type]
+    if stopped is not None:
+        raise PartialResult(result, stopped) from stopped
+    return result

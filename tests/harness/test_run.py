@@ -87,3 +87,33 @@ def test_a_config_error_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert "bprr.num_requests=0 is invalid" in printed
     (log,) = tmp_path.rglob("run.log")
     assert "bprr.num_requests=0 is invalid" in log.read_text()  # a failed run's log says why
+
+
+def _second_call_interrupts(real: Any) -> Any:
+    calls = []
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
+@pytest.mark.parametrize(("experiment", "module", "name", "table"), [
+    ("bprr_optimality", "experiments.placement.optimality", "solve_bprr", "instances.parquet"),
+    ("pipeline_real", "experiments.placement.real", "deploy", "requests.parquet"),
+])
+def test_a_stopped_placement_run_keeps_what_it_finished(compose_cfg: Callable[..., Any], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, experiment: str,
+                                                        module: str, name: str, table: str) -> None:
+    """Ctrl-C during the second instance / policy: the first one's rows are written, marked incomplete."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(mod, name, _second_call_interrupts(getattr(mod, name)))
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(compose_cfg([f"experiment={experiment}", "smoke=true"]), tmp_path)
+    assert len(pd.read_parquet(tmp_path / table)) >= 1
+    assert json.loads((tmp_path / "status.json").read_text())["complete"] is False
