@@ -332,7 +332,8 @@ class NativeLoader(BaseLoader):
         with self.dram.reading(key) as hot:
             if hot is not None and self._fresh(hot, src):
                 return hot
-        self.dram.remove(key)  # a stale entry (its source changed since staging), if any
+        # a stale entry (its source changed since staging), if any; never one another process staged meanwhile
+        self.dram.remove(key, keep=lambda entry: self._fresh(entry, src))
         return self._stage(key, src)
 
     def _stage(self, key: str, src: Path) -> Path:
@@ -343,7 +344,9 @@ class NativeLoader(BaseLoader):
         files += [(member(src, p.name)[0], p.name) for p in [*([plan.index] if plan.index else []), *plan.extra]]
         copy = self.dram.insert(key, src, files, extra={SOURCE: source_json(plan.fingerprint)})
         if verified_record(src, plan.fingerprint) is not None:  # a byte-for-byte copy of a verified source
-            mark_verified(copy, self._plan(copy, verify="never").fingerprint)  # needs no second hashing pass
+            with self.dram.reading(key) as held:  # held against another process's eviction while it is planned
+                if held is not None:
+                    mark_verified(held, self._plan(held, verify="never").fingerprint)  # no second hashing pass
         return copy
 
     def _map(self, plan: _Plan, tier: str, t0: float, cold: bool | None = None) -> LoadResult:
@@ -413,7 +416,7 @@ class NativeLoader(BaseLoader):
             if stale:
                 log.warning("DRAM-tier entry %s is stale (%s changed since it was staged): staging it again", key,
                             checkpoint_dir)
-                self.dram.remove(key)
+                self.dram.remove(key, keep=lambda entry: self._fresh(entry, checkpoint_dir))
                 if src is not None and not _restaged:
                     try:
                         self._stage(key, src)

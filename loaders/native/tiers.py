@@ -22,7 +22,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from loaders.native.format import open_regular
@@ -241,11 +241,12 @@ class DramTier:
                                     f"{(self.capacity_bytes - used) / 1e9:.2f} GB free after evicting every entry "
                                     "not being read; raise dram_capacity_bytes or wait")
 
-    def remove(self, key: str) -> bool:
-        """Drop one entry (waits for its readers); True if it was there."""
+    def remove(self, key: str, keep: Callable[[Path], bool] | None = None) -> bool:
+        """Drop one entry (waits for its readers); True if it was there. ``keep(path)`` decides under the entry's
+        lock: an entry another process staged meanwhile (fresh again) is kept."""
         with self._lock(".tier.lock", exclusive=True), self._lock(f"{key}.lock", exclusive=True):
             path = self.path(key)
-            if not path.exists():
+            if not path.exists() or (keep is not None and keep(path)):
                 return False
             victim = self.root / f".{key}.evicting-{uuid.uuid4().hex[:8]}"
             path.rename(victim)

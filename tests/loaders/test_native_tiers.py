@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,26 @@ def test_two_processes_stage_and_load_at_once(shared_store: CheckpointStore, tmp
         assert p.exitcode == 0
     assert results[0] == results[1]
     assert [k for _, k, _ in DramTier(tmp_path / "dram").entries()] == [NativeLoader.tier_key(ckpt.path)]
+
+
+def test_a_process_that_looked_before_another_staged_keeps_the_fresh_entry(shared_store: CheckpointStore,
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of two processes staging at once: B looked (no entry), A staged, B must not remove A's fresh entry
+    (A may be planning or reading it right then) — before the fix B's "drop a stale entry" removed it."""
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp32", "native", progress=False)
+    a = NativeLoader(dram_dir=str(tmp_path / "dram"), dram_capacity_bytes=1 << 30)
+    b = NativeLoader(dram_dir=str(tmp_path / "dram"), dram_capacity_bytes=1 << 30)
+    staged = a.stage_in_dram(ckpt.path)
+    (staged / "a-was-here").touch()  # marks this entry (a re-staged one could reuse the inode number)
+    assert b.dram is not None
+    real_reading = b.dram.reading
+
+    @contextlib.contextmanager
+    def looked_too_early(key: str) -> Iterator[Path | None]:
+        yield None  # what B saw before A's entry appeared
+
+    monkeypatch.setattr(b.dram, "reading", looked_too_early)
+    assert b.stage_in_dram(ckpt.path) == staged
+    monkeypatch.setattr(b.dram, "reading", real_reading)
+    assert (staged / "a-was-here").exists()  # the same entry, not removed and staged again
