@@ -1,14 +1,16 @@
-"""One cold-start trial in a fresh interpreter: ``python -m harness.trial SPEC.json OUT.json SPAWN_TS``.
+"""One cold-start trial: ``python -m harness.trial SPEC.json OUT.json SPAWN_TS`` in a fresh interpreter (the
+``fresh`` runtime), or :func:`run_trial` called in a forked child or a pool worker (``runtimes/``).
 
 Phase timestamps are wall-clock (``time.time``) so the parent's spawn time and the child's marks share a clock:
-spawn → imports → device init → weights loaded (materialized) → model built → first token.
+spawn → handoff (a runtime holds the spec: a fresh interpreter's first line of Python, a forked child's first
+line, a pool worker's call) → imports → device init → weights loaded (materialized) → model built → first token.
 """
 
 from __future__ import annotations
 
 import time
 
-_T_PYTHON = time.time()  # first line of Python: interpreter start-up is in the imports phase
+_T_PYTHON = time.time()  # first line of Python: the fresh runtime's hand-off (interpreter start-up before it)
 
 import importlib  # noqa: E402
 import json  # noqa: E402
@@ -25,8 +27,11 @@ def instantiate(cfg: dict[str, Any]) -> Any:
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def run_trial(spec: dict[str, Any], spawn_ts: float) -> dict[str, Any]:
-    marks = {"spawn": spawn_ts, "python": _T_PYTHON}
+def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = None) -> dict[str, Any]:
+    """Load, build and prefill as ``spec`` says; the marks, first token, loader phases and (outside every timed
+    phase) the verified bytes. ``handoff_ts``: when the runtime took the spec (default: this module's import)."""
+    handoff = _T_PYTHON if handoff_ts is None else handoff_ts
+    marks = {"spawn": spawn_ts, "handoff": handoff, "python": handoff}
     import torch
 
     import harness.modelbuild as mb
@@ -68,11 +73,15 @@ def run_trial(spec: dict[str, Any], spawn_ts: float) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    spec_path, out_path, spawn_ts = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def run_files(spec_path: str, out_path: str, spawn_ts: float, handoff_ts: float | None = None) -> None:
+    """Read the spec from ``spec_path``, run the trial, write its result to ``out_path`` (JSON)."""
     spec = json.loads(Path(spec_path).read_text())
-    out = run_trial(spec, spawn_ts)
+    out = run_trial(spec, spawn_ts, handoff_ts)
     Path(out_path).write_text(json.dumps(out))
+
+
+def main() -> None:
+    run_files(sys.argv[1], sys.argv[2], float(sys.argv[3]))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The loading experiment: loaders × cache states × trials, each a fresh process, bounded by same-run ceilings."""
+"""The loading experiment: loaders × cache states × runtimes × trials, bounded by same-run ceilings."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from harness.executors.base import TrialError
 from harness.experiment import ExperimentResult, PartialResult
 from loaders.base import RemoteTieredLoader, TieredLoader
 from loaders.pagecache import evict, make_copies, resident_fraction, warm
+from runtimes.base import Runtime, RuntimeContext
 
 log = logging.getLogger("coldstart.loading")
 
@@ -124,9 +125,10 @@ class _ColdSource:
         shutil.rmtree(self.copies_root, ignore_errors=True)
 
 
-def _row_base(cfg: DictConfig, device: torch.device, cell: _LoaderCell, state: str, trial: int) -> dict[str, Any]:
+def _row_base(cfg: DictConfig, device: torch.device, cell: _LoaderCell, state: str, runtime: str,
+              trial: int) -> dict[str, Any]:
     return {"model": cfg.model.name, "dtype": cfg.dtype, "device": device.type, "loader": cell.name,
-            "format": cell.fmt, "cache_state": state, "trial": trial}
+            "format": cell.fmt, "cache_state": state, "runtime": runtime, "trial": trial}
 
 
 def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceiling: tuple[str, float | None],
@@ -137,7 +139,8 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
            "throughput_gbps": ckpt.total_bytes / load_s / 1e9 if load_s > 0 else np.nan,
            "ceiling_name": ceiling[0], "ceiling_gbps": ceiling[1] if ceiling[1] is not None else np.nan,
            "resident_fraction": resident if resident is not None else np.nan, "cold_method": cold_method or "",
-           "t_imports_s": m["imports"] - m["spawn"], "t_device_init_s": m["device_init"] - m["imports"],
+           "t_handoff_s": m["handoff"] - m["spawn"], "t_imports_s": m["imports"] - m["handoff"],
+           "t_device_init_s": m["device_init"] - m["imports"],
            "t_weights_s": load_s, "t_model_build_s": m["model_build"] - m["weights"],
            "t_first_token_s": m["first_token"] - m["model_build"], "cold_start_s": m["first_token"] - m["spawn"],
            "t_python_start_s": m["python"] - m["spawn"], "first_token_id": out["first_token_id"],
@@ -147,11 +150,44 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
         row[f"loader_{k}"] = v
     for k, v in out.get("bytes_by_tier", {}).items():
         row[f"bytes_{k}"] = v
+    for k, v in (out.get("worker") or {}).items():  # a pool worker's memory before and after, its uses
+        row[f"worker_{k}"] = v
+    if "retried" in out:
+        row["retried"] = out["retried"]
     return row
 
 
 def _failed_row(base: dict[str, Any], status: str, error: str) -> dict[str, Any]:
     return {**base, "ok": False, "status": status, "error": error}
+
+
+def listed_runtimes(cfg: DictConfig) -> list[str]:
+    """The runtimes this run compares (``runtimes=[fresh,forkserver,pool]``; default ``[fresh]``)."""
+    names = [str(n) for n in (cfg.get("runtimes") or ["fresh"])]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runtimes={names} lists a runtime twice")
+    return names
+
+
+def start_runtimes(cfg: DictConfig, names: list[str], ctx: RuntimeContext) -> dict[str, Runtime]:
+    """Build and start each listed ``conf/runtime`` option (with the run's ``runtime_args.<name>``); on a failure
+    the ones already started are closed."""
+    started: dict[str, Runtime] = {}
+    try:
+        for name in names:
+            rt: Runtime = instantiate(listed(cfg, "runtime", name))
+            log.info("starting runtime %s", name)
+            rt.start(ctx)
+            started[name] = rt
+    except BaseException:
+        close_runtimes(started)
+        raise
+    return started
+
+
+def close_runtimes(runtimes: dict[str, Runtime]) -> None:
+    for rt in runtimes.values():
+        rt.close()
 
 
 def listed_loaders(cfg: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
@@ -167,7 +203,7 @@ def listed_loaders(cfg: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """``experiment=loading``: the composed model, every listed loader (see conf/experiment/loading.yaml)."""
     names, variants = listed_loaders(cfg)
-    check_args(cfg, {"loader": loader_bases(names, variants)}, singles=("model",))
+    check_args(cfg, {"loader": loader_bases(names, variants), "runtime": listed_runtimes(cfg)}, singles=("model",))
     return run_cell(cfg, out_dir)
 
 
@@ -187,7 +223,20 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     names, variants = listed_loaders(cfg)
     cells = _loader_cells(cfg, names, variants)
     rng = random.Random(cfg.seed)
+    runtime_names = listed_runtimes(cfg)
+    model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
+    ctx = RuntimeContext(executor, str(device), [c.cfg for c in cells if not c.unavailable], [model_cfg],
+                         int(cfg.trial_threads) if cfg.get("trial_threads") else None, str(cfg.dtype))
+    runtimes = start_runtimes(cfg, runtime_names, ctx)  # forkserver refuses CUDA here, before any work
+    try:
+        return _run_trials(cfg, out_dir, device, trials, states, spec, store, cells, rng, runtimes, model_cfg)
+    finally:
+        close_runtimes(runtimes)
 
+
+def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: int, states: list[str], spec: Any,
+                store: CheckpointStore, cells: list[_LoaderCell], rng: random.Random, runtimes: dict[str, Runtime],
+                model_cfg: dict[str, Any]) -> ExperimentResult:
     ckpts: dict[str, Checkpoint] = {}
     for fmt in sorted({c.fmt for c in cells if c.fmt and not c.unavailable}):
         ckpts[fmt] = store.ensure(spec, cfg.dtype, fmt, cfg.seed, progress=cfg.progress)
@@ -211,13 +260,17 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
 
     cold = _ColdSource(cfg.cold_method, float(cfg.max_resident_fraction), store.root / "copies" / out_dir.name)
     # distinct copies per checkpoint format: one per cold trial of the loaders reading that format
-    copies_needed = {fmt: trials * sum(1 for c in cells if c.fmt == fmt and not c.unavailable) for fmt in ckpts}
-    plan = [(t, s, c) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))]
+    copies_needed = {fmt: trials * len(runtimes) * sum(1 for c in cells if c.fmt == fmt and not c.unavailable)
+                     for fmt in ckpts}
+    names = list(runtimes)
+    plan = [(t, s, c, r) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))
+            for r in rng.sample(names, len(names))]
     rows: list[dict[str, Any]] = []
     stopped: BaseException | None = None
     try:
-        for trial, state, cell in tqdm(plan, desc=f"loading {spec.name} {cfg.dtype}", disable=not cfg.progress):
-            base = _row_base(cfg, device, cell, state, trial)
+        for trial, state, cell, rt_name in tqdm(plan, desc=f"loading {spec.name} {cfg.dtype}",
+                                                disable=not cfg.progress):
+            base = _row_base(cfg, device, cell, state, rt_name, trial)
             if cell.unavailable or cell.fmt is None:
                 rows.append(_failed_row(base, "unavailable", cell.unavailable or "no checkpoint format"))
                 continue
@@ -249,15 +302,17 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                     continue
             if tiered and state != "hot":
                 cell.loader.unstage_from_dram(path)
-            trial_spec = {"loader": cell.cfg, "model": OmegaConf.to_container(cfg.model, resolve=True),
+            trial_spec = {"loader": cell.cfg, "model": model_cfg,
                           "checkpoint": str(path), "dtype": cfg.dtype, "device": str(device),
                           "prompt_tokens": int(cfg.prompt_tokens), "verify": bool(cfg.verify),
                           "threads": cfg.get("trial_threads"), "manifest_dir": manifest_dir}
             try:
-                out = executor.run_trial(trial_spec, float(cfg.trial_timeout_s))
+                for rt in runtimes.values():  # no refill or restart runs during the measured cold start
+                    rt.settle(float(cfg.trial_timeout_s))
+                out = runtimes[rt_name].run_trial(trial_spec, float(cfg.trial_timeout_s))
             except (TrialError, CheckpointError) as exc:
                 rows.append(_failed_row(base, "failed", str(exc)))
-                log.error("%s %s trial %d failed: %s", cell.name, state, trial, str(exc).splitlines()[-1])
+                log.error("%s %s %s trial %d failed: %s", cell.name, state, rt_name, trial, str(exc).splitlines()[-1])
                 continue
             ceiling = bounding_ceiling(state, device, ceilings["gbps"])
             row = _trial_row(base, out, ckpt, ceiling, resident, cold_method)
@@ -281,6 +336,7 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     env = environment.collect(store.root)
     env["cold_method_fallback"] = cold.fallback_reason
     env["state_ceilings"] = {s: STATE_CEILING[s] for s in states}
+    env["runtimes"] = {name: rt.describe() for name, rt in runtimes.items()}
     result = ExperimentResult(tables={"trials": trials_df, "summary": summarize_trials(trials_df)},
                               documents={"ceilings": ceilings, "environment": env})
     if stopped is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state"]
-PHASES = ["t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]
+CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state", "runtime"]
+PHASES = ["t_handoff_s", "t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]
 MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "cold_start_s", "resident_fraction", *PHASES]
 
 

@@ -1,0 +1,56 @@
+"""The runtime contract: what every ``conf/runtime/<name>.yaml`` ``_target_`` builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class RuntimeUnsupportedError(ValueError):
+    """The runtime cannot serve this run as configured (``forkserver`` with ``device=cuda``)."""
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What a runtime pre-initializes for: where its processes run, the device, and the run's loaders and models
+    (their modules are imported ahead of any cold start)."""
+
+    executor: Any
+    device: str = "cpu"
+    loaders: list[dict[str, Any]] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
+    threads: int | None = None
+    dtype: str = "fp16"
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Gets a process ready for a cold start and runs one trial in it (``harness.trial.run_trial``).
+
+    ``run_trial`` returns the trial's result, whose ``marks`` start at ``spawn`` (when the caller asked) and
+    ``handoff`` (when a ready process held the spec); anything the runtime did before ``spawn`` (a zygote's or a
+    pool worker's imports) is reported by ``describe`` and is not part of the cold start.
+    """
+
+    name: str
+
+    def start(self, ctx: RuntimeContext) -> None:
+        """Pre-start what the runtime keeps ready (idempotent; ``fresh`` keeps nothing)."""
+        ...
+
+    def settle(self, timeout_s: float) -> None:
+        """Block until what the runtime keeps ready is ready again (a pool refilled, a dead zygote restarted), so
+        no background start competes with the next measured cold start of any runtime."""
+        ...
+
+    def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """One cold start; its result, or ``harness.executors.base.TrialError``."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The runtime's knobs and what it did (zygote restarts, pool worker starts and their seconds, recycles)."""
+        ...
+
+    def close(self) -> None:
+        """Stop every process the runtime started (idempotent)."""
+        ...

@@ -1,0 +1,139 @@
+"""The ``pool`` runtime: N pre-started workers (imports done, device context created) each take one cold start,
+then are reused only if their memory came back after unload, else recycled. Works on CUDA (no fork)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from harness.executors.base import TrialError
+from harness.executors.workers import WorkerDiedError, WorkerError, WorkerTimeoutError, start_worker
+from runtimes.base import RuntimeContext
+from runtimes.warm import BASE_MODULES, modules_of
+from runtimes.workerpool import PoolError, WorkerPool
+
+RECYCLE = ("always", "rss", "never")
+
+
+def reusable(worker: dict[str, Any], recycle: str, rss_tolerance: float, max_uses: int) -> bool:
+    """May a worker that reported ``worker`` (idle and after-unload RSS, uses) take another assignment?
+
+    ``always``: never reused (no state can leak between models); ``rss``: reused while its RSS after unload is
+    within ``rss_tolerance`` of its idle RSS; ``never``: reused regardless. ``max_uses`` > 0 caps the uses.
+    """
+    if recycle == "always":
+        return False
+    if max_uses and int(worker.get("uses", 0)) >= max_uses:
+        return False
+    if recycle == "never":
+        return True
+    idle, after = float(worker["idle_rss_bytes"]), float(worker["rss_after_unload_bytes"])
+    return after <= idle * (1.0 + rss_tolerance)
+
+
+class PoolRuntime:
+    """A :class:`~runtimes.workerpool.WorkerPool` of ``runtimes.worker:TrialWorker`` processes (or Ray actors)."""
+
+    name = "pool"
+
+    def __init__(self, size: int = 1, recycle: str = "rss", rss_tolerance: float = 0.05, max_uses: int = 0,
+                 preimport: list[str] | None = None, preimport_run: bool = True, retries: int = 1,
+                 start_timeout_s: float = 300.0, wait_full: bool = True, warmup: bool = True) -> None:
+        if int(size) < 1:
+            raise ValueError(f"runtime.size={size}; a pool needs at least one worker")
+        if recycle not in RECYCLE:
+            raise ValueError(f"runtime.recycle={recycle!r}; choose one of {RECYCLE}")
+        if not 0 <= float(rss_tolerance) < 1:
+            raise ValueError(f"runtime.rss_tolerance={rss_tolerance}; it must be in [0, 1)")
+        if int(max_uses) < 0 or int(retries) < 0:
+            raise ValueError(f"runtime.max_uses={max_uses}, runtime.retries={retries}; both must be ≥ 0")
+        self.size, self.recycle, self.rss_tolerance = int(size), recycle, float(rss_tolerance)
+        self.max_uses, self.retries, self.start_timeout_s = int(max_uses), int(retries), float(start_timeout_s)
+        self.preimport = list(BASE_MODULES if preimport is None else preimport)
+        self.preimport_run, self.wait_full, self.warmup = preimport_run, bool(wait_full), bool(warmup)
+        self.pool: WorkerPool | None = None
+        self.retried = 0
+
+    def worker_kwargs(self, ctx: RuntimeContext) -> dict[str, Any]:
+        """What each worker imports and initializes at start."""
+        modules = list(self.preimport)
+        models: list[dict[str, Any]] = []
+        if self.preimport_run:
+            modules += [m for m in modules_of(ctx.loaders) if m not in modules]
+            models = list(ctx.models)
+        return {"device": ctx.device, "modules": modules, "models": models, "threads": ctx.threads,
+                "warmup_dtype": ctx.dtype if self.warmup and models else None}
+
+    def start(self, ctx: RuntimeContext) -> None:
+        if self.pool is not None:
+            return
+        kwargs = self.worker_kwargs(ctx)
+        num_gpus = 1 if ctx.device.startswith("cuda") else 0
+
+        # the thread budget of a fresh trial: trial_threads, else torch's default (every core)
+        cpus = ctx.threads or os.cpu_count() or 1
+
+        def start_one(name: str) -> Any:
+            return start_worker(ctx.executor, "runtimes.worker:TrialWorker", kwargs, name=name,
+                                num_cpus=cpus, num_gpus=num_gpus)
+
+        # a handed-out worker's replacement starts after its trial: no start shares the CPU with a measured one
+        self.pool = WorkerPool(start_one, self.size, name="pool", refill_on_acquire=not self.wait_full)
+        try:
+            self.pool.wait_full(self.start_timeout_s)
+        except PoolError as exc:
+            self.close()
+            raise TrialError(f"runtime=pool could not start its workers: {exc}") from None
+
+    def settle(self, timeout_s: float) -> None:
+        """Wait until the pool is full again (with ``wait_full``; otherwise cold starts may meet a refill)."""
+        if self.pool is not None and self.wait_full:
+            try:
+                self.pool.wait_full(timeout_s)
+            except PoolError as exc:
+                raise TrialError(f"runtime=pool: {exc}") from None
+
+    def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """One cold start on a ready worker. With ``wait_full`` (default) the trial starts once the pool is full
+        again, so a refill never competes with the cold start it would distort; a worker that dies mid-trial is
+        replaced and the trial retried (``retries``)."""
+        import time
+
+        if self.pool is None:
+            raise RuntimeError("PoolRuntime.start() was not called")
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            try:
+                if self.wait_full:
+                    self.pool.wait_full(self.start_timeout_s)
+                spawn_ts = time.time()
+                handle, _ = self.pool.acquire(self.start_timeout_s)
+            except PoolError as exc:
+                raise TrialError(f"runtime=pool: {exc}") from None
+            try:
+                out: dict[str, Any] = handle.call("trial", spec, spawn_ts, timeout_s=timeout_s)
+            except WorkerTimeoutError:
+                self.pool.discard(handle)
+                raise TrialError(f"trial timed out after {timeout_s:g} s on pool worker {handle.name}") from None
+            except WorkerError as exc:
+                self.pool.discard(handle)
+                if isinstance(exc, WorkerDiedError) and attempt + 1 < attempts:
+                    self.retried += 1
+                    continue
+                raise TrialError(f"pool worker {handle.name}: {str(exc)[-2000:]}") from None
+            out["worker"]["reused"] = reusable(out["worker"], self.recycle, self.rss_tolerance, self.max_uses)
+            out["retried"] = attempt
+            self.pool.release(handle, out["worker"]["reused"])
+            return out
+        raise AssertionError("unreachable")
+
+    def describe(self) -> dict[str, Any]:
+        stats = dict(self.pool.stats) if self.pool is not None else {}
+        return {"name": self.name, "size": self.size, "recycle": self.recycle, "rss_tolerance": self.rss_tolerance,
+                "max_uses": self.max_uses, "preimport": self.preimport, "warmup": self.warmup,
+                "retried": self.retried, **stats}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None

@@ -1,0 +1,47 @@
+"""What a pool worker hosts: a process that did its imports and created the device context at start, then runs
+one cold start per assignment and reports whether its memory came back (``runtimes.pool``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from runtimes.warm import init_device, preimport, release_memory, rss_bytes, warm_forward
+
+
+class TrialWorker:
+    """Built by the pool (imports + device init happen here, before any cold start); ``trial`` runs one."""
+
+    def __init__(self, device: str = "cpu", modules: list[str] | None = None,
+                 models: list[dict[str, Any]] | None = None, threads: int | None = None,
+                 warmup_dtype: str | None = None) -> None:
+        self.device = device
+        self.import_s = preimport(modules or [], models or [])
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        self.device_init_s = init_device(device)
+        self.warmup_s = warm_forward(models or [], warmup_dtype, device) if warmup_dtype else 0.0
+        release_memory(device)
+        self.idle_rss_bytes = rss_bytes()
+        self.uses = 0
+
+    def info(self) -> dict[str, Any]:
+        """What the worker's start cost (imports, device init) and its idle RSS."""
+        return {"import_s": self.import_s, "device_init_s": self.device_init_s, "warmup_s": self.warmup_s,
+                "idle_rss_bytes": self.idle_rss_bytes, "uses": self.uses}
+
+    def trial(self, spec: dict[str, Any], spawn_ts: float) -> dict[str, Any]:
+        """One cold start (``harness.trial.run_trial``), then unload: everything it built is dropped and the RSS
+        after that is reported beside the idle RSS, so the pool can tell whether memory came back."""
+        handoff = time.time()
+        from harness.trial import run_trial
+
+        self.uses += 1
+        out = run_trial(spec, spawn_ts, handoff)
+        release_memory(self.device)
+        out["worker"] = {"idle_rss_bytes": self.idle_rss_bytes, "rss_after_unload_bytes": rss_bytes(),
+                         "uses": self.uses, "import_s": self.import_s, "device_init_s": self.device_init_s,
+                         "warmup_s": self.warmup_s}
+        return out
