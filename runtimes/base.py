@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,6 +22,26 @@ class RuntimeContext:
     models: list[dict[str, Any]] = field(default_factory=list)
     threads: int | None = None
     dtype: str = "fp16"
+
+
+@runtime_checkable
+class ProcessSource(Protocol):
+    """Hands out ready worker processes hosting one object (a serverless server's model instances).
+
+    ``acquire`` returns a worker and the seconds it took to have one (``fresh``: starting it; ``pool``: waiting for
+    a ready one). ``release`` returns a worker whose assignment ended (``reusable``: it may serve another), and
+    ``discard`` kills one that must never serve again (a failed load)."""
+
+    stats: dict[str, Any]
+    reuses: bool  # whether a released worker may serve again (a pool) or is always closed (fresh)
+
+    def acquire(self, timeout_s: float | None = None) -> tuple[Any, float]: ...
+
+    def release(self, handle: Any, reusable: bool) -> None: ...
+
+    def discard(self, handle: Any) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -45,6 +66,19 @@ class Runtime(Protocol):
 
     def run_trial(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """One cold start; its result, or ``harness.executors.base.TrialError``."""
+        ...
+
+    def reusable(self, worker: dict[str, Any]) -> bool:
+        """May a worker that reported ``worker`` after unload (idle and after-unload RSS, uses) serve again?"""
+        ...
+
+    def host_kwargs(self, ctx: RuntimeContext) -> dict[str, Any]:
+        """What a hosted object (``schedulers.real.instance.ModelInstance``) pre-initializes at construction:
+        ``modules``, ``models``, ``warmup_dtype`` (empty for ``fresh``: its imports are part of each cold start)."""
+        ...
+
+    def source(self, start: Callable[[str], Any], name: str) -> ProcessSource:
+        """Where a server gets its instance processes; ``start(name)`` starts one (with :meth:`host_kwargs`)."""
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,18 @@ class ForkserverRuntime:
             if not out_path.exists():
                 raise TrialError(f"forked trial wrote no result; output: {_tail(log_path)}")
             return dict(json.loads(out_path.read_text()))
+
+    def reusable(self, worker: dict[str, Any]) -> bool:
+        return False  # a forked child serves one cold start
+
+    def host_kwargs(self, ctx: RuntimeContext) -> dict[str, Any]:
+        raise RuntimeUnsupportedError(self._no_hosting)
+
+    def source(self, start: Callable[[str], Any], name: str) -> Any:
+        raise RuntimeUnsupportedError(self._no_hosting)
+
+    _no_hosting = ("runtime=forkserver forks one-shot loading trials; long-lived serverless instances (RPC workers) "
+                   "start from runtime=fresh or runtime=pool")
 
     def describe(self) -> dict[str, Any]:
         z = self.zygote

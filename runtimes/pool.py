@@ -4,6 +4,7 @@ then are reused only if their memory came back after unload, else recycled. Work
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from harness.executors.base import TrialError
@@ -27,6 +28,8 @@ def reusable(worker: dict[str, Any], recycle: str, rss_tolerance: float, max_use
         return False
     if recycle == "never":
         return True
+    if worker.get("idle_rss_bytes") is None or worker.get("rss_after_unload_bytes") is None:
+        return False  # no idle baseline to compare with
     idle, after = float(worker["idle_rss_bytes"]), float(worker["rss_after_unload_bytes"])
     return after <= idle * (1.0 + rss_tolerance)
 
@@ -54,8 +57,9 @@ class PoolRuntime:
         self.pool: WorkerPool | None = None
         self.retried = 0
 
-    def worker_kwargs(self, ctx: RuntimeContext) -> dict[str, Any]:
-        """What each worker imports and initializes at start."""
+    def host_kwargs(self, ctx: RuntimeContext) -> dict[str, Any]:
+        """What each worker imports and initializes at start (``runtimes.worker.TrialWorker``'s arguments, and
+        ``ModelInstance``'s when the pool hosts serverless instances)."""
         modules = list(self.preimport)
         models: list[dict[str, Any]] = []
         if self.preimport_run:
@@ -67,7 +71,7 @@ class PoolRuntime:
     def start(self, ctx: RuntimeContext) -> None:
         if self.pool is not None:
             return
-        kwargs = self.worker_kwargs(ctx)
+        kwargs = self.host_kwargs(ctx)
         num_gpus = 1 if ctx.device.startswith("cuda") else 0
 
         # the thread budget of a fresh trial: trial_threads, else torch's default (every core)
@@ -84,6 +88,14 @@ class PoolRuntime:
         except PoolError as exc:
             self.close()
             raise TrialError(f"runtime=pool could not start its workers: {exc}") from None
+
+    def reusable(self, worker: dict[str, Any]) -> bool:
+        """The recycle rule (:func:`reusable`) with this pool's knobs."""
+        return reusable(worker, self.recycle, self.rss_tolerance, self.max_uses)
+
+    def source(self, start: Callable[[str], Any], name: str) -> WorkerPool:
+        """A server's pool of instance processes: ``size`` ready, a replacement starting as one is handed out."""
+        return WorkerPool(start, self.size, name=name, refill_on_acquire=True)
 
     def settle(self, timeout_s: float) -> None:
         """Wait until the pool is full again (with ``wait_full``; otherwise cold starts may meet a refill)."""
@@ -121,7 +133,7 @@ class PoolRuntime:
                     self.retried += 1
                     continue
                 raise TrialError(f"pool worker {handle.name}: {str(exc)[-2000:]}") from None
-            out["worker"]["reused"] = reusable(out["worker"], self.recycle, self.rss_tolerance, self.max_uses)
+            out["worker"]["reused"] = self.reusable(out["worker"])
             out["retried"] = attempt
             self.pool.release(handle, out["worker"]["reused"])
             return out

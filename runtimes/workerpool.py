@@ -31,6 +31,8 @@ class PoolError(RuntimeError):
 class WorkerPool:
     """``size`` ready workers made by ``start``; see the module docstring."""
 
+    reuses = True
+
     def __init__(self, start: Callable[[str], Any], size: int, *, name: str = "pool",
                  max_start_failures: int = 3, retry_pause_s: float = 1.0, refill_on_acquire: bool = True) -> None:
         if size < 1:

@@ -44,6 +44,14 @@ def _panels(requests: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+def by_runtime(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Rows of several runtimes (``runtimes=[fresh,pool]``) are different configurations: each line or bar is
+    then a policy on one runtime ("serverlessllm · pool"), never the two merged."""
+    if df is None or "runtime" not in df.columns or df["runtime"].nunique() < 2:
+        return df
+    return df.assign(policy=df["policy"].astype(str) + " · " + df["runtime"].astype(str))
+
+
 def latency_cdf(requests: pd.DataFrame, path: Path) -> list[Path]:
     """ECDF of time to first token per policy, one panel per scenario at its highest rate (shared x, log)."""
     panels = _panels(requests)
@@ -188,8 +196,8 @@ def plot_serverless(run_dir: Path) -> list[Path]:
     """Every figure whose table the run dir holds: ``requests.parquet`` (CDF, breakdown), ``summary.csv``
     (P99 vs RPS when several rates were run)."""
     run_dir = Path(run_dir)
-    requests = style.read_table(run_dir, "requests")
-    summary = pd.read_csv(run_dir / "summary.csv")
+    requests = by_runtime(style.read_table(run_dir, "requests"))
+    summary = by_runtime(pd.read_csv(run_dir / "summary.csv"))
     out: list[Path] = []
     if "storage" in summary.columns and summary["storage"].nunique() > 1:
         out += p99_by_storage(summary, run_dir / "p99_by_storage")

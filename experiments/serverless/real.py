@@ -17,9 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, workload_cfg
-from harness.config import option_dict
+from harness.config import listed, option_dict
 from harness.executors.base import Executor
 from harness.experiment import ExperimentResult, PartialResult
+from runtimes.base import Runtime, RuntimeContext
 from schedulers.base import Request
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import Cluster, ModelTimes
@@ -114,10 +115,36 @@ def setup_servers(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[
             for s in range(int(rc.servers))]
 
 
+def runtimes_of(cfg: DictConfig) -> list[str | None]:
+    """The runtimes a real run compares: ``runtimes=[fresh,pool]`` by name, or ``[None]`` for the composed
+    ``runtime`` option (``runtime=pool``; default fresh)."""
+    node = cfg.get("runtimes")
+    if not node:
+        return [None]
+    names = [str(n) for n in node]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runtimes={names} lists a runtime twice")
+    return list(names)
+
+
+def check_real(cfg: DictConfig) -> None:
+    """Fail before anything runs on an override a real run would ignore (policies, loader, runtime)."""
+    named = [n for n in runtimes_of(cfg) if n is not None]
+    check_policies(cfg, singles=("loader",) if named else ("loader", "runtime"),
+                   lists={"runtime": named} if named else None)
+
+
+def build_runtime(cfg: DictConfig, name: str | None) -> Runtime:
+    """The named ``conf/runtime`` option (with ``runtime_args.<name>``), or the composed one."""
+    node = listed(cfg, "runtime", name) if name is not None else cfg.runtime
+    runtime: Runtime = instantiate(node)
+    return runtime
+
+
 def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...], run_root: Path,
-                     executor: Executor) -> tuple[Controller, Callable[[], None]]:
-    """Fresh servers (checkpoints in the store, initial SSD copies) and a controller for one policy; the
-    second value removes the DRAM tiers."""
+                     executor: Executor, runtime: Runtime | None = None) -> tuple[Controller, Callable[[], None]]:
+    """Fresh servers (checkpoints in the store, initial SSD copies) and a controller for one policy on
+    ``runtime`` (default: the composed one); the second value removes the DRAM tiers."""
     rc, rcfg = cfg.real, real_config(cfg)
     cluster = real_cluster(rc)
     infos = model_infos(list(models), cluster, str(cfg.dtype))
@@ -142,15 +169,21 @@ def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...]
         tiers.cleanup(servers)
         shutil.rmtree(dram_root, ignore_errors=True)
 
-    return Controller(servers, infos, scheduler, keepalive, executor, tiers, rcfg), cleanup
+    runtime = runtime if runtime is not None else build_runtime(cfg, None)
+    ctx = RuntimeContext(executor, rcfg.device, [cast(dict[str, Any], loader_cfg)],
+                         [model_cfgs[a] for a in sorted(model_cfgs)], rcfg.slot_threads, rcfg.dtype)
+    controller = Controller(servers, infos, scheduler, keepalive, executor, tiers, rcfg, runtime,
+                            runtime.host_kwargs(ctx))
+    return controller, cleanup
 
 
 def run_policy_real(cfg: DictConfig, entry: DictConfig, requests: list[Request], models: tuple[str, ...],
-                    run_root: Path) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
-    """One policy's real run on fresh servers: (requests table, stats, cold starts with their phases)."""
+                    run_root: Path, runtime: str | None = None) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """One policy's real run on fresh servers with the named runtime (``None``: the composed one): (requests
+    table, stats, cold starts with their phases)."""
     executor = instantiate(cfg.executor)
     try:
-        ctl, cleanup = build_controller(cfg, entry, models, run_root, executor)
+        ctl, cleanup = build_controller(cfg, entry, models, run_root, executor, build_runtime(cfg, runtime))
         t0 = time.perf_counter()
         try:
             reqs = ctl.run(requests)
@@ -172,27 +205,39 @@ def trace(cfg: DictConfig) -> tuple[list[Request], tuple[str, ...]]:
 
 
 def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
-    """Every listed policy (or the composed one) on the same seeded trace, for real."""
-    check_policies(cfg, singles=("loader",))
+    """Every listed policy (or the composed one) × every listed runtime (or the composed one) on the same seeded
+    trace, for real."""
+    check_real(cfg)
     requests, models = trace(cfg)
     frames, rows, colds = [], [], []
+    workers: dict[str, Any] = {}
     interrupted = False
     for name, entry in policies_of(cfg):
-        log.info("%s: %d requests for real on %d servers", name, len(requests), int(cfg.real.servers))
-        df, stats, cold = run_policy_real(cfg, entry, requests, models, out_dir / "servers" / name)
-        df.insert(0, "policy", name)
-        cold.insert(0, "policy", name)
-        frames.append(df)
-        colds.append(cold)
-        rows.append({"policy": name, **summarize(df, stats, stats["wall_s"])})
-        if stats.get("interrupted"):  # Ctrl-C: write what was measured, run no further policy
-            interrupted = True
+        for rt_name in runtimes_of(cfg):
+            log.info("%s on runtime %s: %d requests for real on %d servers", name, rt_name or "(composed)",
+                     len(requests), int(cfg.real.servers))
+            df, stats, cold = run_policy_real(cfg, entry, requests, models,
+                                              out_dir / "servers" / f"{name}-{rt_name or 'runtime'}", rt_name)
+            runtime = str(stats["runtime"])
+            workers[f"{name}/{runtime}"] = {k: v for k, v in stats.items() if k.startswith(("worker", "pool_"))}
+            df.insert(0, "runtime", runtime)
+            df.insert(0, "policy", name)
+            if "runtime" not in cold:  # no cold start happened
+                cold.insert(0, "runtime", runtime)
+            cold.insert(0, "policy", name)
+            frames.append(df)
+            colds.append(cold)
+            rows.append({"policy": name, "runtime": runtime, **summarize(df, stats, stats["wall_s"])})
+            if stats.get("interrupted"):  # Ctrl-C: write what was measured, run no further policy
+                interrupted = True
+                break
+        if interrupted:
             break
     meta = {"servers": int(cfg.real.servers), "gpus_per_server": int(cfg.real.gpus_per_server),
             "time_scale": float(cfg.real.time_scale), "executor": str(cfg.executor._target_),
-            "seed": int(cfg.seed), "requests": len(requests)}
+            "seed": int(cfg.seed), "requests": len(requests), "runtimes": workers}
     result = ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
-                                      "summary": summary_frame(rows, ["policy"]),
+                                      "summary": summary_frame(rows, ["policy", "runtime"]),
                                       "cold_starts": pd.concat(colds, ignore_index=True)},
                               documents={"serverless_real": meta})
     if interrupted:

@@ -38,17 +38,20 @@ def policies_of(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return [(name, OmegaConf.create({"inline": True}))]
 
 
-def check_policies(cfg: DictConfig, singles: tuple[str, ...] = ()) -> None:
+def check_policies(cfg: DictConfig, singles: tuple[str, ...] = (),
+                   lists: dict[str, list[str]] | None = None) -> None:
     """Fail before anything runs on an override the policies would ignore: ``scheduler_args.<option>`` and
     ``keepalive_args.<option>`` must name a listed policy's option; ``scheduler.<key>=...`` needs the composed
-    policy (``experiment.policies=null``). ``singles``: other groups the experiment reads as one option."""
+    policy (``experiment.policies=null``). ``singles``: other groups the experiment reads as one option;
+    ``lists``: other groups it composes by name (``runtimes=[...]``)."""
     entries = [e for _, e in policies_of(cfg) if not e.get("inline")]
+    extra = dict(lists or {})
     if entries:
-        lists = {"scheduler": [str(e.scheduler) for e in entries],
-                 "keepalive": [str(e.get("keepalive", "fixed")) for e in entries]}
-        check_args(cfg, lists, singles=singles)
+        policy_lists = {"scheduler": [str(e.scheduler) for e in entries],
+                        "keepalive": [str(e.get("keepalive", "fixed")) for e in entries]}
+        check_args(cfg, {**policy_lists, **extra}, singles=singles)
     else:
-        check_args(cfg, {}, singles=("scheduler", "keepalive", *singles))
+        check_args(cfg, extra, singles=("scheduler", "keepalive", *singles))
 
 
 def storage_settings(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:

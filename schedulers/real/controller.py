@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from harness.executors.workers import WorkerError, start_worker
+from harness.executors.workers import WorkerDiedError, WorkerError, start_worker
+from runtimes.base import ProcessSource, Runtime
+from runtimes.fresh import FreshRuntime
 from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler, policy_storage
 from schedulers.real.records import RealConfig, Req
 from schedulers.real.serving import Stream, serve
@@ -33,7 +35,8 @@ class Controller:
     """Runs requests on ``servers`` with ``scheduler`` + ``keepalive``; see ``run``."""
 
     def __init__(self, servers: list[LiveServer], models: Mapping[str, ModelInfo], scheduler: Scheduler,
-                 keepalive: KeepAlive, executor: Any, tiers: TierOps, cfg: RealConfig) -> None:
+                 keepalive: KeepAlive, executor: Any, tiers: TierOps, cfg: RealConfig, runtime: Runtime | None = None,
+                 host_kwargs: dict[str, Any] | None = None) -> None:
         self.servers, self.models, self.scheduler, self.keepalive = servers, dict(models), scheduler, keepalive
         # the policy's storage (as in the simulator): what migration and pre-warm loads keep, where demotions go
         self.cache_to: tuple[str, ...] = policy_storage(scheduler)[0]
@@ -59,6 +62,10 @@ class Controller:
         self._t0 = 0.0
         self._drain_until: float | None = None
         self._handles: list[Any] = []  # every instance process started, so shutdown can leave none behind
+        # where each server's instance processes come from (fresh: started per cold start; pool: pre-started)
+        self.runtime: Runtime = runtime if runtime is not None else FreshRuntime()
+        self.host_kwargs = dict(host_kwargs or {})
+        self.sources: list[ProcessSource] = []
 
     # ---------------------------------------------------------------- clock and loop
     def now(self) -> float:
@@ -76,6 +83,11 @@ class Controller:
         instance, also on Ctrl-C (unfinished requests are recorded as failed with the reason)."""
         self.reqs = [Req(r.request_id, r.model, r.arrival_s, r.input_tokens, max(r.output_tokens, 1))
                      for r in requests]
+        try:
+            self.start_sources()
+        except BaseException:
+            self.shutdown()
+            raise
         self._t0 = time.time()
         for r in self.reqs:
             self.at(r.arrival_s, self._arrive, r.rid)
@@ -98,6 +110,28 @@ class Controller:
         finally:
             self.shutdown()
         return self.reqs
+
+    def start_sources(self, timeout_s: float = 600.0) -> None:
+        """One process source per server; pools are filled before the first arrival (they are pre-started)."""
+        for server in self.servers:
+            self.sources.append(self.runtime.source(self._starter(server), f"s{server.sid}"))
+        for source in self.sources:
+            wait_full = getattr(source, "wait_full", None)
+            if wait_full is not None:
+                wait_full(timeout_s)
+
+    def _starter(self, server: LiveServer) -> Callable[[str], Any]:
+        """How ``server`` starts an instance process: pinned to its node on Ray, within the slot's budgets."""
+        kwargs = {"dtype": self.cfg.dtype, "device": self.cfg.device, **self.host_kwargs}
+
+        def start(name: str) -> Any:
+            handle = start_worker(self.executor, "schedulers.real.instance:ModelInstance", kwargs,
+                                  name=name, num_cpus=self.cfg.slot_threads, memory_bytes=self.cfg.slot_memory_bytes,
+                                  resources=server.placement())
+            self._handles.append(handle)
+            return handle
+
+        return start
 
     def _draining(self) -> bool:
         """Idle instances still wait for their keep-alive expiry (the simulator runs those to the end)."""
@@ -122,9 +156,23 @@ class Controller:
                     inst.handle.kill()
         self.instances.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for source in self.sources:  # a pool's idle workers, and its refill thread
+            source.close()
         for handle in self._handles:  # closes still queued when the pool stopped, or started meanwhile
             if handle.alive():
                 handle.kill()
+        self.stats.update(self.runtime_stats())
+
+    def runtime_stats(self) -> dict[str, Any]:
+        """The runtime's name and what its sources did: worker starts and their median seconds (pool refills)."""
+        starts = [t for src in self.sources for t in src.stats.get("start_s", [])]
+        out: dict[str, Any] = {"runtime": self.runtime.name,
+                               "pool_size": int(getattr(self.runtime, "size", 0)) if self.runtime.name == "pool" else 0,
+                               "worker_starts": len(starts),
+                               "worker_start_s": float(sorted(starts)[len(starts) // 2]) if starts else math.nan}
+        for key in ("replaced_dead", "recycled", "reused", "discarded"):
+            out[f"workers_{key}"] = sum(int(src.stats.get(key, 0)) for src in self.sources)
+        return out
 
     def _fail_unfinished(self, reason: str) -> None:
         for r in self.reqs:
@@ -418,11 +466,30 @@ class Controller:
         self.instances.pop(inst.iid, None)
 
     def _kill_instance(self, inst: LiveInstance, reason: str | None) -> None:
+        """Take the instance off its slot; its process is discarded after a failure, else given back to its source
+        (a pool reuses it only if its memory came back after unload)."""
         handle = inst.handle
         self._release(inst)
         if handle is not None:
-            self._pool.submit(handle.kill if reason else handle.close)
+            source = self.sources[inst.server] if self.sources else None
+            if source is None:
+                self._pool.submit(handle.kill if reason else handle.close)
+            elif reason:
+                self._pool.submit(source.discard, handle)
+            else:
+                self._pool.submit(self._give_back, source, handle)
 
+    def _give_back(self, source: ProcessSource, handle: Any) -> None:
+        """Helper thread: unload, then return the process to its source (reusable or not)."""
+        if not source.reuses:  # a fresh process serves one cold start: no unload to ask for
+            source.release(handle, False)
+            return
+        try:
+            info = handle.call("unload", timeout_s=self.cfg.call_timeout_s)
+        except (WorkerError, TimeoutError):
+            source.discard(handle)
+            return
+        source.release(handle, self.runtime.reusable(info))
 
     # ---------------------------------------------------------------- live migration
     def _start_migration(self, iid: int, dst_server: int) -> None:
@@ -459,22 +526,42 @@ class Controller:
                 r.load_start_s = start
             try:
                 path, download_s = self.tiers.prepare(server, inst.model, inst.tier)
-                spawn = time.time()
-                handle = start_worker(self.executor, "schedulers.real.instance:ModelInstance",
-                                      {"model": self.tiers.model_cfg(inst.model), "dtype": self.cfg.dtype,
-                                       "device": self.cfg.device, "spawn_ts": spawn},
-                                      name=f"s{inst.server}-i{inst.iid}-{inst.model}", num_cpus=self.cfg.slot_threads,
-                                      memory_bytes=self.cfg.slot_memory_bytes, resources=server.placement())
-                inst.handle = handle
-                self._handles.append(handle)
-                phases = handle.call("load", str(path), self.tiers.loader_cfg(server),
-                                     timeout_s=self.cfg.call_timeout_s)
+                phases = self._load_on_runtime(inst, str(path))
                 phases["download_s"] = download_s
                 phases["load_s"] = self.now() - start
             except Exception as exc:
                 self.post(self._load_failed, inst, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
                 return
         self.post(self._loaded, inst, start, phases)
+
+    def _load_on_runtime(self, inst: LiveInstance, path: str) -> dict[str, Any]:
+        """Helper thread: get a ready process from the server's source and load into it. A process that dies
+        mid-load (killed, over its memory budget) is replaced and the load retried once; one whose load failed
+        is discarded, never reused."""
+        source = self.sources[inst.server]
+        for attempt in range(2):
+            t0 = time.time()
+            handle, _ = source.acquire(self.cfg.call_timeout_s)
+            handoff = time.time() - t0
+            inst.handle = handle
+            try:
+                phases: dict[str, Any] = handle.call("load", path, self.tiers.loader_cfg(self.servers[inst.server]),
+                                                     self.tiers.model_cfg(inst.model),
+                                                     timeout_s=self.cfg.call_timeout_s)
+            except WorkerDiedError:
+                source.discard(handle)
+                inst.handle = None
+                if attempt == 0 and inst.state != "gone":
+                    self.stats["load_retries"] = self.stats.get("load_retries", 0) + 1
+                    continue
+                raise
+            except Exception:
+                source.discard(handle)
+                inst.handle = None
+                raise
+            phases.update({"runtime": self.runtime.name, "handoff_s": handoff, "retried": attempt})
+            return phases
+        raise AssertionError("unreachable")
 
     def _serve_job(self, inst: LiveInstance, r: Req) -> None:
         from schedulers.real.instance import prompt_tokens

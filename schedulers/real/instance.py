@@ -1,7 +1,9 @@
 """One model instance, hosted in a fresh worker process: a real cold start, then real prefill and decode.
 
-The controller starts it with ``harness.executors.workers.start_worker`` (so the process start and the imports
-are part of the cold start), calls ``load`` once, then serves requests token by token with a KV cache:
+The controller gets its process from the run's runtime (``runtimes/``): ``fresh`` starts it for this cold start
+(the process start and the imports are part of it); ``pool`` hands out one started earlier, whose construction
+imported everything, created the device context and ran a warm-up forward pass. The controller calls ``load``
+once, then serves requests token by token with a KV cache:
 ``begin`` (prefill the prompt, first token), ``step`` (decode n more), and ``adopt`` (re-prefill tokens a
 request produced elsewhere — how a live migration's destination catches up, ServerlessLLM §5.3).
 Token timestamps are ``time.perf_counter`` offsets from the start of each call, so no clock crosses machines.
@@ -13,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-_T_IMPORTED = time.time()
+from runtimes.warm import init_device, preimport, release_memory, rss_bytes, warm_forward
 
 
 class InstanceLoadError(RuntimeError):
@@ -21,28 +23,49 @@ class InstanceLoadError(RuntimeError):
 
 
 class ModelInstance:
-    """Builds nothing at construction (a cheap object in a fresh process); ``load`` does the cold start."""
+    """A fresh process's instance builds nothing at construction; a pool's (``modules``/``models`` given) does its
+    imports, device init and warm-up there. ``load`` does the rest of the cold start; ``unload`` gives the model up
+    and reports whether the process's memory came back (the pool reuses it only then)."""
 
-    def __init__(self, model: dict[str, Any], dtype: str = "fp32", device: str = "cpu",
-                 spawn_ts: float | None = None) -> None:
-        self.model_cfg, self.dtype, self.device_name = dict(model), dtype, device
-        self.spawn_ts = spawn_ts
+    def __init__(self, model: dict[str, Any] | None = None, dtype: str = "fp32", device: str = "cpu",
+                 modules: list[str] | None = None, models: list[dict[str, Any]] | None = None,
+                 warmup_dtype: str | None = None, threads: int | None = None) -> None:
+        self.model_cfg = dict(model) if model else None
+        self.dtype, self.device_name = dtype, device
         self.model: Any = None
         self.sessions: dict[int, dict[str, Any]] = {}
+        self.uses = 0
+        self.idle_rss_bytes: int | None = None
+        if modules or models:  # a pool worker: everything a cold start would import, now
+            preimport(modules or [], models or [])
+            init_device(device)
+            if warmup_dtype:
+                warm_forward(models or [], warmup_dtype, device)
+            release_memory(device)
+            self.idle_rss_bytes = rss_bytes()
 
-    def load(self, checkpoint: str, loader: dict[str, Any]) -> dict[str, Any]:
-        """Load ``checkpoint`` with the ``loader`` config, build the model; return phase times (seconds)."""
+    def load(self, checkpoint: str, loader: dict[str, Any], model: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load ``checkpoint`` with the ``loader`` config and build ``model`` (default: the constructor's); return
+        phase times (seconds)."""
         t0 = time.time()
         import torch
 
         import harness.modelbuild as mb
         from harness.trial import instantiate
 
+        cfg = model or self.model_cfg
+        if cfg is None:
+            raise InstanceLoadError("load() needs a model config (none was given at construction)")
+        if self.model is not None:
+            raise InstanceLoadError("this instance already holds a model: unload() it first")
+        self.uses += 1
         try:
-            spec = instantiate(self.model_cfg)
+            spec = instantiate(cfg)
             mb.import_model_class(spec)
             t_imports = time.time()
             device = torch.device(self.device_name)
+            init_device(self.device_name)
+            t_device = time.time()
             result = instantiate(loader).load(checkpoint if "://" in checkpoint else Path(checkpoint), device)
             mb.materialize(result.state_dict, device)
             t_weights = time.time()
@@ -51,12 +74,18 @@ class ModelInstance:
         except Exception as exc:
             raise InstanceLoadError(f"loading {checkpoint} failed: {type(exc).__name__}: {exc}") from exc
         self.device = device
-        phases = {"imports_s": t_imports - t0, "weights_s": t_weights - t_imports, "model_build_s": t_built - t_weights,
+        phases = {"imports_s": t_imports - t0, "device_init_s": t_device - t_imports, "weights_s": t_weights - t_device,
+                  "model_build_s": t_built - t_weights,
                   "bytes": sum(int(t.numel() * t.element_size()) for t in result.state_dict.values()),
-                  "bytes_by_tier": dict(result.bytes_by_tier)}
-        if self.spawn_ts is not None:
-            phases["process_start_s"] = _T_IMPORTED - self.spawn_ts
+                  "bytes_by_tier": dict(result.bytes_by_tier), "uses": self.uses}
         return phases
+
+    def unload(self) -> dict[str, Any]:
+        """Drop the model and every session, give the memory back; the RSS now beside the idle RSS."""
+        self.sessions.clear()
+        self.model = None
+        release_memory(self.device_name)
+        return {"idle_rss_bytes": self.idle_rss_bytes, "rss_after_unload_bytes": rss_bytes(), "uses": self.uses}
 
     def begin(self, request_id: int, prompt: list[int]) -> dict[str, Any]:
         """Prefill ``prompt`` and produce the first token; returns ``{"tokens": [t], "offsets_s": [dt]}``."""

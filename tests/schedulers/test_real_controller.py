@@ -77,7 +77,7 @@ def test_serverless_real_writes_the_simulator_columns(compose_cfg: Callable[...,
     assert (req["e2e_s"] >= req["ttft_s"]).all()
     assert req["cold_start"].sum() == len(cold) >= 1  # each cold start has its measured phases
     assert (cold["load_s"] >= cold["weights_s"] + cold["imports_s"]).all()
-    assert {"process_start_s", "imports_s", "weights_s", "model_build_s"} <= set(cold.columns)
+    assert {"handoff_s", "imports_s", "weights_s", "model_build_s", "runtime"} <= set(cold.columns)
     assert summary.loc[0, "requests"] == len(req)
     assert _no_workers_left()
 
