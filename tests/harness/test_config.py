@@ -57,13 +57,18 @@ SMOKE_COST_S = {"dtype_coldstart": 90, "sllm_loading": 60, "sllm_ablation": 60, 
 # Experiments that read the composed model (`model=...`): the smoke runs give them tiny-opt. Elsewhere `model=` would
 # be ignored, which is an error (harness.config.check_args), so their multirun goes without it.
 READS_MODEL = {"loading", "sllm_loading", "sllm_ablation", "dtype_coldstart", "calibrate", "pipeline_real"}
+# Experiments with the loading experiment's runtime axis: their smoke runs fork trials from a zygote (runtimes/
+# forkserver.py) instead of paying a fresh interpreter each; tests/experiments/loading measures the fresh runtime.
+FORKS = {"loading", "sllm_loading", "sllm_ablation", "dtype_coldstart", "calibrate"}
 
 
 def _lane(names: list[str], k: int, tmp_path: Path) -> str:
-    """A shell line running ``names`` as at most two multiruns (with and without ``model=tiny-opt``), in order."""
+    """A shell line running ``names`` as at most three multiruns (loading family on the forkserver runtime, other
+    experiments with and without ``model=tiny-opt``), in order."""
     env = f"COLDSTART_RESULTS={tmp_path / f'results{k}'} COLDSTART_CACHE={tmp_path / f'cache{k}'}"
     lines = []
-    for extra, group in (("model=tiny-opt", [n for n in names if n in READS_MODEL]),
+    for extra, group in (("model=tiny-opt 'runtimes=[forkserver]'", [n for n in names if n in FORKS]),
+                         ("model=tiny-opt", [n for n in names if n in READS_MODEL - FORKS]),
                          ("", [n for n in names if n not in READS_MODEL])):
         if group:
             lines.append(f"env {env} {sys.executable} -m harness -m experiment={','.join(group)} smoke=true "
