@@ -3,6 +3,7 @@ modeling modules forks one child per cold start. CPU only: a CUDA context does n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -85,6 +86,8 @@ class ForkserverRuntime:
                 code = self.zygote.wait(pid, timeout_s)
             except TimeoutError:
                 self.zygote.kill(pid)
+                with contextlib.suppress(TimeoutError):  # reaped: close() must not killpg a pid reused since
+                    self.zygote.wait(pid, 10)
                 raise TrialError(f"trial timed out after {timeout_s:g} s; output: {_tail(log_path)}") from None
             if code not in (0, None):
                 raise TrialError(f"forked trial exited with code {code}; output: {_tail(log_path)}")

@@ -133,6 +133,9 @@ class PoolRuntime:
                     self.retried += 1
                     continue
                 raise TrialError(f"pool worker {handle.name}: {str(exc)[-2000:]}") from None
+            except BaseException:  # Ctrl-C mid-trial: a handed-out worker is ours to end (pool.close skips it)
+                self.pool.discard(handle)
+                raise
             out["worker"]["reused"] = self.reusable(out["worker"])
             out["retried"] = attempt
             self.pool.release(handle, out["worker"]["reused"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +44,35 @@ class HangingLoader(BaseLoader):
     def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
         time.sleep(3600)
         raise AssertionError("unreachable")
+
+
+class HangingWithChildLoader(BaseLoader):
+    """Starts a child process of its own (its pid written to ``pid_file``), then never finishes: killing the trial
+    must take the child too."""
+
+    formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+
+    def __init__(self, pid_file: str) -> None:
+        self.pid_file = pid_file
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        Path(self.pid_file).write_text(f"{os.getpid()} {child.pid}")
+        time.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+class SlowLoader(SafetensorsLoader):
+    """Writes its process's pid to ``pid_file``, sleeps ``sleep_s``, then loads correctly: a trial slow enough to be
+    killed or interrupted mid-way, whose process the test can name."""
+
+    def __init__(self, sleep_s: float, pid_file: str) -> None:
+        self.sleep_s, self.pid_file = sleep_s, pid_file
+
+    def load(self, checkpoint_dir: Path, device: torch.device) -> LoadResult:
+        Path(self.pid_file).write_text(str(os.getpid()))
+        time.sleep(self.sleep_s)
+        return super().load(checkpoint_dir, device)
 
 
 class CorruptingLoader(SafetensorsLoader):
