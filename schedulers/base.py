@@ -28,7 +28,8 @@ class Request:
 @dataclass(frozen=True)
 class ModelInfo:
     """What a policy needs to know about a model: checkpoint size, GPUs per instance, and its speed on this
-    cluster."""
+    cluster. ``startup_s``: what a cold start on this cluster spends getting a ready process (the runtime's
+    hand-off, or a fresh process's start + imports; ``Cluster.startup_s``), besides any wait for a pool worker."""
 
     name: str
     size_bytes: int
@@ -37,6 +38,7 @@ class ModelInfo:
     prefill_base_s: float
     decode_s_per_token: float
     build_s: float = 0.0
+    startup_s: float = 0.0
 
     def prefill_s(self, tokens: int) -> float:
         """Prefill time of ``tokens`` tokens (linear profile: base + per-token)."""
@@ -263,6 +265,7 @@ def startup_estimate_s(
     server: ServerView, model: ModelInfo, tier: Tier, now_s: float, gbps: float | None = None
 ) -> float:
     """ServerlessLLM's estimated startup on a server: q + n / b (paper §5.1; q: loading-queue wait,
-    n: checkpoint bytes, b: bandwidth of the tier holding it), plus the model's build time."""
+    n: checkpoint bytes, b: bandwidth of the tier holding it), plus the model's build time and the runtime's
+    start-up (getting a ready process, ``ModelInfo.startup_s``)."""
     bw = gbps if gbps is not None else server.tier_gbps(tier)
-    return server.queue_s(now_s) + model.size_bytes / (bw * 1e9) + model.build_s
+    return server.queue_s(now_s) + model.size_bytes / (bw * 1e9) + model.build_s + model.startup_s

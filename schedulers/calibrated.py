@@ -32,7 +32,8 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def calibrated(calibration: str, name: str = "calibrated", **overrides: Any) -> Cluster:
-    """The ``calibrated`` cluster option: tier bandwidths and model times from ``calibration``, shape from
-    overrides."""
-    return cluster_from_calibration(load_calibration(calibration), str(calibration), name=name, **overrides)
+def calibrated(calibration: str, name: str = "calibrated", runtime_name: str = "fresh", **overrides: Any) -> Cluster:
+    """The ``calibrated`` cluster option: tier bandwidths and model times from ``calibration``, the start-up costs
+    of its ``runtimes.<runtime_name>`` entry, shape from overrides."""
+    return cluster_from_calibration(load_calibration(calibration), str(calibration), runtime_name=str(runtime_name),
+                                    name=name, **overrides)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 from schedulers.errors import CalibrationError
 
@@ -26,6 +27,61 @@ class ModelTimes:
     first_token_s: float | None = None
     prefill_s_per_token: float | None = None
     decode_s_per_token: float | None = None
+    startup_s: float = 0.0  # the fresh runtime's process start + imports for this architecture
+
+
+RuntimeKind = Literal["fresh", "forkserver", "pool"]
+RUNTIME_KINDS: tuple[RuntimeKind, ...] = ("fresh", "forkserver", "pool")
+
+
+@dataclass(frozen=True)
+class RuntimeTimes:
+    """What getting a ready Python process costs a cold start (the ``conf/runtime`` option the servers run).
+
+    ``fresh``: a new interpreter per cold start; it pays each model's ``ModelTimes.startup_s`` (process start +
+    imports), so ``handoff_s`` stays 0. ``forkserver``: a zygote forks a child, ``handoff_s`` per cold start.
+    ``pool``: ``pool_size`` ready workers per server; a cold start takes the earliest ready one (waiting if none
+    is) plus ``handoff_s``, and a replacement starts at once, ready ``worker_start_s`` later; a server starts its
+    replacements one at a time (``runtimes/workerpool.py``). The defaults cost nothing (today's simulator).
+    """
+
+    kind: RuntimeKind = "fresh"
+    handoff_s: float = 0.0
+    pool_size: int = 0
+    worker_start_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in RUNTIME_KINDS:
+            raise ValueError(f"cluster.runtime.kind={self.kind!r} is not allowed; choose one of {list(RUNTIME_KINDS)}")
+        for key in ("handoff_s", "worker_start_s"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf:
+                raise ValueError(f"cluster.runtime.{key}={value!r} is not allowed; it must be a number ≥ 0")
+        if not isinstance(self.pool_size, int) or isinstance(self.pool_size, bool) or self.pool_size < 0:
+            raise ValueError(f"cluster.runtime.pool_size={self.pool_size!r} is not allowed; it must be an integer ≥ 0")
+        if self.kind == "pool" and self.pool_size < 1:
+            raise ValueError(f"cluster.runtime.pool_size={self.pool_size!r} is not allowed with kind=pool; "
+                             "a pool keeps at least 1 ready worker per server")
+        if self.kind != "pool" and (self.pool_size or self.worker_start_s):
+            raise ValueError(f"cluster.runtime.pool_size={self.pool_size!r}, worker_start_s={self.worker_start_s!r} "
+                             f"are not allowed with kind={self.kind}; they must be 0 (only kind=pool has workers)")
+        if self.kind == "fresh" and self.handoff_s:
+            raise ValueError(f"cluster.runtime.handoff_s={self.handoff_s!r} is not allowed with kind=fresh; it must "
+                             "be 0 (a fresh process's start-up is per model: model_times.<model>.startup_s)")
+
+    @classmethod
+    def of(cls, value: RuntimeTimes | Mapping[str, Any]) -> RuntimeTimes:
+        """A ``RuntimeTimes`` from itself or a config mapping (``cluster.runtime: {kind: pool, ...}``)."""
+        if isinstance(value, RuntimeTimes):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"cluster.runtime={value!r} is not allowed; it must be a mapping with keys "
+                             f"{[f.name for f in fields(cls)]}")
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(map(str, value)) - allowed)
+        if unknown:
+            raise ValueError(f"cluster.runtime has unknown keys {unknown}; allowed: {sorted(allowed)}")
+        return cls(**{str(k): v for k, v in value.items()})
 
 
 @dataclass(frozen=True)
@@ -38,7 +94,8 @@ class Cluster:
     for all servers together (None: no shared cap). ``load_slots`` is how many loads a server runs at once
     (1 = ServerlessLLM's sequential loading queue; > 1 = concurrent loads that share the tier bandwidth).
     ``gpu_hbm_gbps``/``gpu_tflops`` feed the default linear inference profile (``schedulers.catalog``);
-    ``model_times`` (per zoo model name) replaces parts of it with measured times.
+    ``model_times`` (per zoo model name) replaces parts of it with measured times. ``runtime``: what getting a
+    ready process costs each cold start (``RuntimeTimes``; default: nothing).
     """
 
     name: str = "cluster"
@@ -57,6 +114,7 @@ class Cluster:
     load_slots: int = 1
     ssd_replicas: int = 1
     model_times: Mapping[str, ModelTimes] = field(default_factory=dict)
+    runtime: RuntimeTimes = field(default_factory=RuntimeTimes)
 
     def __post_init__(self) -> None:
         for key in ("servers", "gpus_per_server", "load_slots"):
@@ -76,6 +134,7 @@ class Cluster:
             str(k): v if isinstance(v, ModelTimes) else ModelTimes(**dict(v)) for k, v in dict(self.model_times).items()
         }
         object.__setattr__(self, "model_times", times)
+        object.__setattr__(self, "runtime", RuntimeTimes.of(self.runtime))
 
     @property
     def gpu_mem_bytes(self) -> int:
@@ -97,16 +156,26 @@ class Cluster:
         """Calibrated times for ``model`` (replica suffix ``#k`` ignored), or the defaults."""
         return self.model_times.get(model.split("#")[0], ModelTimes())
 
+    def startup_s(self, model: str) -> float:
+        """Seconds a cold start of ``model`` spends getting a ready process, besides waiting for a pool worker:
+        the model's ``startup_s`` under ``fresh``, the runtime's ``handoff_s`` under ``forkserver`` and ``pool``."""
+        if self.runtime.kind == "fresh":
+            return self.times_for(model).startup_s
+        return self.runtime.handoff_s
+
 
 TIER_KEYS = {"dram": "dram_gbps", "ssd": "ssd_gbps", "remote": "remote_gbps"}
 
 
-def cluster_from_calibration(doc: Mapping[str, Any], source: str, **overrides: Any) -> Cluster:
+def cluster_from_calibration(doc: Mapping[str, Any], source: str, runtime_name: str = "fresh",
+                             **overrides: Any) -> Cluster:
     """A ``Cluster`` from a parsed calibration document (schema in docs/serverless.md); ``overrides`` win.
 
     ``experiment=calibrate`` writes a tier it could not measure as ``{absent: true, reason: ...}`` (e.g. no
     remote store configured); such a tier must then be given as an override (``cluster.remote_gbps=1.25``),
-    else the file is rejected naming the tier, the reason and both fixes.
+    else the file is rejected naming the tier, the reason and both fixes. ``runtime_name`` picks the entry of the
+    file's ``runtimes`` section whose start-up costs the cluster pays (a file written before runtimes were
+    measured has none: ``fresh`` then costs nothing, any other name is refused).
     """
     tiers = doc.get("tiers")
     if not isinstance(tiers, Mapping):
@@ -140,8 +209,69 @@ def cluster_from_calibration(doc: Mapping[str, Any], source: str, **overrides: A
             kwargs[dst] = gpu[src]
     models = doc.get("models", {}) or {}
     kwargs["model_times"] = {str(name): _model_times(source, str(name), m) for name, m in models.items()}
+    runtime, startup = _runtime_entry(doc, source, str(runtime_name))
+    kwargs["runtime"] = runtime
+    for name, seconds in startup.items():
+        times = kwargs["model_times"].get(name, ModelTimes())
+        kwargs["model_times"][name] = replace(times, startup_s=seconds)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return Cluster(**kwargs)
+
+
+def _seconds(source: str, key: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"{source}: {key}={value!r} is not a number") from exc
+    if not 0 <= seconds < math.inf:
+        raise CalibrationError(f"{source}: {key}={value!r} must be a number ≥ 0")
+    return seconds
+
+
+def _runtime_entry(doc: Mapping[str, Any], source: str, name: str) -> tuple[RuntimeTimes, dict[str, float]]:
+    """The ``runtimes.<name>`` entry of a calibration file: its ``RuntimeTimes`` and, for a ``fresh`` runtime, each
+    model's start-up seconds (``startup_s``; other kinds pay ``handoff_s`` whatever the model)."""
+    runtimes = doc.get("runtimes")
+    if runtimes is None and name == "fresh":
+        return RuntimeTimes(), {}  # a file from before runtimes were measured: start-up costs nothing
+    if not isinstance(runtimes, Mapping) or name not in runtimes:
+        have = sorted(map(str, runtimes)) if isinstance(runtimes, Mapping) else []
+        raise CalibrationError(
+            f"{source}: cluster.runtime_name={name!r} but the file's runtimes section has {have or 'no entries'}; "
+            f"re-run `experiment=calibrate 'runtimes=[fresh,{name}]'`, add runtimes.{name} by hand, or pick one of "
+            f"{have or ['fresh']}"
+        )
+    entry = runtimes[name]
+    if not isinstance(entry, Mapping):
+        raise CalibrationError(f"{source}: runtimes.{name} must be a mapping, got {entry!r}")
+    if entry.get("absent"):
+        raise CalibrationError(f"{source}: runtimes.{name} is absent ({entry.get('reason', 'no reason given')}); "
+                               f"re-run `experiment=calibrate` where it works, or pick another cluster.runtime_name")
+    kind = str(entry.get("kind", name))
+    if kind not in RUNTIME_KINDS:
+        raise CalibrationError(f"{source}: runtimes.{name}.kind={kind!r}; it must be one of {list(RUNTIME_KINDS)}")
+    key = f"runtimes.{name}"
+    if kind == "fresh":
+        startup = entry.get("startup_s") or {}
+        if not isinstance(startup, Mapping):
+            raise CalibrationError(f"{source}: {key}.startup_s must map model names to seconds, got {startup!r}")
+        missing = sorted(set(map(str, doc.get("models", {}) or {})) - set(map(str, startup)))
+        if missing:
+            raise CalibrationError(f"{source}: {key}.startup_s lacks {missing}, which the file's models section has; "
+                                   f"add their start-up seconds or re-run `experiment=calibrate`")
+        return RuntimeTimes(), {str(m): _seconds(source, f"{key}.startup_s.{m}", s) for m, s in startup.items()}
+    handoff = _seconds(source, f"{key}.handoff_s", entry.get("handoff_s", 0.0))
+    if kind == "forkserver":
+        return RuntimeTimes("forkserver", handoff_s=handoff), {}
+    for needed in ("size", "worker_start_s"):
+        if entry.get(needed) is None:
+            raise CalibrationError(f"{source}: {key} (kind pool) has no {needed}; re-run `experiment=calibrate` with "
+                                   f"the pool runtime or add it by hand")
+    size = entry["size"]
+    if isinstance(size, bool) or not isinstance(size, int | float) or size != int(size) or int(size) < 1:
+        raise CalibrationError(f"{source}: {key}.size={size!r} must be an integer ≥ 1")
+    worker = _seconds(source, f"{key}.worker_start_s", entry["worker_start_s"])
+    return RuntimeTimes("pool", handoff_s=handoff, pool_size=int(size), worker_start_s=worker), {}
 
 
 def _model_times(source: str, name: str, entry: Any) -> ModelTimes:

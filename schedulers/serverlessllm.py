@@ -52,6 +52,7 @@ class ServerlessLLMScheduler(StorageScheduler):
         busy: list[tuple[float, ServerView, Tier]] = []
         plan_best: Placement | None = None
         size, build, local = info.size_bytes, info.build_s, self.local_gbps
+        startup = info.startup_s
         for server in view.servers:  # q + n / b inlined: this loop runs for every cold start on every server
             if info.name in server.dram_models:
                 tier: Tier = "dram"
@@ -63,7 +64,7 @@ class ServerlessLLMScheduler(StorageScheduler):
             else:
                 tier, bw = "remote", server.remote_gbps
             q = server.queue_free_at_s - now
-            est = (q if q > 0 else 0.0) + size / (bw * 1e9) + build
+            est = (q if q > 0 else 0.0) + size / (bw * 1e9) + build + startup
             if server.free_gpus + server.idle_gpus >= info.gpus:
                 if best is None or (est, server.server_id) < best[:2]:
                     best = (est, server.server_id, tier)

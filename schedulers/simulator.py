@@ -111,6 +111,8 @@ class Simulator:
             "preemptions": 0,
             "loads": 0,
             "events": 0,
+            "runtime_wait_s": 0.0,  # seconds loads spent getting a ready process (runtime start-up, pool waits)
+            "pool_wait_s": 0.0,  # the part of it spent waiting for a pool worker to be ready
         }
         self._next_id = 0
         self._retry_flag = False
@@ -543,7 +545,7 @@ class Simulator:
         bw = min(server.gbps[tier], loader_gbps or math.inf)
         est = (
             n / (server.gbps["remote"] * 1e9) + n / (loader_gbps * 1e9) if dtl and loader_gbps else n / (bw * 1e9)
-        )
+        ) + inst.info.startup_s  # a pool's wait for a worker is added when the load starts and knows it
         slot = server.reserve_slot(self.env.now, est)
         if tier in ("dram", "ssd"):
             store = server.dram if tier == "dram" else server.ssd
@@ -569,12 +571,37 @@ class Simulator:
         return link
 
     def _start_load(self, job: LoadJob, start: float) -> None:
-        inst, server, n = job.instance, job.instance.server, job.instance.info.size_bytes
+        """A load takes its slot: the runtime's start-up (getting a ready process), then the bytes."""
+        inst = job.instance
         if job.upgrade and not job.download_then_load:
             self._upgrade_tier(job)
         if inst.request >= 0 and inst.migration_src is None:
             self.r["load_start_s"][inst.request] = start
             self.r["tier_loaded"][inst.request] = job.tier
+        startup = self._runtime_startup(job, start)
+        if startup > 0:
+            self._at(start + startup, self._transfer, job, start)
+        else:
+            self._transfer(job, start)
+
+    def _runtime_startup(self, job: LoadJob, start: float) -> float:
+        """Seconds from the slot's start until the load has a ready process: the model's start-up on this cluster's
+        runtime, after waiting for a ready worker when the server runs a pool (the wait also moves the slot's
+        estimated free time, as a tier upgrade does)."""
+        server = job.instance.server
+        wait = server.pool.acquire(start) - start if server.pool is not None else 0.0
+        if wait > 0:
+            server.correct_slot(job.slot, wait)
+            job.est_s += wait
+            self.stats["pool_wait_s"] += wait
+        startup = wait + job.instance.info.startup_s
+        self.stats["runtime_wait_s"] += startup
+        job.startup_s = startup
+        return startup
+
+    def _transfer(self, job: LoadJob, start: float) -> None:
+        """Read the checkpoint's bytes from the job's tier (a download first for download-then-load policies)."""
+        server, n = job.instance.server, job.instance.info.size_bytes
 
         def done() -> None:
             self._load_done(job, start)
@@ -605,7 +632,8 @@ class Simulator:
         new.pinned[m] = new.pinned.get(m, 0) + 1
         self.log("tier_upgrade", instance=job.instance.id, model=m, server=server.id, old=job.tier, new=best)
         job.tier = best
-        est = job.instance.info.size_bytes / (min(server.gbps[best], job.loader_gbps or math.inf) * 1e9)
+        info = job.instance.info
+        est = info.size_bytes / (min(server.gbps[best], job.loader_gbps or math.inf) * 1e9) + info.startup_s
         server.correct_slot(job.slot, est - job.est_s)
         job.est_s = est
 
@@ -647,7 +675,7 @@ class Simulator:
         inst, server = job.instance, job.instance.server
         server.active_loads -= 1
         m, dur = inst.info.name, self.env.now - start
-        floor_s = inst.info.size_bytes / (server.gbps[job.tier] * 1e9)
+        floor_s = inst.info.size_bytes / (server.gbps[job.tier] * 1e9) + job.startup_s
         if dur < floor_s * (1 - 1e-9):
             raise SimulatorInvariantError(
                 f"load of {m} from {job.tier} took {dur} s < bytes/bandwidth {floor_s} s"
@@ -667,6 +695,7 @@ class Simulator:
             bytes=inst.info.size_bytes,
             start=start,
             duration_s=dur,
+            runtime_s=job.startup_s,
             gbps=server.gbps[job.tier],
         )
         self._pump(server)

@@ -3,6 +3,7 @@ instances."""
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,8 @@ class Instance:
 
 @dataclass
 class LoadJob:
-    """A queued load: the instance, the tier to read, its rate caps, and the estimated duration."""
+    """A queued load: the instance, the tier to read, its rate caps, and the estimated duration (runtime start-up
+    included)."""
 
     instance: Instance
     tier: Tier
@@ -76,6 +78,7 @@ class LoadJob:
     cache_to: tuple[Tier, ...] = ("dram", "ssd")
     upgrade: bool = True  # may switch to a faster local copy when it starts (the policy's tier_upgrade)
     slot: int = 0  # the loading slot whose estimated free time ``est_s`` was added to
+    startup_s: float = 0.0  # runtime start-up it paid once it had its slot (set when the load starts)
 
 
 class TierStore:
@@ -137,6 +140,37 @@ class TierStore:
         return evicted
 
 
+class WorkerPoolClock:
+    """When a server's ``pool`` runtime has ready workers (``runtimes/workerpool.py`` in simulated time).
+
+    ``size`` workers are ready at t=0. ``acquire(now)`` hands out the earliest ready worker, at ``now`` or, when
+    none is ready yet, when the next one is; each hand-out queues a replacement, and the server starts
+    replacements one at a time, each ready ``worker_start_s`` after the later of the hand-out and the previous
+    replacement's end (the real pool's single refill thread, ``refill_on_acquire``). Workers are never given back:
+    an instance's process leaves with it.
+    """
+
+    __slots__ = ("_ready", "last_start_end_s", "worker_start_s")
+
+    def __init__(self, size: int, worker_start_s: float) -> None:
+        if size < 1:
+            raise ValueError(f"cluster.runtime.pool_size={size!r} is not allowed; it must be ≥ 1")
+        self._ready = [0.0] * size  # a heap: when each of the ``size`` workers is (or will be) ready
+        self.worker_start_s = worker_start_s
+        self.last_start_end_s = 0.0  # when the latest replacement start ends
+
+    def ready_at(self) -> list[float]:
+        """When each worker is (or will be) ready, earliest first."""
+        return sorted(self._ready)
+
+    def acquire(self, now_s: float) -> float:
+        """Take a worker for a cold start that asks at ``now_s``; returns when it has one (≥ ``now_s``)."""
+        got = max(now_s, heapq.heappop(self._ready))
+        self.last_start_end_s = max(got, self.last_start_end_s) + self.worker_start_s
+        heapq.heappush(self._ready, self.last_start_end_s)
+        return got
+
+
 class Server:
     """A server's mutable state; ``view()`` returns a cached read-only ``ServerView`` rebuilt after each
     change."""
@@ -158,6 +192,8 @@ class Server:
         self.active_loads = 0
         self.slot_free_at = [0.0] * cluster.load_slots  # estimated time each loading slot frees up
         self.links: dict[str, Any] = {}
+        rt = cluster.runtime
+        self.pool = WorkerPoolClock(rt.pool_size, rt.worker_start_s) if rt.kind == "pool" else None
         self._view: ServerView | None = None
 
     def dirty(self) -> None:

@@ -1,5 +1,6 @@
-"""``experiment=calibrate``: measure this machine's tiers and per-model build / first-token times with real
-loads, and write the calibration YAML that ``cluster=calibrated cluster.calibration=PATH`` reads."""
+"""``experiment=calibrate``: measure this machine's tiers, per-model build / first-token times and each runtime's
+start-up costs with real loads, and write the calibration YAML that ``cluster=calibrated
+cluster.calibration=PATH`` reads."""
 
 from __future__ import annotations
 
@@ -73,7 +74,10 @@ def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: di
     tiers["h2d"] = ({"bw_gbps": _sig(h2d), "source": "pinned host→device copy ceiling"} if h2d
                     else {"absent": True, "reason": "no CUDA device"})
     models: dict[str, Any] = {}
-    for model, group in ok.groupby("model", sort=True):
+    has_runtimes = "runtime" in ok and "t_handoff_s" in ok
+    # a pool's warmed-up workers may build faster: the models' times are the fresh baseline's when the run has it
+    baseline = ok[ok["runtime"] == "fresh"] if has_runtimes and (ok["runtime"] == "fresh").any() else ok
+    for model, group in baseline.groupby("model", sort=True):
         memory = group[group["cache_state"].isin(["warm", "hot"])]
         src = memory if len(memory) else group
         models[str(model)] = {"build_s": _sig(float(src["t_model_build_s"].median())),
@@ -81,10 +85,57 @@ def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: di
                               "bytes": int(group["bytes"].iloc[0])}
     doc: dict[str, Any] = {"machine": _machine(env), "device": str(ok["device"].iloc[0]) if len(ok) else None,
                            "tiers": tiers, "models": models, "ceilings_gbps": cell_ceilings}
+    if has_runtimes:
+        doc["runtimes"] = runtimes_section(trials, ok, env.get("runtimes") or {}, loader_name)
     gpu = _gpu(env)
     if gpu:
         doc["gpu"] = gpu
     return doc
+
+
+def runtimes_section(trials: pd.DataFrame, ok: pd.DataFrame, described: dict[str, Any],
+                     loader_name: str) -> dict[str, Any]:
+    """The calibration file's ``runtimes``: per runtime of the run, what getting a ready process cost its cold starts
+    (``ok``: the successful trials of ``loader_name``; ``described``: each runtime's ``describe()``).
+
+    ``handoff_s``: median spawn → a ready process holds the spec; ``startup_s`` per model: median hand-off + imports
+    + device init (what a ``fresh`` cluster pays per cold start); for a pool also ``size`` and ``worker_start_s``,
+    the median seconds its workers took to start (imports, device init, warm-up). A runtime without a successful
+    trial is ``absent`` with why.
+    """
+    names = list(dict.fromkeys([*map(str, described), *map(str, trials["runtime"].dropna())]))
+    section: dict[str, Any] = {}
+    for name in names:
+        info = described.get(name) or {}
+        kind = str(info.get("name", name))
+        rows = ok[ok["runtime"] == name]
+        if not len(rows):
+            section[name] = {"kind": kind, "absent": True, "reason": f"no successful {loader_name} trial of runtime "
+                                                                     f"{name} in this run"}
+            continue
+        startup = (rows["t_handoff_s"] + rows["t_imports_s"] + rows["t_device_init_s"]).groupby(rows["model"]).median()
+        entry: dict[str, Any] = {
+            "kind": kind, "handoff_s": _sig(float(rows["t_handoff_s"].median())),
+            "startup_s": {str(m): _sig(float(v)) for m, v in startup.sort_index().items()},
+            "source": f"{len(rows)} {loader_name} cold starts"}
+        if kind == "pool":
+            starts = [float(x) for x in info.get("start_s") or []]
+            entry["size"] = int(info["size"]) if info.get("size") is not None else None
+            entry["worker_start_s"] = _sig(float(np.median(starts))) if starts else None
+            entry["worker_starts"] = len(starts)
+        section[name] = entry
+    return section
+
+
+def _merge_runtimes(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cells' ``environment.runtimes`` as one: each cell started its own runtimes, so the pool worker starts
+    (``start_s``) of every cell count, not only the last cell's."""
+    merged: dict[str, Any] = {}
+    for described in cells:
+        for name, info in described.items():
+            starts = [*merged.get(name, {}).get("start_s", []), *(info.get("start_s") or [])]
+            merged[name] = {**info, **({"start_s": starts} if starts else {})}
+    return merged
 
 
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
@@ -99,8 +150,15 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     sub = copy_config(cfg)
     with open_dict(sub):
         sub.cache_states = states
-    result = run_cells(sub, out_dir, [(m, str(cfg.dtype)) for m in models])
-    env = result.documents.get("environment", {})
+    described: list[dict[str, Any]] = []
+
+    def cell(cell_cfg: DictConfig, cell_dir: Path) -> ExperimentResult:
+        out = loading.run_cell(cell_cfg, cell_dir)
+        described.append(out.documents.get("environment", {}).get("runtimes") or {})
+        return out
+
+    result = run_cells(sub, out_dir, [(m, str(cfg.dtype)) for m in models], runner=cell)
+    env = {**result.documents.get("environment", {}), "runtimes": _merge_runtimes(described)}
     result.documents["calibration"] = calibration_document(
         result.tables["trials"], result.documents.get("ceilings", {}), env, str(cfg.loaders[0]),
         float(cfg.link_gbps) if cfg.get("link_gbps") else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,7 @@ def simulate_grid(cfg: DictConfig, scenarios: Iterable[Scenario]) -> ExperimentR
         "cluster": cluster.name,
         "servers": cluster.servers,
         "gpus_per_server": cluster.gpus_per_server,
+        "runtime": asdict(cluster.runtime),  # start-up costs (a calibrated cluster's come from its file)
         "seed": int(cfg.seed),
         "smoke": bool(cfg.get("smoke", False)),
         "policies": resolved,  # the storage each policy ran with, per storage setting (composed, not in config.yaml)

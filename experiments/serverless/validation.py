@@ -1,10 +1,14 @@
 """``experiment=sim_vs_real``: run a seeded scenario for real, calibrate the simulator from that run's measured
-load and inference times, simulate the same trace under the same policy, and report the error per metric."""
+load, runtime start-up and inference times, simulate the same trace under the same policy, and report the error
+per metric."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from experiments.serverless.real import as_arrays, real_cluster, run_policy_real
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, sim_config
 from harness.experiment import ExperimentResult, PartialResult
 from schedulers.catalog import base_name, model_infos
-from schedulers.cluster import ModelTimes
+from schedulers.cluster import RUNTIME_KINDS, ModelTimes, RuntimeTimes
 from schedulers.metrics import summarize, summary_frame
 from schedulers.simulator import Simulator
 
@@ -24,19 +28,40 @@ log = logging.getLogger("coldstart.schedulers.real")
 
 # The metrics compared, how each is computed from a requests table and the run's stats.
 METRICS = ("ttft_s_p50", "ttft_s_p99", "cold_starts", "gpu_seconds")
+# Also compared: mean seconds a load spent getting a ready process (real: hand-off + imports per cold start;
+# simulated: the runtime start-up and pool waits it charged, per load).
+RUNTIME_METRIC = "runtime_s_mean"
+
+
+def runtime_phases(cold: pd.DataFrame) -> pd.DataFrame:
+    """``cold`` (a real run's ``cold_starts`` table) with ``runtime``, ``handoff_s`` and ``imports_s`` filled in.
+
+    ``handoff_s``: asking the runtime for a ready process until having it; runs from before the runtime contract
+    recorded ``process_start_s`` (a fresh process's start until it was imported) instead, which stands in for it.
+    A phase a run did not record counts 0 s; a run that names no runtime ran ``fresh`` (the only one there was).
+    """
+    nan = pd.Series(np.nan, index=cold.index, dtype=float)
+    handoff = cold.get("handoff_s", nan).astype(float).combine_first(cold.get("process_start_s", nan).astype(float))
+    runtime = cold["runtime"].fillna("fresh").astype(str) if "runtime" in cold else "fresh"
+    return cold.assign(runtime=runtime, handoff_s=handoff.fillna(0.0),
+                       imports_s=cold.get("imports_s", nan).astype(float).fillna(0.0))
 
 
 def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, float], dict[str, ModelTimes]]:
     """Tier bandwidths and per-architecture times from one real run.
 
     Bandwidth of a tier = median bytes / (weights + download) seconds of its cold starts (DRAM falls back to
-    SSD, SSD to remote, when a tier served none); ``build_s`` = median of what a cold start spent besides the
-    bytes (process start, imports, model build, RPC); prefill = least-squares line of measured prefill time on
-    prompt tokens; decode = median seconds per decoded token.
+    SSD, SSD to remote, when a tier served none); ``startup_s`` = median hand-off + imports of the architecture's
+    ``fresh`` cold starts (process start + imports; 0 when the run had none: other runtimes' start-up is
+    :func:`calibrate_runtime`'s); ``build_s`` = median of what a cold start spent besides the bytes and that
+    start-up (model build, RPC); prefill = least-squares line of measured prefill time on prompt tokens;
+    decode = median seconds per decoded token.
     """
     gbps: dict[str, float] = {}
     if len(cold):
-        cold = cold.assign(moved_s=cold["weights_s"] + cold["download_s"].fillna(0.0))
+        cold = runtime_phases(cold)
+        cold = cold.assign(moved_s=cold["weights_s"] + cold["download_s"].fillna(0.0),
+                           startup_s=cold["handoff_s"] + cold["imports_s"])
         for tier, g in cold.groupby("tier"):
             gbps[str(tier)] = float(np.median(g["bytes"] / g["moved_s"])) / 1e9
     for tier, fallback in (("ssd", "remote"), ("dram", "ssd"), ("remote", "ssd")):
@@ -49,7 +74,9 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
     arch_of_cold = cold["model"].map(base_name) if len(cold) else pd.Series(dtype=str)
     for arch in sorted({base_name(m) for m in requests["model"]}):
         c = cold[arch_of_cold == arch] if len(cold) else cold
-        build = float(np.median(c["load_s"] - c["moved_s"])) if len(c) else 0.0
+        build = float(np.median(c["load_s"] - c["moved_s"] - c["startup_s"])) if len(c) else 0.0
+        fresh = c[c["runtime"] == "fresh"] if len(c) else c
+        startup = float(np.median(fresh["startup_s"])) if len(fresh) else 0.0
         d = done[done["model"].map(base_name) == arch]
         prefill_slope, prefill_base, decode = None, None, None
         if len(d) >= 2 and d["input_tokens"].nunique() > 1:
@@ -61,8 +88,59 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
         if len(steps):
             decode = float(np.median(steps["decode_s"] / (steps["output_tokens"] - 1)))
         times[arch] = ModelTimes(build_s=max(build, 0.0), first_token_s=prefill_base,
-                                 prefill_s_per_token=prefill_slope, decode_s_per_token=decode)
+                                 prefill_s_per_token=prefill_slope, decode_s_per_token=decode,
+                                 startup_s=max(startup, 0.0))
     return gbps, times
+
+
+def _stat(stats: Mapping[str, Any], key: str) -> float:
+    """A number from a real run's stats, NaN when absent or not a number."""
+    try:
+        return float(stats.get(key, math.nan))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def calibrate_runtime(cold: pd.DataFrame, stats: Mapping[str, Any]) -> RuntimeTimes:
+    """The runtime start-up costs of one real run, for the simulated cluster (``Cluster.runtime``).
+
+    The kind is the run's ``stats["runtime"]`` (a run that names none ran ``fresh``, whose start-up is per model:
+    :func:`calibrate`). ``forkserver``: ``handoff_s`` = median hand-off (the fork). ``pool``: ``pool_size`` and
+    ``worker_start_s`` (median seconds to start one worker) from the stats; ``handoff_s`` = median hand-off of the
+    cold starts that found a ready worker (hand-off < ½ ``worker_start_s``: the others waited for a start, which
+    the simulator's pool clock adds itself). A pool run without ``worker_start_s`` gets 0 (replacements are
+    instant) and one without ``pool_size`` gets 1, both logged.
+    """
+    kind = str(stats.get("runtime") or "fresh")
+    if kind not in RUNTIME_KINDS:
+        raise ValueError(f"stats['runtime']={kind!r} is not a runtime the simulator models; "
+                         f"one of {list(RUNTIME_KINDS)}")
+    if kind == "fresh":
+        return RuntimeTimes()
+    rows = runtime_phases(cold)
+    handoff = rows.loc[rows["runtime"] == kind, "handoff_s"]
+    if kind == "forkserver":
+        return RuntimeTimes("forkserver", handoff_s=max(float(handoff.median()), 0.0) if len(handoff) else 0.0)
+    worker_start = _stat(stats, "worker_start_s")
+    if not math.isfinite(worker_start) or worker_start < 0:
+        log.warning("runtime=pool run without worker_start_s in its stats: the simulated pool refills instantly")
+        worker_start = 0.0
+    size = _stat(stats, "pool_size")
+    if not math.isfinite(size) or size < 1:
+        log.warning("runtime=pool run without pool_size in its stats: simulating 1 ready worker per server")
+        size = 1.0
+    ready = handoff[handoff < 0.5 * worker_start]
+    picked = ready if len(ready) else handoff
+    return RuntimeTimes("pool", handoff_s=max(float(picked.median()), 0.0) if len(picked) else 0.0,
+                        pool_size=int(size), worker_start_s=worker_start)
+
+
+def runtime_s_mean(cold: pd.DataFrame) -> float:
+    """Mean seconds a real load spent getting a ready process (hand-off + imports), NaN without loads."""
+    if not len(cold):
+        return math.nan
+    phases = runtime_phases(cold)
+    return float((phases["handoff_s"] + phases["imports_s"]).mean())
 
 
 def metric_values(requests: pd.DataFrame, stats: dict[str, float]) -> dict[str, float]:
@@ -91,8 +169,9 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             interrupted = True
             break
         gbps, times = calibrate(real_df, cold)
+        runtime = calibrate_runtime(cold, real_stats)
         cluster = real_cluster(cfg.real, model_times=times, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
-                               remote_gbps=gbps["remote"], name="calibrated-from-real")
+                               remote_gbps=gbps["remote"], runtime=runtime, name="calibrated-from-real")
         infos = model_infos(list(models), cluster, str(cfg.dtype))
         scheduler, keepalive = build_policy(cfg, entry)
         sim_cfg = sim_config(cfg)
@@ -107,13 +186,16 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             frames.append(df)
             rows.append({"policy": name, "mode": mode, **summarize(df, stats, wall)})
         real_m, sim_m = metric_values(real_df, real_stats), metric_values(sim_df, sim.stats)
-        for metric in METRICS:
+        real_m[RUNTIME_METRIC] = runtime_s_mean(cold)
+        sim_m[RUNTIME_METRIC] = sim.stats["runtime_wait_s"] / sim.stats["loads"] if sim.stats["loads"] else math.nan
+        for metric in (*METRICS, RUNTIME_METRIC):
             r, s = real_m[metric], sim_m[metric]
             errors.append({"policy": name, "metric": metric, "real": r, "sim": s,
                            "rel_error": abs(s - r) / r if r else float("nan")})
         cold.insert(0, "policy", name)
         colds.append(cold)
-        calib[name] = {"gbps": gbps, "model_times": {k: vars(v) for k, v in times.items()}}
+        calib[name] = {"gbps": gbps, "model_times": {k: vars(v) for k, v in times.items()},
+                       "runtime": asdict(runtime)}
         log.info("%s: %s", name, {e["metric"]: round(float(e["rel_error"]), 3) for e in errors if e["policy"] == name})
     meta: dict[str, Any] = {"calibration": calib, "servers": int(cfg.real.servers),
                             "time_scale": float(cfg.real.time_scale), "requests": len(requests),

@@ -13,6 +13,7 @@ def fake_model(
     prefill_s: float = 0.0001,
     base_s: float = 0.01,
     build_s: float = 0.0,
+    startup_s: float = 0.0,
 ) -> ModelInfo:
     """A hand-written model: ``size_gb`` of weights, ``gpus`` per instance, a linear speed profile."""
     return ModelInfo(
@@ -23,4 +24,5 @@ def fake_model(
         prefill_base_s=base_s,
         decode_s_per_token=decode_s,
         build_s=build_s,
+        startup_s=startup_s,
     )

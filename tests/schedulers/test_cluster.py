@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from experiments.loading.calibrate import calibration_document
 from schedulers.calibrated import calibrated
 from schedulers.catalog import model_info
-from schedulers.cluster import Cluster, ModelTimes
+from schedulers.cluster import Cluster, ModelTimes, RuntimeTimes
 from schedulers.errors import CalibrationError
 
 EXAMPLE = "schedulers/data/calibration_example.yaml"
@@ -108,4 +111,94 @@ def test_calibration_bad_model_time(tmp_path: Path) -> None:
         "tiers: {dram: {bw_gbps: 20}, ssd: {bw_gbps: 5}, remote: {bw_gbps: 1}}\nmodels: {tiny-opt: {build_s: fast}}\n"
     )
     with pytest.raises(CalibrationError, match=r"models\.tiny-opt\.build_s='fast'"):
+        calibrated(str(path))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kind": "zygote"}, r"runtime.kind='zygote'.*fresh"),
+        ({"kind": "pool"}, r"runtime.pool_size=0.*kind=pool"),
+        ({"kind": "fresh", "handoff_s": 1.0}, r"runtime.handoff_s=1.0.*kind=fresh.*startup_s"),
+        ({"kind": "forkserver", "pool_size": 2}, r"pool_size=2.*kind=forkserver"),
+        ({"kind": "pool", "pool_size": 1, "worker_start_s": -1.0}, r"runtime.worker_start_s=-1.0"),
+        ({"kind": "forkserver", "handoff_s": float("nan")}, r"runtime.handoff_s=nan"),
+        ({"kind": "pool", "pool_size": 1.5}, r"runtime.pool_size=1.5"),
+    ],
+)
+def test_bad_runtime_values(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RuntimeTimes(**kwargs)  # type: ignore[arg-type]
+
+
+def test_runtime_from_a_config_mapping() -> None:
+    c = Cluster(runtime={"kind": "pool", "pool_size": 2, "worker_start_s": 8.0})  # type: ignore[arg-type]
+    assert c.runtime == RuntimeTimes("pool", pool_size=2, worker_start_s=8.0)
+    assert Cluster().runtime == RuntimeTimes()
+    with pytest.raises(ValueError, match=r"unknown keys \['size'\]"):
+        Cluster(runtime={"kind": "pool", "size": 2})  # type: ignore[arg-type]
+
+
+def test_cluster_options_take_a_runtime_block(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("experiment=serverless", "cluster=generic", "cluster.runtime.kind=pool",
+                      "cluster.runtime.pool_size=2", "cluster.runtime.worker_start_s=3.5")
+    assert instantiate(cfg.cluster).runtime == RuntimeTimes("pool", pool_size=2, worker_start_s=3.5)
+    assert instantiate(compose_cfg("experiment=serverless", "cluster=sllm_cluster").cluster).runtime == RuntimeTimes()
+
+
+def test_model_startup_follows_the_runtime() -> None:
+    times = {"tiny-opt": ModelTimes(startup_s=4.0)}
+    assert model_info("tiny-opt#2", Cluster(model_times=times)).startup_s == 4.0
+    assert model_info("tiny-llama", Cluster(model_times=times)).startup_s == 0.0
+    fork = Cluster(model_times=times, runtime=RuntimeTimes("forkserver", handoff_s=0.03))
+    assert model_info("tiny-opt", fork).startup_s == 0.03  # the fork, whatever the model
+
+
+RUNTIMES_DOC = """
+tiers: {dram: {bw_gbps: 20}, ssd: {bw_gbps: 5}, remote: {bw_gbps: 1}}
+models: {tiny-opt: {build_s: 0.2}}
+runtimes:
+  fresh: {kind: fresh, handoff_s: 0.9, startup_s: {tiny-opt: 5.5}}
+  pool: {kind: pool, handoff_s: 0.01, size: 2, worker_start_s: 7.5, startup_s: {tiny-opt: 0.02}}
+"""
+
+
+def test_calibrated_runtime_name_picks_the_runtime(tmp_path: Path) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text(RUNTIMES_DOC)
+    fresh = calibrated(str(path))
+    assert fresh.runtime == RuntimeTimes()
+    assert fresh.times_for("tiny-opt") == ModelTimes(build_s=0.2, startup_s=5.5)
+    pool = calibrated(str(path), runtime_name="pool")
+    assert pool.runtime == RuntimeTimes("pool", handoff_s=0.01, pool_size=2, worker_start_s=7.5)
+    assert pool.startup_s("tiny-opt") == 0.01
+    with pytest.raises(CalibrationError, match=r"runtime_name='forkserver'.*\['fresh', 'pool'\]"):
+        calibrated(str(path), runtime_name="forkserver")
+    mine = RuntimeTimes("forkserver", handoff_s=0.1)
+    assert calibrated(str(path), runtime=mine).runtime == mine  # cluster.runtime={...} replaces the file's
+
+
+def test_a_calibration_without_runtimes_costs_nothing_fresh_and_refuses_others(tmp_path: Path) -> None:
+    c = calibrated(EXAMPLE)
+    assert c.runtime == RuntimeTimes()
+    assert c.startup_s("opt-6.7b") == 0.0
+    with pytest.raises(CalibrationError, match=r"runtime_name='pool'.*no entries.*runtimes=\[fresh,pool\]"):
+        calibrated(EXAMPLE, runtime_name="pool")
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ("fresh: {startup_s: {}}", r"runtimes.fresh.startup_s lacks \['tiny-opt'\]"),
+        ("fresh: {startup_s: {tiny-opt: slow}}", r"runtimes.fresh.startup_s.tiny-opt='slow'"),
+        ("fresh: {kind: zygote}", r"runtimes.fresh.kind='zygote'"),
+        ("fresh: {kind: pool, handoff_s: 0}", r"runtimes.fresh \(kind pool\) has no size"),
+        ("fresh: {kind: pool, size: 0, worker_start_s: 1}", r"runtimes.fresh.size=0"),
+    ],
+)
+def test_bad_runtime_entries(tmp_path: Path, entry: str, match: str) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text("tiers: {dram: {bw_gbps: 20}, ssd: {bw_gbps: 5}, remote: {bw_gbps: 1}}\n"
+                    f"models: {{tiny-opt: {{build_s: 0.2}}}}\nruntimes:\n  {entry}\n")
+    with pytest.raises(CalibrationError, match=match):
         calibrated(str(path))

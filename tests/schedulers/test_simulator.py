@@ -20,7 +20,7 @@ from schedulers.base import (
     policy_storage,
     startup_estimate_s,
 )
-from schedulers.cluster import Cluster
+from schedulers.cluster import Cluster, RuntimeTimes
 from schedulers.fixed import FixedKeepAlive
 from schedulers.hybrid_histogram import HybridHistogramKeepAlive
 from schedulers.kserve import KServeScheduler
@@ -44,6 +44,15 @@ POLICIES: list[Scheduler] = [
     KServeScheduler(),
     ServerlessScheduler(cache_to=("ssd",)),  # the storage settings of sllm_scheduler
     ServerlessLLMScheduler(cache_to=(), tier_upgrade=False),
+]
+
+
+# default (no start-up), fresh (per-model start-up), forkserver, pool of 1 worker per server
+RUNTIMES = [
+    RuntimeTimes(),
+    RuntimeTimes(),
+    RuntimeTimes("forkserver", handoff_s=0.2),
+    RuntimeTimes("pool", handoff_s=0.05, pool_size=1, worker_start_s=6.0),
 ]
 
 
@@ -78,19 +87,24 @@ def small_cluster(**kw: object) -> Cluster:
     policy=st.sampled_from(range(len(POLICIES))),
     hybrid=st.booleans(),
     slots=st.integers(1, 2),
+    runtime=st.sampled_from(range(4)),
     store=st.sampled_from([None, 1.5]),
     timeout_s=st.sampled_from([5.0, 300.0]),
     dram_gb=st.sampled_from([0, 25]),
 )
 def test_invariants(
-    n: int, seed: int, policy: int, hybrid: bool, slots: int, store: float | None, timeout_s: float, dram_gb: int
+    n: int, seed: int, policy: int, hybrid: bool, slots: int, store: float | None, timeout_s: float, dram_gb: int,
+    runtime: int
 ) -> None:
     """Every request completes or times out exactly once; capacities hold (the simulator raises otherwise);
     no load beats bytes / bandwidth of its tier; no tier holds a checkpoint the policy's storage does not keep;
     a load reads the decided tier or (with tier upgrades) a faster one."""
     rng = np.random.default_rng(seed)
+    runtime_times = RUNTIMES[runtime]  # a model's start-up as Cluster.startup_s gives it: per model if fresh
     models = {
-        f"m{k}": fake_model(f"m{k}", size_gb=[8, 12, 30][k % 3], gpus=1 + (k % 3 == 2)) for k in range(5)
+        f"m{k}": fake_model(f"m{k}", size_gb=[8, 12, 30][k % 3], gpus=1 + (k % 3 == 2),
+                            startup_s=(1.0 + k) * (runtime == 1) + runtime_times.handoff_s)
+        for k in range(5)
     }
     names = tuple(models)
     times = np.sort(rng.uniform(0, 60, n)).tolist()
@@ -100,7 +114,7 @@ def test_invariants(
         if hybrid
         else FixedKeepAlive(float(rng.choice([0, 5, 30])))
     )
-    cluster = small_cluster(load_slots=slots, store_gbps=store, dram_gb=dram_gb)
+    cluster = small_cluster(load_slots=slots, store_gbps=store, dram_gb=dram_gb, runtime=runtime_times)
     sim = Simulator(
         cluster, models, POLICIES[policy], keep, SimConfig(timeout_s=timeout_s, record_events=True)
     )
@@ -115,9 +129,11 @@ def test_invariants(
     assert (df["e2e_s"] >= df["ttft_s"] - 1e-9).all()
     timeouts = sum(1 for e in res.events if e["kind"] == "timeout")
     assert timeouts == int(df["timed_out"].sum())
-    for e in res.events:
-        if e["kind"] == "load":
-            assert e["duration_s"] >= e["bytes"] / (e["gbps"] * 1e9) * (1 - 1e-9)
+    loads = [e for e in res.events if e["kind"] == "load"]
+    for e in loads:
+        assert e["duration_s"] >= (e["runtime_s"] + e["bytes"] / (e["gbps"] * 1e9)) * (1 - 1e-9)
+        assert e["runtime_s"] >= models[e["model"]].startup_s
+    assert res.stats["runtime_wait_s"] == pytest.approx(sum(e["runtime_s"] for e in loads))
     for s in sim.servers:
         assert 0 <= s.free_gpus <= s.num_gpus
     cache_to, upgrade = policy_storage(POLICIES[policy])
@@ -132,9 +148,10 @@ def test_invariants(
         assert s.ssd.used_bytes <= s.ssd.capacity_bytes
 
 
+@pytest.mark.parametrize("startup_s", [0.0, 2.5])
 @pytest.mark.parametrize("tier", ["dram", "ssd", "remote"])
-def test_estimate_equals_simulated_startup_on_idle_cluster(tier: str) -> None:
-    m = fake_model("m", size_gb=12, build_s=0.3)
+def test_estimate_equals_simulated_startup_on_idle_cluster(tier: str, startup_s: float) -> None:
+    m = fake_model("m", size_gb=12, build_s=0.3, startup_s=startup_s)
     cluster = small_cluster(servers=1, dram_gb=100, ssd_replicas=1 if tier == "ssd" else 0)
     sim = Simulator(cluster, {"m": m}, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig())
     if tier == "dram":
@@ -157,7 +174,7 @@ def test_estimate_equals_simulated_startup_on_idle_cluster(tier: str) -> None:
     simulated = row["queue_s"] + row["load_s"]
     assert d.estimated_startup_s == pytest.approx(simulated, rel=1e-9)
     view = sim.servers[0].view()
-    expected = m.size_bytes / (view.tier_gbps(tier) * 1e9) + 0.3  # q = 0 once the queue drained
+    expected = m.size_bytes / (view.tier_gbps(tier) * 1e9) + 0.3 + startup_s  # q = 0 once the queue drained
     assert startup_estimate_s(view, m, tier, 1e9) == pytest.approx(expected)
 
 
@@ -414,3 +431,47 @@ def test_cache_to_is_validated() -> None:
     with pytest.raises(ValueError, match=r"scheduler.cache_to"):
         ServerlessScheduler(cache_to=("gpu",))  # type: ignore[arg-type]
     assert ServerlessScheduler(cache_to=["ssd"]).cache_to == ("ssd",)  # type: ignore[arg-type]
+
+
+def test_fresh_startup_adds_exactly_startup_s_to_a_cold_start() -> None:
+    """A fresh runtime pays the model's process start + imports once per cold start, inside its load."""
+    results = []
+    for startup_s in (0.0, 4.25):
+        m = {"a": fake_model("a", size_gb=10, build_s=0.3, startup_s=startup_s)}
+        sim = Simulator(one_server(ssd_replicas=1), m, ServerlessLLMScheduler(), FixedKeepAlive(0),
+                        SimConfig(record_events=True))
+        results.append(sim.run(requests_of([1.0], [0], ("a",), out=1)))
+    base, fresh = (r.requests.iloc[0] for r in results)
+    assert fresh["ttft_s"] - base["ttft_s"] == pytest.approx(4.25, abs=1e-12)
+    assert fresh["load_s"] - base["load_s"] == pytest.approx(4.25, abs=1e-12)
+    assert fresh["queue_s"] == base["queue_s"] == 0.0
+    assert (results[0].stats["runtime_wait_s"], results[1].stats["runtime_wait_s"]) == (0.0, 4.25)
+    load = next(e for e in results[1].events if e["kind"] == "load")
+    assert (load["runtime_s"], load["duration_s"]) == pytest.approx((4.25, 4.25 + 2.0))  # then 10 GB at 5 GB/s
+
+
+def test_a_pool_of_one_makes_the_second_cold_start_wait_for_the_replacement() -> None:
+    """Pool size 1, two cold starts 0.1 s apart on one server: the first takes the ready worker (hand-off 0.5 s),
+    whose replacement is ready at 7 s; the second's load starts at 1.5 s (the queue is sequential) and waits."""
+    m = {k: fake_model(k, size_gb=5, startup_s=0.5) for k in ("a", "b")}
+    pool = RuntimeTimes("pool", handoff_s=0.5, pool_size=1, worker_start_s=7.0)
+    sim = Simulator(one_server(gpus_per_server=2, ssd_replicas=1, runtime=pool), m, ServerlessScheduler(),
+                    FixedKeepAlive(100), SimConfig(record_events=True))
+    res = sim.run(requests_of([0.0, 0.1], [0, 1], ("a", "b"), out=1))
+    loads = [e for e in res.events if e["kind"] == "load"]
+    assert [e["start"] for e in loads] == pytest.approx([0.0, 1.5])
+    assert [e["runtime_s"] for e in loads] == pytest.approx([0.5, 5.5 + 0.5])
+    assert res.requests["load_s"].tolist() == pytest.approx([1.5, 7.0])  # 1 s of bytes each
+    assert res.stats["pool_wait_s"] == pytest.approx(5.5)
+    assert res.stats["runtime_wait_s"] == pytest.approx(6.5)
+    assert sim.servers[0].queue_free_at() == pytest.approx(8.5)  # the wait moved the queue's estimate too
+
+
+def test_each_server_has_its_own_pool() -> None:
+    m = {k: fake_model(k, size_gb=5) for k in ("a", "b")}
+    pool = RuntimeTimes("pool", handoff_s=0.0, pool_size=1, worker_start_s=7.0)
+    sim = Simulator(small_cluster(servers=2, gpus_per_server=1, ssd_replicas=1, runtime=pool), m,
+                    ServerlessScheduler(), FixedKeepAlive(100), SimConfig())
+    res = sim.run(requests_of([0.0, 0.1], [0, 1], ("a", "b"), out=1))
+    assert sorted(res.requests["server"]) == [0, 1]
+    assert res.stats["pool_wait_s"] == 0.0

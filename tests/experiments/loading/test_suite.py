@@ -116,5 +116,9 @@ def test_calibration_file_feeds_the_simulator(compose_cfg: Callable[..., Any], t
                                                             rel=1e-3)
     assert doc["tiers"]["h2d"]["absent"]  # no CUDA device here: recorded absent, not invented
     assert doc["models"]["tiny-opt"]["build_s"] > 0
+    fresh = ok[ok.runtime == "fresh"]
+    assert doc["runtimes"]["fresh"]["startup_s"]["tiny-opt"] == pytest.approx(
+        (fresh.t_handoff_s + fresh.t_imports_s + fresh.t_device_init_s).median(), rel=1e-3)
     cluster = calibrated(str(path), servers=1, gpus_per_server=1)
     assert cluster.ssd_gbps == pytest.approx(doc["tiers"]["ssd"]["bw_gbps"])
+    assert cluster.startup_s("tiny-opt") == doc["runtimes"]["fresh"]["startup_s"]["tiny-opt"] > 0
