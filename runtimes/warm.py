@@ -85,12 +85,18 @@ def rss_bytes() -> int:
 
 
 def release_memory(device: str) -> None:
-    """Give freed memory back: collect cycles, return the device cache, and trim glibc's heap to the OS."""
+    """Give freed memory back: collect cycles, return the device's cache and its pinned host cache, and trim
+    glibc's heap to the OS."""
     gc.collect()
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.empty_cache()
+        # pinned host buffers (a loader's staging ring) stay in torch's host cache after they are freed; a pool
+        # worker's RSS only comes back when they go too (public since torch 2.8; older torch keeps them)
+        empty_host_cache = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if empty_host_cache is not None:
+            empty_host_cache()
     name = ctypes.util.find_library("c")
     if name:
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim

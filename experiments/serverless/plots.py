@@ -44,10 +44,10 @@ def _panels(requests: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def by_runtime(df: pd.DataFrame | None) -> pd.DataFrame | None:
+def by_runtime(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of several runtimes (``runtimes=[fresh,pool]``) are different configurations: each line or bar is
     then a policy on one runtime ("serverlessllm · pool"), never the two merged."""
-    if df is None or "runtime" not in df.columns or df["runtime"].nunique() < 2:
+    if "runtime" not in df.columns or df["runtime"].nunique() < 2:
         return df
     return df.assign(policy=df["policy"].astype(str) + " · " + df["runtime"].astype(str))
 
@@ -196,7 +196,8 @@ def plot_serverless(run_dir: Path) -> list[Path]:
     """Every figure whose table the run dir holds: ``requests.parquet`` (CDF, breakdown), ``summary.csv``
     (P99 vs RPS when several rates were run)."""
     run_dir = Path(run_dir)
-    requests = by_runtime(style.read_table(run_dir, "requests"))
+    requests = style.read_table(run_dir, "requests")
+    requests = by_runtime(requests) if requests is not None else None
     summary = by_runtime(pd.read_csv(run_dir / "summary.csv"))
     out: list[Path] = []
     if "storage" in summary.columns and summary["storage"].nunique() > 1:
@@ -246,7 +247,7 @@ def sim_vs_real_cdf(requests: pd.DataFrame, path: Path) -> list[Path]:
 def plot_sim_vs_real(run_dir: Path) -> list[Path]:
     """Both CDFs per policy (``experiment=sim_vs_real``)."""
     requests = style.read_table(Path(run_dir), "requests")
-    return [] if requests is None else sim_vs_real_cdf(requests, Path(run_dir) / "sim_vs_real_cdf")
+    return [] if requests is None else sim_vs_real_cdf(by_runtime(requests), Path(run_dir) / "sim_vs_real_cdf")
 
 
 REGIME_KEYS = ["set_over_dram", "set_over_ssd", "rps", "ssd_replicas"]

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.serverless.real import as_arrays, real_cluster, run_policy_real, trace
-from experiments.serverless.simulated import build_policy, check_policies, policies_of, sim_config
+from experiments.serverless.real import as_arrays, check_real, real_cluster, run_policy_real, runtimes_of, trace
+from experiments.serverless.simulated import build_policy, policies_of, sim_config
 from harness.experiment import ExperimentResult, PartialResult
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import RUNTIME_KINDS, ModelTimes, RuntimeTimes
@@ -150,8 +150,9 @@ def metric_values(requests: pd.DataFrame, stats: dict[str, float]) -> dict[str, 
 
 
 def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
-    """For each policy: real run → calibration → simulation of the same trace → per-metric relative error."""
-    check_policies(cfg, singles=("loader",))
+    """For each policy × runtime: real run → calibration → simulation of the same trace → per-metric relative
+    error."""
+    check_real(cfg)
     requests, models = trace(cfg)
     frames, rows, colds = [], [], []
     interrupted = False
@@ -159,49 +160,64 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     calib: dict[str, Any] = {}
     policies = policies_of(cfg)[:1] if bool(cfg.smoke) else policies_of(cfg)
     for name, entry in policies:
-        log.info("%s: %d requests for real", name, len(requests))
-        real_df, real_stats, cold = run_policy_real(cfg, entry, requests, models, out_dir / "servers" / name)
-        if real_stats.get("interrupted"):  # Ctrl-C: keep what was measured, simulate nothing more
-            real_df.insert(0, "mode", "real")
-            real_df.insert(0, "policy", name)
-            frames.append(real_df)
-            rows.append({"policy": name, "mode": "real", **summarize(real_df, real_stats, real_stats["wall_s"])})
-            interrupted = True
+        for rt_name in runtimes_of(cfg):
+            log.info("%s on runtime %s: %d requests for real", name, rt_name or "(composed)", len(requests))
+            real_df, real_stats, cold = run_policy_real(cfg, entry, requests, models,
+                                                        out_dir / "servers" / f"{name}-{rt_name or 'runtime'}",
+                                                        rt_name)
+            rt = str(real_stats["runtime"])
+            keys = {"policy": name, "runtime": rt}
+            if real_stats.get("interrupted"):  # Ctrl-C: keep what was measured, simulate nothing more
+                real_df.insert(0, "mode", "real")
+                real_df.insert(0, "runtime", rt)
+                real_df.insert(0, "policy", name)
+                frames.append(real_df)
+                rows.append({**keys, "mode": "real", **summarize(real_df, real_stats, real_stats["wall_s"])})
+                interrupted = True
+                break
+            gbps, times = calibrate(real_df, cold)
+            runtime = calibrate_runtime(cold, real_stats)
+            cluster = real_cluster(cfg.real, model_times=times, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
+                                   remote_gbps=gbps["remote"], runtime=runtime, name="calibrated-from-real")
+            infos = model_infos(list(models), cluster, str(cfg.dtype))
+            scheduler, keepalive = build_policy(cfg, entry)
+            sim_cfg = sim_config(cfg)
+            t0 = time.perf_counter()
+            sim = Simulator(cluster, infos, scheduler, keepalive, sim_cfg).run(as_arrays(requests, models))
+            sim_wall = time.perf_counter() - t0
+            sim_df = sim.requests.copy()
+            for mode, df, stats, wall in (("real", real_df, real_stats, real_stats["wall_s"]),
+                                          ("sim", sim_df, sim.stats, sim_wall)):
+                df.insert(0, "mode", mode)
+                df.insert(0, "runtime", rt)
+                df.insert(0, "policy", name)
+                frames.append(df)
+                rows.append({**keys, "mode": mode, **summarize(df, stats, wall)})
+            real_m, sim_m = metric_values(real_df, real_stats), metric_values(sim_df, sim.stats)
+            real_m[RUNTIME_METRIC] = runtime_s_mean(cold)
+            sim_m[RUNTIME_METRIC] = sim.stats["runtime_wait_s"] / sim.stats["loads"] if sim.stats["loads"] \
+                else math.nan
+            for metric in (*METRICS, RUNTIME_METRIC):
+                r, s = real_m[metric], sim_m[metric]
+                errors.append({**keys, "metric": metric, "real": r, "sim": s,
+                               "rel_error": abs(s - r) / r if r else float("nan")})
+            if "runtime" not in cold:
+                cold.insert(0, "runtime", rt)
+            cold.insert(0, "policy", name)
+            colds.append(cold)
+            calib[f"{name}/{rt}"] = {"gbps": gbps, "model_times": {k: vars(v) for k, v in times.items()},
+                                     "runtime": asdict(runtime),
+                                     "workers": {k: v for k, v in real_stats.items()
+                                                 if k.startswith(("worker", "pool_"))}}
+            log.info("%s on %s: %s", name, rt, {e["metric"]: round(float(e["rel_error"]), 3) for e in errors
+                                                if e["policy"] == name and e["runtime"] == rt})
+        if interrupted:
             break
-        gbps, times = calibrate(real_df, cold)
-        runtime = calibrate_runtime(cold, real_stats)
-        cluster = real_cluster(cfg.real, model_times=times, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
-                               remote_gbps=gbps["remote"], runtime=runtime, name="calibrated-from-real")
-        infos = model_infos(list(models), cluster, str(cfg.dtype))
-        scheduler, keepalive = build_policy(cfg, entry)
-        sim_cfg = sim_config(cfg)
-        t0 = time.perf_counter()
-        sim = Simulator(cluster, infos, scheduler, keepalive, sim_cfg).run(as_arrays(requests, models))
-        sim_wall = time.perf_counter() - t0
-        sim_df = sim.requests.copy()
-        for mode, df, stats, wall in (("real", real_df, real_stats, real_stats["wall_s"]),
-                                      ("sim", sim_df, sim.stats, sim_wall)):
-            df.insert(0, "mode", mode)
-            df.insert(0, "policy", name)
-            frames.append(df)
-            rows.append({"policy": name, "mode": mode, **summarize(df, stats, wall)})
-        real_m, sim_m = metric_values(real_df, real_stats), metric_values(sim_df, sim.stats)
-        real_m[RUNTIME_METRIC] = runtime_s_mean(cold)
-        sim_m[RUNTIME_METRIC] = sim.stats["runtime_wait_s"] / sim.stats["loads"] if sim.stats["loads"] else math.nan
-        for metric in (*METRICS, RUNTIME_METRIC):
-            r, s = real_m[metric], sim_m[metric]
-            errors.append({"policy": name, "metric": metric, "real": r, "sim": s,
-                           "rel_error": abs(s - r) / r if r else float("nan")})
-        cold.insert(0, "policy", name)
-        colds.append(cold)
-        calib[name] = {"gbps": gbps, "model_times": {k: vars(v) for k, v in times.items()},
-                       "runtime": asdict(runtime)}
-        log.info("%s: %s", name, {e["metric"]: round(float(e["rel_error"]), 3) for e in errors if e["policy"] == name})
     meta: dict[str, Any] = {"calibration": calib, "servers": int(cfg.real.servers),
                             "time_scale": float(cfg.real.time_scale), "requests": len(requests),
                             "executor": str(cfg.executor._target_), "seed": int(cfg.seed)}
     result = ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
-                                      "summary": summary_frame(rows, ["policy", "mode"]),
+                                      "summary": summary_frame(rows, ["policy", "runtime", "mode"]),
                                       "errors": pd.DataFrame(errors),
                                       "cold_starts": pd.concat(colds, ignore_index=True) if colds else pd.DataFrame()},
                               documents={"sim_vs_real": meta})
