@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -46,10 +47,36 @@ class ModelBuildError(RuntimeError):
     """The loaded tensors do not fit the model (names or shapes), or a buffer could not be rebuilt."""
 
 
+# Meta-device models built ahead of any cold start (a pool worker's start, ``prebuild``), by (spec, dtype): a cold
+# start then copies one instead of constructing the architecture again. A fresh process has none.
+_SKELETONS: dict[tuple[ModelSpec, str], torch.nn.Module] = {}
+
+
+def prebuild(spec: ModelSpec, dtype: str) -> float:
+    """Construct ``spec`` on the meta device once and keep it for :func:`build_model`; the seconds it took."""
+    import time
+
+    t0 = time.perf_counter()
+    _SKELETONS[(spec, dtype)] = spec.meta_model(dtype)
+    return time.perf_counter() - t0
+
+
+def prebuilt(spec: ModelSpec, dtype: str) -> torch.nn.Module | None:
+    """The meta skeleton :func:`prebuild` kept for (spec, dtype), if any."""
+    return _SKELETONS.get((spec, dtype))
+
+
+def forget_prebuilt() -> None:
+    """Drop every prebuilt skeleton (the next builds construct again)."""
+    _SKELETONS.clear()
+
+
 def build_model(spec: ModelSpec, dtype: str, state_dict: dict[str, torch.Tensor],
                 device: torch.device) -> torch.nn.Module:
-    """Construct on the meta device, ``load_state_dict(assign=True)``, re-tie, rebuild non-persistent buffers."""
-    model = spec.meta_model(dtype)
+    """Construct on the meta device (or copy a :func:`prebuild` one), ``load_state_dict(assign=True)``, re-tie,
+    rebuild non-persistent buffers."""
+    skeleton = _SKELETONS.get((spec, dtype))
+    model = copy.deepcopy(skeleton) if skeleton is not None else spec.meta_model(dtype)
     weights = dequantize(state_dict) if dtype == "int8" else state_dict
     result = model.load_state_dict(weights, strict=False, assign=True)
     tie: Any = model.tie_weights

@@ -55,6 +55,10 @@ class Runtime(Protocol):
 
     name: str
 
+    def check(self, ctx: RuntimeContext) -> None:
+        """Refuse, before anything starts, a run this runtime cannot serve (``RuntimeUnsupportedError``)."""
+        ...
+
     def start(self, ctx: RuntimeContext) -> None:
         """Pre-start what the runtime keeps ready (idempotent; ``fresh`` keeps nothing)."""
         ...

@@ -41,12 +41,16 @@ class ForkserverRuntime:
             raise ValueError(f"runtime.start_timeout_s={start_timeout_s}; it must be > 0")
         self.zygote: Zygote | None = None
 
-    def start(self, ctx: RuntimeContext) -> None:
+    def check(self, ctx: RuntimeContext) -> None:
+        """CUDA is refused: a CUDA context does not survive ``fork``."""
         if ctx.device.startswith("cuda"):
             raise RuntimeUnsupportedError(
                 f"runtime=forkserver cannot serve device={ctx.device}: a CUDA context does not survive fork, so a "
                 "forked child of the zygote could not use the GPU; use runtime=pool (pre-started processes) or "
                 "runtime=fresh on a GPU")
+
+    def start(self, ctx: RuntimeContext) -> None:
+        self.check(ctx)
         if self.zygote is not None:
             return
         modules = list(self.preimport)

@@ -46,6 +46,9 @@ class FreshRuntime:
     def __init__(self) -> None:
         self._ctx: RuntimeContext | None = None
 
+    def check(self, ctx: RuntimeContext) -> None:
+        """Every run can start fresh processes."""
+
     def start(self, ctx: RuntimeContext) -> None:
         self._ctx = ctx
 

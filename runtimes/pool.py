@@ -41,7 +41,8 @@ class PoolRuntime:
 
     def __init__(self, size: int = 1, recycle: str = "rss", rss_tolerance: float = 0.05, max_uses: int = 0,
                  preimport: list[str] | None = None, preimport_run: bool = True, retries: int = 1,
-                 start_timeout_s: float = 300.0, wait_full: bool = True, warmup: bool = True) -> None:
+                 start_timeout_s: float = 300.0, wait_full: bool = True, warmup: bool = True,
+                 prebuild: bool = True) -> None:
         if int(size) < 1:
             raise ValueError(f"runtime.size={size}; a pool needs at least one worker")
         if recycle not in RECYCLE:
@@ -54,6 +55,7 @@ class PoolRuntime:
         self.max_uses, self.retries, self.start_timeout_s = int(max_uses), int(retries), float(start_timeout_s)
         self.preimport = list(BASE_MODULES if preimport is None else preimport)
         self.preimport_run, self.wait_full, self.warmup = preimport_run, bool(wait_full), bool(warmup)
+        self.prebuild = bool(prebuild)
         self.pool: WorkerPool | None = None
         self.retried = 0
 
@@ -66,7 +68,11 @@ class PoolRuntime:
             modules += [m for m in modules_of(ctx.loaders) if m not in modules]
             models = list(ctx.models)
         return {"device": ctx.device, "modules": modules, "models": models, "threads": ctx.threads,
-                "warmup_dtype": ctx.dtype if self.warmup and models else None}
+                "warmup_dtype": ctx.dtype if self.warmup and models else None,
+                "prebuild_dtype": ctx.dtype if self.prebuild and models else None}
+
+    def check(self, ctx: RuntimeContext) -> None:
+        """Pre-started processes (not forks) serve every device."""
 
     def start(self, ctx: RuntimeContext) -> None:
         if self.pool is not None:
@@ -146,6 +152,7 @@ class PoolRuntime:
         stats = dict(self.pool.stats) if self.pool is not None else {}
         return {"name": self.name, "size": self.size, "recycle": self.recycle, "rss_tolerance": self.rss_tolerance,
                 "max_uses": self.max_uses, "preimport": self.preimport, "warmup": self.warmup,
+                "prebuild": self.prebuild,
                 "retried": self.retried, **stats}
 
     def close(self) -> None:

@@ -78,6 +78,15 @@ def warm_forward(models: Iterable[dict[str, Any]], dtype: str, device: str, toke
     return time.time() - t0
 
 
+def prebuild_models(models: Iterable[dict[str, Any]], dtype: str) -> float:
+    """Construct each architecture on the meta device once (``harness.modelbuild.prebuild``): a cold start in this
+    process then copies it instead of building it. The seconds it took."""
+    import harness.modelbuild as mb
+    from harness.trial import instantiate
+
+    return sum(mb.prebuild(instantiate(cfg), dtype) for cfg in models)
+
+
 def rss_bytes() -> int:
     """This process's resident set size now (``/proc/self/statm``)."""
     with open("/proc/self/statm") as f:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runtimes.warm import init_device, preimport, release_memory, rss_bytes, warm_forward
+from runtimes.warm import init_device, prebuild_models, preimport, release_memory, rss_bytes, warm_forward
 
 
 class TrialWorker:
@@ -14,7 +14,7 @@ class TrialWorker:
 
     def __init__(self, device: str = "cpu", modules: list[str] | None = None,
                  models: list[dict[str, Any]] | None = None, threads: int | None = None,
-                 warmup_dtype: str | None = None) -> None:
+                 warmup_dtype: str | None = None, prebuild_dtype: str | None = None) -> None:
         self.device = device
         self.import_s = preimport(modules or [], models or [])
         if threads:
@@ -23,6 +23,7 @@ class TrialWorker:
             torch.set_num_threads(int(threads))
         self.device_init_s = init_device(device)
         self.warmup_s = warm_forward(models or [], warmup_dtype, device) if warmup_dtype else 0.0
+        self.prebuild_s = prebuild_models(models or [], prebuild_dtype) if prebuild_dtype else 0.0
         release_memory(device)
         self.idle_rss_bytes = rss_bytes()
         self.uses = 0
@@ -30,7 +31,7 @@ class TrialWorker:
     def info(self) -> dict[str, Any]:
         """What the worker's start cost (imports, device init) and its idle RSS."""
         return {"import_s": self.import_s, "device_init_s": self.device_init_s, "warmup_s": self.warmup_s,
-                "idle_rss_bytes": self.idle_rss_bytes, "uses": self.uses}
+                "prebuild_s": self.prebuild_s, "idle_rss_bytes": self.idle_rss_bytes, "uses": self.uses}
 
     def trial(self, spec: dict[str, Any], spawn_ts: float) -> dict[str, Any]:
         """One cold start (``harness.trial.run_trial``), then unload: everything it built is dropped and the RSS
@@ -43,5 +44,5 @@ class TrialWorker:
         release_memory(self.device)
         out["worker"] = {"idle_rss_bytes": self.idle_rss_bytes, "rss_after_unload_bytes": rss_bytes(),
                          "uses": self.uses, "import_s": self.import_s, "device_init_s": self.device_init_s,
-                         "warmup_s": self.warmup_s}
+                         "warmup_s": self.warmup_s, "prebuild_s": self.prebuild_s}
         return out

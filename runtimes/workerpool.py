@@ -91,6 +91,7 @@ class WorkerPool:
                 self._cv.notify_all()
                 return
             self.stats["recycled"] += 1
+            self._cv.notify_all()  # the refill thread starts its replacement now, not at its next check
         _quietly(handle.close)
 
     def discard(self, handle: Any) -> None:

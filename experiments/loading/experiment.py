@@ -172,10 +172,12 @@ def listed_runtimes(cfg: DictConfig) -> list[str]:
 def start_runtimes(cfg: DictConfig, names: list[str], ctx: RuntimeContext) -> dict[str, Runtime]:
     """Build and start each listed ``conf/runtime`` option (with the run's ``runtime_args.<name>``); on a failure
     the ones already started are closed."""
+    built: dict[str, Runtime] = {name: instantiate(listed(cfg, "runtime", name)) for name in names}
+    for rt in built.values():  # every refusal (forkserver on CUDA) before any runtime starts a process
+        rt.check(ctx)
     started: dict[str, Runtime] = {}
     try:
-        for name in names:
-            rt: Runtime = instantiate(listed(cfg, "runtime", name))
+        for name, rt in built.items():
             log.info("starting runtime %s", name)
             rt.start(ctx)
             started[name] = rt

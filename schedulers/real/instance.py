@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtimes.warm import init_device, preimport, release_memory, rss_bytes, warm_forward
+from runtimes.warm import init_device, prebuild_models, preimport, release_memory, rss_bytes, warm_forward
 
 
 class InstanceLoadError(RuntimeError):
@@ -29,7 +29,8 @@ class ModelInstance:
 
     def __init__(self, model: dict[str, Any] | None = None, dtype: str = "fp32", device: str = "cpu",
                  modules: list[str] | None = None, models: list[dict[str, Any]] | None = None,
-                 warmup_dtype: str | None = None, threads: int | None = None) -> None:
+                 warmup_dtype: str | None = None, prebuild_dtype: str | None = None,
+                 threads: int | None = None) -> None:
         self.model_cfg = dict(model) if model else None
         self.dtype, self.device_name = dtype, device
         self.model: Any = None
@@ -41,6 +42,8 @@ class ModelInstance:
             init_device(device)
             if warmup_dtype:
                 warm_forward(models or [], warmup_dtype, device)
+            if prebuild_dtype:
+                prebuild_models(models or [], prebuild_dtype)
             release_memory(device)
             self.idle_rss_bytes = rss_bytes()
 

@@ -20,6 +20,7 @@ from runtimes.base import RuntimeUnsupportedError
 from runtimes.forkserver import ForkserverRuntime
 from runtimes.zygote import ZygoteError
 from tests.runtimes.helpers import (
+    POOL_WORKER,
     ZYGOTE,
     checkpoint,
     context,
@@ -209,3 +210,15 @@ def test_a_zygote_that_cannot_import_fails_start(shared_store: CheckpointStore) 
         rt.start(context())
     rt.close()
     assert wait_gone(descendants(ZYGOTE) - before) == set()
+
+
+def test_cuda_is_refused_before_any_listed_runtime_starts() -> None:
+    """``runtimes=[pool,forkserver] device=cuda``: the refusal comes before the pool starts a worker."""
+    from experiments.loading.experiment import start_runtimes
+    from harness.config import compose_config
+
+    before = descendants(POOL_WORKER)
+    cfg = compose_config(["experiment=loading", "runtimes=[pool,forkserver]"])
+    with pytest.raises(RuntimeUnsupportedError, match="forkserver cannot serve device=cuda"):
+        start_runtimes(cfg, ["pool", "forkserver"], context(device="cuda"))
+    assert descendants(POOL_WORKER) == before
