@@ -67,3 +67,37 @@ def test_ray_instances_serve_and_a_dead_actor_is_retried(ray_local: Any, compose
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
         time.sleep(0.2)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
+def test_ray_pool_workers_are_prestarted_actors_on_the_server_node(ray_local: Any,
+                                                                   compose_cfg: Callable[..., DictConfig],
+                                                                   tmp_path: Path) -> None:
+    """runtime=pool on Ray: each server's pool is filled with actors before the first arrival (pinned to the
+    server's node like its instances), cold starts take them without waiting, and none outlives the run."""
+    from experiments.serverless.real import build_runtime
+
+    cfg = compose_cfg("experiment=serverless_real", f"storage.root={tmp_path / 'store'}", "progress=false",
+                      "real.drain_s=0", "real.timeout_s=120", f"real.dram_root={tmp_path}")
+    _, entry = policies_of(cfg)[0]
+    executor = RayExecutor()
+    ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", executor, build_runtime(cfg, "pool"))
+    requests = [Request(0, MODELS[0], 0.0, 8, 4), Request(1, MODELS[1], 0.2, 8, 4)]
+    try:
+        reqs = ctl.run(requests)
+    finally:
+        cleanup()
+        executor.close()
+    assert [r.state for r in reqs] == ["done", "done"]
+    cold = ctl.cold_starts
+    assert cold and all(c["runtime"] == "pool" for c in cold)
+    assert all(c["imports_s"] < 0.5 for c in cold)  # the actor imported torch before the cold start
+    assert ctl.stats["runtime"] == "pool" and ctl.stats["worker_starts"] >= len(ctl.servers)
+    assert {type(h).__name__ for h in ctl._handles} == {"RayWorker"}
+    node = executor.nodes()
+    assert all(s.placement() == {node[0]: 0.001} for s in ctl.servers)  # what every pool actor asked for
+    pids = [h.pid() for h in ctl._handles]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
