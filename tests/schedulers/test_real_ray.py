@@ -90,9 +90,11 @@ def test_ray_pool_workers_are_prestarted_actors_on_the_server_node(ray_local: An
         executor.close()
     assert [r.state for r in reqs] == ["done", "done"]
     cold = ctl.cold_starts
-    assert cold and all(c["runtime"] == "pool" for c in cold)
+    assert cold
+    assert all(c["runtime"] == "pool" for c in cold)
     assert all(c["imports_s"] < 0.5 for c in cold)  # the actor imported torch before the cold start
-    assert ctl.stats["runtime"] == "pool" and ctl.stats["worker_starts"] >= len(ctl.servers)
+    assert ctl.stats["runtime"] == "pool"
+    assert ctl.stats["worker_starts"] >= len(ctl.servers)
     assert {type(h).__name__ for h in ctl._handles} == {"RayWorker"}
     node = executor.nodes()
     assert all(s.placement() == {node[0]: 0.001} for s in ctl.servers)  # what every pool actor asked for
