@@ -39,8 +39,10 @@ PALETTE: dict[str, str] = {
     "real": "#333333", "sim": "#DD8452", "sim_in_situ": "#55A868", "sim_contended": "#8172B3",
     # page-cache states of a loading trial
     "cold": "#4C72B0", "warm": "#DD8452", "hot": "#C44E52",
+    # runtimes of a cold start (conf/runtime)
+    "fresh": "#7F7F7F", "forkserver": "#DA8BC3", "pool": "#64B5CD",
     # phases of a loading cold start and of a serverless cold start
-    "t_imports_s": "#8C8C8C", "t_device_init_s": "#CCB974", "t_weights_s": "#C44E52",
+    "t_handoff_s": "#B7B7E0", "t_imports_s": "#8C8C8C", "t_device_init_s": "#CCB974", "t_weights_s": "#C44E52",
     "t_model_build_s": "#4C72B0", "t_first_token_s": "#55A868",
     "queue_s": "#8C8C8C", "migration_s": "#CCB974", "load_s": "#C44E52", "prefill_s": "#55A868",
 }
@@ -56,7 +58,8 @@ FALLBACK = tuple(to_hex(plt.get_cmap(name)(k)) for name in ("tab20", "tab20b") f
 LABELS: dict[str, str] = {
     "load_s": "load time (s)", "cold_start_s": "cold start, spawn → first token (s)",
     "throughput_gbps": "throughput (GB/s)", "ceiling_gbps": "ceiling (GB/s)", "bytes": "checkpoint size (GB)",
-    "t_imports_s": "imports (s)", "t_device_init_s": "device init (s)", "t_weights_s": "weights (s)",
+    "t_handoff_s": "hand-off: a ready process (s)", "t_imports_s": "imports (s)",
+    "t_device_init_s": "device init (s)", "t_weights_s": "weights (s)",
     "t_model_build_s": "model build (s)", "t_first_token_s": "first token (s)",
     "speedup_vs_start": "speedup over the first step (×)",
     "ttft_s": "time to first token (s)", "e2e_s": "end-to-end latency (s)",

@@ -49,20 +49,30 @@ def time_panels(axes: list[Axes], rows: pd.DataFrame, x: str, hue: str, metric: 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), note
 
 
+def runtimes(rows: pd.DataFrame) -> list[str]:
+    """The runtimes of a run (``["fresh"]`` for runs from before the runtime axis)."""
+    return sorted(map(str, rows["runtime"].dropna().unique())) if "runtime" in rows.columns else ["fresh"]
+
+
 def _breakdown(ax: Axes, ok: pd.DataFrame) -> pd.DataFrame:
-    """Median of each phase per loader and cache state, stacked (medians of phases need not sum to a median)."""
-    med = ok.groupby(["loader", "cache_state"], sort=False)[PHASES].median().reset_index()
+    """Median of each phase per loader, cache state and runtime, stacked (medians of phases need not sum to a
+    median). Each runtime is its own bar: their phases are never pooled."""
+    ok = ok if "runtime" in ok.columns else ok.assign(runtime="fresh")
+    several = ok["runtime"].nunique() > 1
+    med = ok.groupby(["loader", "cache_state", "runtime"], sort=False)[PHASES].median().reset_index()
     med["order"] = med["cache_state"].map({s: k for k, s in enumerate(STATE_ORDER)}).fillna(len(STATE_ORDER))
-    med = med.sort_values(["loader", "order"]).reset_index(drop=True)
-    cells = (med["loader"] + "\n" + med["cache_state"]).tolist()
+    med = med.sort_values(["loader", "order", "runtime"]).reset_index(drop=True)
+    cells = (med["loader"] + "\n" + med["cache_state"] + ("\n" + med["runtime"] if several else "")).tolist()
     bottom = pd.Series(0.0, index=med.index)
     for phase in PHASES:
         ax.bar(range(len(cells)), med[phase], bottom=bottom, label=style.label(phase), color=style.color(phase),
                edgecolor="white", linewidth=0.5)
         bottom += med[phase].fillna(0)
-    ax.set_xticks(range(len(cells)), cells, fontsize=8)
+    ax.set_xticks(range(len(cells)), cells, fontsize=8 if not several else 7, rotation=0 if not several else 45,
+                  ha="center" if not several else "right")
     ax.set_ylabel("median per phase (s)")
-    ax.set_title("cold-start breakdown, fresh process → first token (median of each phase)")
+    ax.set_title("cold-start breakdown, spawn → first token (median of each phase)"
+                 + ("" if several else f", runtime {med['runtime'].iloc[0]}"))
     return med.drop(columns="order")
 
 
@@ -76,15 +86,19 @@ def plot_loading(run_dir: Path) -> list[Path]:
     rows = summarize_trials(trials)
     cache_states = states(rows)
     loaders = sorted(rows["loader"].unique())
+    kinds = runtimes(rows)
+    # one runtime: a bar per loader in its colour; several: bars per loader in each runtime's colour
+    hue, hue_order = ("runtime", list[object](kinds)) if len(kinds) > 1 else ("loader", list[object](loaders))
     style.apply()
-    fig = plt.figure(figsize=(3.0 * len(cache_states) + 3.8, 7.0), layout="constrained")
+    cells = len(loaders) * len(kinds) * len(cache_states)
+    fig = plt.figure(figsize=(max(3.0 * len(cache_states) + 3.8, 0.45 * cells + 3.8), 7.0), layout="constrained")
     layout: Any = [cache_states, ["breakdown"] * len(cache_states)]
     mosaic = fig.subplot_mosaic(layout)
     panels = [mosaic[s] for s in cache_states]
     for ax in panels[1:]:
         ax.sharey(panels[0])
-    plotted, note = time_panels(panels, rows, "loader", "loader", "load_s", trials, order=loaders,
-                                hue_order=loaders, ceilings=True)
+    plotted, note = time_panels(panels, rows, "loader", hue, "load_s", trials, order=loaders,
+                                hue_order=hue_order, ceilings=True)
     style.log_if_wide(panels, [*plotted["load_s_median"], *plotted["err_hi"]])
     panels[0].set_ylabel("median load time (s)")
     for ax in panels:
@@ -97,7 +111,8 @@ def plot_loading(run_dir: Path) -> list[Path]:
                          notes=[style.n_note(rows["n"]), note, CEILING_NOTE,
                                 NA_NOTE if (rows["n"] == 0).any() else ""])
     plotted = pd.concat([plotted.assign(column="load_s_median"),
-                         phases.melt(id_vars=["loader", "cache_state"], var_name="column")], ignore_index=True)
+                         phases.melt(id_vars=["loader", "cache_state", "runtime"], var_name="column")],
+                        ignore_index=True)
     return style.save(fig, run_dir / "loading", plotted)
 
 
@@ -109,6 +124,8 @@ def plot_report(summary: pd.DataFrame, path: Path, trials: pd.DataFrame | None =
         return []
     rows["model_dtype"] = rows["model"] + "\n" + rows["dtype"]
     order = list(dict.fromkeys(rows.sort_values(["bytes", "model", "dtype"])["model_dtype"]))
+    if len(runtimes(rows)) > 1:  # each loader on each runtime is its own series, never pooled
+        rows["loader"] = rows["loader"].astype(str) + " · " + rows["runtime"].astype(str)
     loaders = sorted(rows["loader"].unique())
     cache_states = states(rows)
     fig, axes = style.figure(1, len(cache_states), width=2.4 + (1.2 + 0.5 * len(order)) * len(cache_states),
