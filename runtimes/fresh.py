@@ -28,6 +28,9 @@ class FreshSource:
         self.stats["start_s"].append(took)
         return handle, took
 
+    def loaded(self, handle: Any) -> None:
+        """Nothing to refill."""
+
     def release(self, handle: Any, reusable: bool) -> None:
         handle.close()
 

@@ -14,6 +14,7 @@ from runtimes.warm import BASE_MODULES, modules_of
 from runtimes.workerpool import PoolError, WorkerPool
 
 RECYCLE = ("always", "rss", "never")
+REFILL = ("after_load", "on_acquire")
 
 
 def reusable(worker: dict[str, Any], recycle: str, rss_tolerance: float, max_uses: int) -> bool:
@@ -42,7 +43,7 @@ class PoolRuntime:
     def __init__(self, size: int = 1, recycle: str = "rss", rss_tolerance: float = 0.05, max_uses: int = 0,
                  preimport: list[str] | None = None, preimport_run: bool = True, retries: int = 1,
                  start_timeout_s: float = 300.0, wait_full: bool = True, warmup: bool = True,
-                 prebuild: bool = True) -> None:
+                 prebuild: bool = True, refill: str = "after_load") -> None:
         if int(size) < 1:
             raise ValueError(f"runtime.size={size}; a pool needs at least one worker")
         if recycle not in RECYCLE:
@@ -56,6 +57,9 @@ class PoolRuntime:
         self.preimport = list(BASE_MODULES if preimport is None else preimport)
         self.preimport_run, self.wait_full, self.warmup = preimport_run, bool(wait_full), bool(warmup)
         self.prebuild = bool(prebuild)
+        if refill not in REFILL:
+            raise ValueError(f"runtime.refill={refill!r}; choose one of {REFILL}")
+        self.refill = refill
         self.pool: WorkerPool | None = None
         self.retried = 0
 
@@ -100,8 +104,11 @@ class PoolRuntime:
         return reusable(worker, self.recycle, self.rss_tolerance, self.max_uses)
 
     def source(self, start: Callable[[str], Any], name: str) -> WorkerPool:
-        """A server's pool of instance processes: ``size`` ready, a replacement starting as one is handed out."""
-        return WorkerPool(start, self.size, name=name, refill_on_acquire=True)
+        """A server's pool of instance processes: ``size`` ready; a handed-out worker's replacement starts once its
+        cold start is loaded (``refill: after_load``, so the start does not share the CPU with it) or at once
+        (``on_acquire``)."""
+        return WorkerPool(start, self.size, name=name, refill_on_acquire=True,
+                          refill_after_load=self.refill == "after_load")
 
     def settle(self, timeout_s: float) -> None:
         """Wait until the pool is full again (with ``wait_full``; otherwise cold starts may meet a refill)."""
@@ -152,7 +159,7 @@ class PoolRuntime:
         stats = dict(self.pool.stats) if self.pool is not None else {}
         return {"name": self.name, "size": self.size, "recycle": self.recycle, "rss_tolerance": self.rss_tolerance,
                 "max_uses": self.max_uses, "preimport": self.preimport, "warmup": self.warmup,
-                "prebuild": self.prebuild,
+                "prebuild": self.prebuild, "refill": self.refill,
                 "retried": self.retried, **stats}
 
     def close(self) -> None:

@@ -34,11 +34,14 @@ class WorkerPool:
     reuses = True
 
     def __init__(self, start: Callable[[str], Any], size: int, *, name: str = "pool",
-                 max_start_failures: int = 3, retry_pause_s: float = 1.0, refill_on_acquire: bool = True) -> None:
+                 max_start_failures: int = 3, retry_pause_s: float = 1.0, refill_on_acquire: bool = True,
+                 refill_after_load: bool = False) -> None:
         if size < 1:
             raise ValueError(f"pool size={size}; it must be ≥ 1")
         self._start, self.size, self.name = start, int(size), name
         self.refill_on_acquire = bool(refill_on_acquire)
+        self.refill_after_load = bool(refill_after_load)
+        self._held: set[int] = set()  # handed out, replacement deferred until loaded() (refill_after_load)
         self.max_start_failures, self.retry_pause_s = int(max_start_failures), float(retry_pause_s)
         self._ready: deque[Any] = deque()
         self._busy: set[int] = set()
@@ -66,6 +69,8 @@ class WorkerPool:
                     handle = self._ready.popleft()
                     if handle.alive():
                         self._busy.add(id(handle))
+                        if self.refill_after_load:
+                            self._held.add(id(handle))
                         self.stats["acquired"] += 1
                         self._cv.notify_all()  # the refill thread starts a replacement
                         return handle, time.monotonic() - t0
@@ -79,11 +84,20 @@ class WorkerPool:
                     raise PoolError(f"{self.name}: no ready worker within {timeout_s:g} s")
                 self._cv.wait(CHECK_PERIOD_S if left is None else min(left, CHECK_PERIOD_S))
 
+    def loaded(self, handle: Any) -> None:
+        """The cold start on ``handle`` is over (loaded, or failed): with ``refill_after_load`` its replacement
+        starts now, so a process start never shares the machine with the cold start it replaces."""
+        with self._cv:
+            if id(handle) in self._held:
+                self._held.discard(id(handle))
+                self._cv.notify_all()
+
     def release(self, handle: Any, reusable: bool) -> None:
         """Take back a worker that finished its assignment: ready again if ``reusable`` (and the pool is not over
         size), otherwise closed and replaced."""
         with self._cv:
             self._busy.discard(id(handle))
+            self._held.discard(id(handle))
             keep = reusable and not self._closed and handle.alive() and len(self._ready) < self.size
             if keep:
                 self._ready.append(handle)
@@ -98,6 +112,7 @@ class WorkerPool:
         """Kill a worker that must not serve again (a failed load, a timeout); a replacement starts."""
         with self._cv:
             self._busy.discard(id(handle))
+            self._held.discard(id(handle))
             self.stats["discarded"] += 1
             self._cv.notify_all()
         _quietly(handle.kill)
@@ -171,11 +186,12 @@ class WorkerPool:
 
     def _want_start(self) -> bool:
         """Start one more when fewer than ``size`` are ready. With ``refill_on_acquire`` a handed-out worker's
-        replacement starts at once (the next cold start finds one ready); without, only once it is released or
-        discarded (a measurement that must not share the CPU with a start)."""
+        replacement starts at once (the next cold start finds one ready), or with ``refill_after_load`` once its
+        cold start is :meth:`loaded`; without, only once it is released or discarded (a measurement that must not
+        share the CPU with a start)."""
         if self._failures_in_a_row >= self.max_start_failures:
             return False
-        have = len(self._ready) + (0 if self.refill_on_acquire else len(self._busy))
+        have = len(self._ready) + (len(self._held) if self.refill_on_acquire else len(self._busy))
         return have < self.size
 
     def _drop_dead(self) -> None:

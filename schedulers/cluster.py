@@ -41,7 +41,8 @@ class RuntimeTimes:
     ``fresh``: a new interpreter per cold start; it pays each model's ``ModelTimes.startup_s`` (process start +
     imports), so ``handoff_s`` stays 0. ``forkserver``: a zygote forks a child, ``handoff_s`` per cold start.
     ``pool``: ``pool_size`` ready workers per server; a cold start takes the earliest ready one (waiting if none
-    is) plus ``handoff_s``, and a replacement starts at once, ready ``worker_start_s`` later; a server starts its
+    is) plus ``handoff_s``, and a replacement starts once that cold start is loaded (``refill: after_load``, the
+    real pool's default) or at once (``on_acquire``), ready ``worker_start_s`` later; a server starts its
     replacements one at a time (``runtimes/workerpool.py``). The defaults cost nothing (today's simulator).
     """
 
@@ -49,8 +50,11 @@ class RuntimeTimes:
     handoff_s: float = 0.0
     pool_size: int = 0
     worker_start_s: float = 0.0
+    refill: str = "after_load"  # pool: a replacement starts when the cold start it replaces is loaded | on_acquire
 
     def __post_init__(self) -> None:
+        if self.refill not in ("after_load", "on_acquire"):
+            raise ValueError(f"cluster.runtime.refill={self.refill!r} is not allowed; choose after_load or on_acquire")
         if self.kind not in RUNTIME_KINDS:
             raise ValueError(f"cluster.runtime.kind={self.kind!r} is not allowed; choose one of {list(RUNTIME_KINDS)}")
         for key in ("handoff_s", "worker_start_s"):

@@ -113,6 +113,7 @@ class Simulator:
             "events": 0,
             "runtime_wait_s": 0.0,  # seconds loads spent getting a ready process (runtime start-up, pool waits)
             "pool_wait_s": 0.0,  # the part of it spent waiting for a pool worker to be ready
+            "pool_reused": 0,  # workers given back after unload that were ready again
         }
         self._next_id = 0
         self._retry_flag = False
@@ -503,10 +504,16 @@ class Simulator:
         if self.idle_by_model[m].pop(inst.id, None) is not None:
             self.stats["idle_gpu_gb_s"] += inst.gpus * self.cluster.gpu_mem_gb * (self.env.now - inst.idle_since)
         self._release(inst)
+        self._give_back_worker(inst)
         demoted = self._store_checkpoint(server, m, self.demote_to)
         self.log("evict", instance=inst.id, model=m, server=server.id, demoted=demoted)
         server.dirty()
         self._retry_flag = True
+
+    def _give_back_worker(self, inst: Instance) -> None:
+        """A pool runtime takes back the process of an instance that unloaded (not of a killed one)."""
+        if inst.server.pool is not None and inst.server.pool.give_back(self.env.now):
+            self.stats["pool_reused"] += 1
 
     def _release(self, inst: Instance) -> None:
         """Free ``inst``'s GPUs (or hand them to the pending instance waiting for them)."""
@@ -674,6 +681,8 @@ class Simulator:
         self.stats["loads"] += 1
         inst, server = job.instance, job.instance.server
         server.active_loads -= 1
+        if server.pool is not None:  # the cold start is over: its worker's replacement may start
+            server.pool.loaded(self.env.now)
         m, dur = inst.info.name, self.env.now - start
         floor_s = inst.info.size_bytes / (server.gbps[job.tier] * 1e9) + job.startup_s
         if dur < floor_s * (1 - 1e-9):
@@ -806,6 +815,7 @@ class Simulator:
             pause_s=resume - self.env.now,
         )
         self._release(src)  # hands the GPUs to the waiting placement
+        self._give_back_worker(src)
         dest.server.dirty()
         self.schedule_completion(dest)
         self._after()
@@ -822,3 +832,4 @@ class Simulator:
             else:
                 dest.abort = True
         self._release(src)
+        self._give_back_worker(src)

@@ -143,32 +143,80 @@ class TierStore:
 class WorkerPoolClock:
     """When a server's ``pool`` runtime has ready workers (``runtimes/workerpool.py`` in simulated time).
 
-    ``size`` workers are ready at t=0. ``acquire(now)`` hands out the earliest ready worker, at ``now`` or, when
-    none is ready yet, when the next one is; each hand-out queues a replacement, and the server starts
-    replacements one at a time, each ready ``worker_start_s`` after the later of the hand-out and the previous
-    replacement's end (the real pool's single refill thread, ``refill_on_acquire``). Workers are never given back:
-    an instance's process leaves with it.
+    ``size`` workers are ready at t=0. One refill thread starts a worker (``worker_start_s``) whenever fewer than
+    ``size`` are ready and none is starting, one at a time; a handed-out worker's replacement is due at once,
+    or with ``refill_after_load`` once :meth:`loaded` says its cold start is over (the real pool's ``refill``).
+    ``acquire(now)`` hands out a ready worker, or waits for the one starting. ``give_back(now)`` is an instance
+    leaving its worker after unload (an eviction, a finished migration source): it is ready again if fewer than
+    ``size`` are
+    (``WorkerPool.release``; the simulator takes every worker as reusable, as the pool's RSS rule finds them on CPU),
+    else it is closed. A killed instance's worker (a preemption) never comes back.
     """
 
-    __slots__ = ("_ready", "last_start_end_s", "worker_start_s")
+    __slots__ = ("_held", "_idle", "_starting_until", "refill_after_load", "size", "worker_start_s")
 
-    def __init__(self, size: int, worker_start_s: float) -> None:
+    def __init__(self, size: int, worker_start_s: float, refill_after_load: bool = False) -> None:
         if size < 1:
             raise ValueError(f"cluster.runtime.pool_size={size!r} is not allowed; it must be ≥ 1")
-        self._ready = [0.0] * size  # a heap: when each of the ``size`` workers is (or will be) ready
-        self.worker_start_s = worker_start_s
-        self.last_start_end_s = 0.0  # when the latest replacement start ends
+        self.size, self.worker_start_s, self.refill_after_load = size, worker_start_s, refill_after_load
+        self._idle = [0.0] * size  # when each ready worker became ready (a heap)
+        self._starting_until: float | None = None  # when the worker being started is ready
+        self._held = 0  # handed out, replacement deferred until loaded() (refill_after_load)
+
+    def _advance(self, now_s: float) -> None:
+        """Finish the starts that end by ``now_s``; each starts the next while fewer than ``size`` are ready."""
+        while self._starting_until is not None and self._starting_until <= now_s:
+            done = self._starting_until
+            heapq.heappush(self._idle, done)
+            self._starting_until = done + self.worker_start_s if self._short() else None
+
+    def _short(self) -> bool:
+        return len(self._idle) + self._held < self.size
+
+    def _refill_from(self, t: float) -> None:
+        if self._starting_until is None and self._short():
+            self._starting_until = t + self.worker_start_s
 
     def ready_at(self) -> list[float]:
-        """When each worker is (or will be) ready, earliest first."""
-        return sorted(self._ready)
+        """When each of ``size`` workers is (or, if nothing is handed out meanwhile, will be) ready."""
+        out = sorted(self._idle)
+        t = self._starting_until
+        while t is not None and len(out) + self._held < self.size:
+            out.append(t)
+            t += self.worker_start_s
+        return out
 
     def acquire(self, now_s: float) -> float:
         """Take a worker for a cold start that asks at ``now_s``; returns when it has one (≥ ``now_s``)."""
-        got = max(now_s, heapq.heappop(self._ready))
-        self.last_start_end_s = max(got, self.last_start_end_s) + self.worker_start_s
-        heapq.heappush(self._ready, self.last_start_end_s)
+        self._advance(now_s)
+        got = now_s
+        if not self._idle:
+            if self._starting_until is None:  # every worker is held by a cold start still loading (only with
+                self._starting_until = now_s + self.worker_start_s  # several load slots): start one now
+            got = self._starting_until
+            self._advance(got)
+        heapq.heappop(self._idle)
+        if self.refill_after_load:
+            self._held += 1
+        else:
+            self._refill_from(got)
         return got
+
+    def loaded(self, now_s: float) -> None:
+        """The cold start that took a worker is loaded at ``now_s``: with ``refill_after_load`` its replacement
+        starts now (one at a time)."""
+        if self.refill_after_load and self._held:
+            self._advance(now_s)
+            self._held -= 1
+            self._refill_from(now_s)
+
+    def give_back(self, now_s: float) -> bool:
+        """An instance left its worker at ``now_s``: True if the worker is ready again (fewer than ``size`` were)."""
+        self._advance(now_s)
+        if len(self._idle) >= self.size:
+            return False
+        heapq.heappush(self._idle, now_s)
+        return True
 
 
 class Server:
@@ -193,7 +241,8 @@ class Server:
         self.slot_free_at = [0.0] * cluster.load_slots  # estimated time each loading slot frees up
         self.links: dict[str, Any] = {}
         rt = cluster.runtime
-        self.pool = WorkerPoolClock(rt.pool_size, rt.worker_start_s) if rt.kind == "pool" else None
+        self.pool = (WorkerPoolClock(rt.pool_size, rt.worker_start_s, refill_after_load=rt.refill == "after_load")
+                     if rt.kind == "pool" else None)
         self._view: ServerView | None = None
 
     def dirty(self) -> None:

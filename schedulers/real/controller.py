@@ -168,6 +168,7 @@ class Controller:
         starts = [t for src in self.sources for t in src.stats.get("start_s", [])]
         out: dict[str, Any] = {"runtime": self.runtime.name,
                                "pool_size": int(getattr(self.runtime, "size", 0)) if self.runtime.name == "pool" else 0,
+                               "pool_refill": str(getattr(self.runtime, "refill", "")),
                                "worker_starts": len(starts),
                                "worker_start_s": float(sorted(starts)[len(starts) // 2]) if starts else math.nan}
         for key in ("replaced_dead", "recycled", "reused", "discarded"):
@@ -559,6 +560,7 @@ class Controller:
                 source.discard(handle)
                 inst.handle = None
                 raise
+            source.loaded(handle)
             phases.update({"runtime": self.runtime.name, "handoff_s": handoff, "retried": attempt})
             return phases
         raise AssertionError("unreachable")

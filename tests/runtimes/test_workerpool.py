@@ -173,3 +173,18 @@ def test_a_start_finishing_after_close_is_closed() -> None:
 def test_bad_size_is_refused() -> None:
     with pytest.raises(ValueError, match="pool size=0"):
         WorkerPool(FakeStarter(), 0)
+
+
+def test_refill_after_load_starts_the_replacement_only_once_loaded() -> None:
+    starter = FakeStarter()
+    pool = WorkerPool(starter, 1, name="t", refill_on_acquire=True, refill_after_load=True, retry_pause_s=0.01)
+    try:
+        pool.wait_full(5)
+        handle, _ = pool.acquire(5)
+        time.sleep(0.8)  # more than the refill thread's check period
+        assert starter.started() == 1  # no replacement while the cold start loads
+        pool.loaded(handle)
+        pool.wait_full(5)
+        assert starter.started() == 2
+    finally:
+        pool.close()

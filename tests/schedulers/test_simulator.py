@@ -452,9 +452,10 @@ def test_fresh_startup_adds_exactly_startup_s_to_a_cold_start() -> None:
 
 def test_a_pool_of_one_makes_the_second_cold_start_wait_for_the_replacement() -> None:
     """Pool size 1, two cold starts 0.1 s apart on one server: the first takes the ready worker (hand-off 0.5 s),
-    whose replacement is ready at 7 s; the second's load starts at 1.5 s (the queue is sequential) and waits."""
+    whose replacement starts at once (``refill: on_acquire``) and is ready at 7 s; the second's load starts at
+    1.5 s (the queue is sequential) and waits."""
     m = {k: fake_model(k, size_gb=5, startup_s=0.5) for k in ("a", "b")}
-    pool = RuntimeTimes("pool", handoff_s=0.5, pool_size=1, worker_start_s=7.0)
+    pool = RuntimeTimes("pool", handoff_s=0.5, pool_size=1, worker_start_s=7.0, refill="on_acquire")
     sim = Simulator(one_server(gpus_per_server=2, ssd_replicas=1, runtime=pool), m, ServerlessScheduler(),
                     FixedKeepAlive(100), SimConfig(record_events=True))
     res = sim.run(requests_of([0.0, 0.1], [0, 1], ("a", "b"), out=1))
@@ -465,6 +466,20 @@ def test_a_pool_of_one_makes_the_second_cold_start_wait_for_the_replacement() ->
     assert res.stats["pool_wait_s"] == pytest.approx(5.5)
     assert res.stats["runtime_wait_s"] == pytest.approx(6.5)
     assert sim.servers[0].queue_free_at() == pytest.approx(8.5)  # the wait moved the queue's estimate too
+
+
+def test_with_refill_after_load_the_replacement_starts_when_the_first_load_ends() -> None:
+    """The real pool's default: the first cold start is loaded at 1.5 s, its worker's replacement starts then and
+    is ready at 8.5 s, so the second load (from 1.5 s) waits 7 s."""
+    m = {k: fake_model(k, size_gb=5, startup_s=0.5) for k in ("a", "b")}
+    pool = RuntimeTimes("pool", handoff_s=0.5, pool_size=1, worker_start_s=7.0)
+    sim = Simulator(one_server(gpus_per_server=2, ssd_replicas=1, runtime=pool), m, ServerlessScheduler(),
+                    FixedKeepAlive(100), SimConfig(record_events=True))
+    res = sim.run(requests_of([0.0, 0.1], [0, 1], ("a", "b"), out=1))
+    loads = [e for e in res.events if e["kind"] == "load"]
+    assert [e["runtime_s"] for e in loads] == pytest.approx([0.5, 7.0 + 0.5])
+    assert res.requests["load_s"].tolist() == pytest.approx([1.5, 8.5])
+    assert res.stats["pool_wait_s"] == pytest.approx(7.0)
 
 
 def test_each_server_has_its_own_pool() -> None:

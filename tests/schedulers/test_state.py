@@ -46,3 +46,27 @@ def test_servers_get_a_pool_clock_only_under_the_pool_runtime() -> None:
     assert pool.ready_at() == [0.0, 0.0]
     with pytest.raises(ValueError, match="pool_size"):
         WorkerPoolClock(size=0, worker_start_s=1.0)
+
+
+def test_a_worker_given_back_is_ready_again_only_while_the_pool_is_short() -> None:
+    clock = WorkerPoolClock(size=1, worker_start_s=10.0)
+    assert clock.acquire(0.0) == 0.0  # the replacement is ready at 10
+    assert clock.give_back(4.0)  # an instance unloaded at 4: fewer than size ready, its worker stays
+    assert clock.acquire(5.0) == 5.0  # so a cold start at 5 does not wait for the replacement
+    assert clock.acquire(6.0) == 10.0  # the next one does
+    assert not clock.give_back(30.0)  # the replacement started at 10 was ready at 20: the pool is full
+    assert clock.ready_at() == [20.0]
+    full = WorkerPoolClock(size=1, worker_start_s=10.0)
+    assert not full.give_back(1.0)  # a full pool closes what comes back
+    assert full.ready_at() == [0.0]
+
+
+def test_with_refill_after_load_the_replacement_starts_when_the_cold_start_is_loaded() -> None:
+    clock = WorkerPoolClock(size=1, worker_start_s=10.0, refill_after_load=True)
+    assert clock.acquire(0.0) == 0.0
+    assert clock.ready_at() == []  # nothing starts while the cold start loads
+    clock.loaded(2.0)
+    assert clock.ready_at() == [12.0]  # its replacement starts when it is loaded
+    assert clock.acquire(5.0) == 12.0
+    clock.loaded(12.5)
+    assert clock.acquire(13.0) == 22.5

@@ -101,7 +101,7 @@ def test_sim_vs_real_simulates_the_real_runs_runtime(compose_cfg: Callable[..., 
     stats = {"wall_s": 1.0, "gpu_seconds": 10.0, "runtime": "pool", "pool_size": 1, "worker_start_s": 30.0}
 
     def fake_real(cfg: DictConfig, entry: Any, requests: list[Any], models: tuple[str, ...],
-                  run_root: Path) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+                  run_root: Path, runtime: str | None = None) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
         first = {r.model: r.request_id for r in reversed(requests)}
         df = pd.DataFrame({"request_id": [r.request_id for r in requests], "model": [r.model for r in requests],
                            "arrival_s": [r.arrival_s for r in requests], "status": "done",
@@ -117,9 +117,18 @@ def test_sim_vs_real_simulates_the_real_runs_runtime(compose_cfg: Callable[..., 
     cfg = compose_cfg("experiment=sim_vs_real", "smoke=true")
     result = validation.run_sim_vs_real(cfg, tmp_path)
     calib = next(iter(result.documents["sim_vs_real"]["calibration"].values()))
-    assert calib["runtime"] == {"kind": "pool", "handoff_s": 0.05, "pool_size": 1, "worker_start_s": 30.0}
+    assert calib["runtime"] == {"kind": "pool", "handoff_s": 0.05, "pool_size": 1, "worker_start_s": 30.0,
+                                "refill": "after_load"}
     assert calib["model_times"]
     assert all(t["startup_s"] == 0.0 for t in calib["model_times"].values())  # a pool pays no per-model start-up
     errors = result.tables["errors"].set_index("metric")
     assert errors.loc["runtime_s_mean", "real"] == pytest.approx(0.05)
     assert errors.loc["runtime_s_mean", "sim"] >= 0.05  # the hand-off, plus any wait for the one worker
+
+
+def test_dispatch_overhead_is_what_real_queues_exceed_simulated_ones_by() -> None:
+    real = pd.DataFrame({"request_id": [0, 1, 2, 3], "queue_s": [0.003, 0.004, 5.002, 0.010]})
+    sim = pd.DataFrame({"request_id": [0, 1, 2, 3], "queue_s": [0.0, 0.0, 5.0, 0.0]})
+    assert validation.dispatch_overhead(real, sim) == pytest.approx(0.0035)  # the waits the sim models are out
+    assert validation.dispatch_overhead(real, real) == 0.0
+    assert validation.dispatch_overhead(real.drop(columns="queue_s"), sim) == 0.0  # a run without the column
