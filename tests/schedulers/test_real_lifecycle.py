@@ -87,3 +87,51 @@ def test_each_server_its_instances_and_its_tier_agent_are_pinned_to_one_node(
     for name, res in instances.items():  # "s{server}-i{instance}-{model}"
         assert res == {nodes[int(name.split("-")[0][1:])]: 0.001}, name
     assert {c["server"] for c in ctl.cold_starts} == {0, 1}  # both servers loaded, so both pins were used
+
+
+def test_pool_workers_serve_cold_starts_and_one_killed_mid_load_is_replaced_and_retried(
+        compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    """runtime=pool: the pool is filled before the first arrival (warmed workers: their kwargs name the models to
+    pre-import); a worker killed while it loads is discarded, a fresh one loads instead (the request still gets its
+    first token), its replacement starts once that load is done, and every worker is stopped at the end."""
+    import threading
+    import time
+
+    from experiments.serverless.real import build_runtime
+
+    cfg = compose_cfg("experiment=serverless_real", f"storage.root={tmp_path / 'store'}", "progress=false",
+                      "real.drain_s=0", "real.timeout_s=60", f"real.dram_root={tmp_path}", "real.servers=1",
+                      "real.decode_chunk=1")
+    _name, entry = policies_of(cfg)[0]
+    executor = InProcessExecutor({"load": 0.5})
+    ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", executor, build_runtime(cfg, "pool"))
+    killed: list[str] = []
+
+    def kill_first_loading() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not killed:
+            for inst in list(ctl.instances.values()):
+                if inst.state == "loading" and inst.handle is not None:
+                    killed.append(inst.handle.name)
+                    inst.handle.kill()
+                    return
+            time.sleep(0.01)
+
+    threading.Thread(target=kill_first_loading, daemon=True).start()
+    try:
+        reqs = ctl.run([Request(0, MODELS[0], 0.0, 8, 2)])
+    finally:
+        cleanup()
+        executor.close()
+    assert [r.state for r in reqs] == ["done"], [(r.state, r.error) for r in reqs]
+    assert killed
+    assert ctl.stats["load_retries"] == 1
+    assert ctl.stats["workers_discarded"] == 1
+    (cold,) = ctl.cold_starts
+    assert cold["runtime"] == "pool"
+    assert cold["retried"] == 1
+    assert cold["imports_s"] < 0.5  # the worker that loaded had imported ahead
+    first_kwargs = executor.started[0][1]
+    assert first_kwargs["models"]  # pool workers pre-import the run's architectures
+    assert first_kwargs["warmup_dtype"] == "fp32"
+    assert all(not w.alive() for _, _, w in executor.started)
