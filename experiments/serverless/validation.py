@@ -83,8 +83,9 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
         if len(d) >= 2 and d["input_tokens"].nunique() > 1:
             slope, base = np.polyfit(d["input_tokens"].to_numpy(float), d["prefill_s"].to_numpy(float), 1)
             prefill_slope, prefill_base = max(float(slope), 0.0), max(float(base), 0.0)
-        elif len(d):
-            prefill_base = float(d["prefill_s"].median())
+        if len(d) and not prefill_slope:  # no rise with the prompt measured (a flat or falling fit: noise at
+            prefill_slope, prefill_base = 0.0, float(d["prefill_s"].median())  # this size): the median, not the
+            # intercept of a line whose negative slope was cut off (which sits above every measured prefill)
         steps = d[d["output_tokens"] > 1]
         if len(steps):
             decode = float(np.median(steps["decode_s"] / (steps["output_tokens"] - 1)))

@@ -132,3 +132,18 @@ def test_dispatch_overhead_is_what_real_queues_exceed_simulated_ones_by() -> Non
     assert validation.dispatch_overhead(real, sim) == pytest.approx(0.0035)  # the waits the sim models are out
     assert validation.dispatch_overhead(real, real) == 0.0
     assert validation.dispatch_overhead(real.drop(columns="queue_s"), sim) == 0.0  # a run without the column
+
+
+def test_a_falling_prefill_fit_calibrates_to_the_median_prefill() -> None:
+    """Noise can make prefill fall with the prompt length; cutting the slope to 0 must not keep the line's raised
+    intercept (above every measured prefill), so the flat profile is the median."""
+    req = _requests(["tiny-opt#0"] * 4).assign(input_tokens=[8, 16, 24, 32], prefill_s=[0.006, 0.004, 0.003, 0.001])
+    cold = _cold([{"model": "tiny-opt#0", "runtime": "pool", "handoff_s": 0.0, "imports_s": 0.0, "weights_s": 0.01,
+                   "load_s": 0.02}])
+    _, times = calibrate(req, cold)
+    assert times["tiny-opt"].prefill_s_per_token == 0.0
+    assert times["tiny-opt"].first_token_s == pytest.approx(0.0035)
+    rising = req.assign(prefill_s=[0.001, 0.002, 0.003, 0.004])
+    _, times = calibrate(rising, cold)
+    assert times["tiny-opt"].prefill_s_per_token == pytest.approx(0.000125)
+    assert times["tiny-opt"].first_token_s == pytest.approx(0.0, abs=1e-9)
