@@ -22,6 +22,7 @@ from typing import Any
 from harness.executors.workers import WorkerDiedError, WorkerError, start_worker
 from runtimes.base import ProcessSource, Runtime
 from runtimes.fresh import FreshRuntime
+from runtimes.workerpool import PoolError
 from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Request, Scheduler, policy_storage
 from schedulers.real.records import RealConfig, Req
 from schedulers.real.serving import Stream, serve
@@ -111,14 +112,23 @@ class Controller:
             self.shutdown()
         return self.reqs
 
-    def start_sources(self, timeout_s: float = 600.0) -> None:
-        """One process source per server; pools are filled before the first arrival (they are pre-started)."""
+    def start_sources(self) -> None:
+        """One process source per server; pools are filled before the first arrival (they are pre-started), within
+        the runtime's ``start_timeout_s``: a pool that cannot fill (e.g. a Ray cluster without the CPUs or GPUs for
+        size × servers workers) is an error naming what was ready, not a silent wait."""
         for server in self.servers:
             self.sources.append(self.runtime.source(self._starter(server), f"s{server.sid}"))
-        for source in self.sources:
-            wait_full = getattr(source, "wait_full", None)
-            if wait_full is not None:
-                wait_full(timeout_s)
+        timeout_s = float(getattr(self.runtime, "start_timeout_s", 600.0))
+        fills = [s for s in self.sources if getattr(s, "wait_full", None) is not None]
+        if fills:
+            log.info("filling %d pools of %d workers (each start: imports, device init, warm-up)", len(fills),
+                     int(getattr(self.runtime, "size", 1)))
+        for source in fills:
+            try:
+                source.wait_full(timeout_s)  # type: ignore[attr-defined]
+            except PoolError as exc:
+                raise PoolError(f"{exc} (a pool holds its workers' resources ahead of time: on Ray the nodes need "
+                                f"CPUs/GPUs for size × servers workers plus the replacements)") from None
 
     def _starter(self, server: LiveServer) -> Callable[[str], Any]:
         """How ``server`` starts an instance process: pinned to its node on Ray, within the slot's budgets."""

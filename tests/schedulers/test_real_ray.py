@@ -77,8 +77,10 @@ def test_ray_pool_workers_are_prestarted_actors_on_the_server_node(ray_local: An
     server's node like its instances), cold starts take them without waiting, and none outlives the run."""
     from experiments.serverless.real import build_runtime
 
+    # one server: its ready actor and the replacement started after the first load need 2 CPUs, all the loopback
+    # Ray has (a pool holds its resources ahead of time; the README says so)
     cfg = compose_cfg("experiment=serverless_real", f"storage.root={tmp_path / 'store'}", "progress=false",
-                      "real.drain_s=0", "real.timeout_s=120", f"real.dram_root={tmp_path}")
+                      "real.drain_s=0", "real.timeout_s=120", f"real.dram_root={tmp_path}", "real.servers=1")
     _, entry = policies_of(cfg)[0]
     executor = RayExecutor()
     ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", executor, build_runtime(cfg, "pool"))
