@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,wandb,peers,ray
 STAMP := $(VENV)/.coldstart-installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=12   # the slowest tests, printed at the end
 DRAM_DIR ?= /dev/shm/coldstart-dram
 DRAM_SIZE ?= 16G
 

@@ -75,7 +75,8 @@ def test_dry_run_passes_with_the_reference_layout(dry_run: DryRun) -> None:
         assert set(summary["loader"]) == {"native", "safetensors", "torch"}
         assert set(summary["cache_state"]) == {"cold", "warm", "hot"}
         assert (summary.loc[summary["cache_state"] != "hot", "status"] == "ok").all()
-    assert "6 skipped" in (machine / "summary.md").read_text()  # the gpu tests ran and skipped without CUDA
+    # the gpu tests ran and each skipped without CUDA (however many there are)
+    assert re.search(r"gpu tests: 0 passed, 0 failed, [1-9]\d* skipped", (machine / "summary.md").read_text())
 
 
 @pytest.mark.slow

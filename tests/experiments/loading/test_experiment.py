@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import experiments.loading.experiment as loading
+from experiments.loading.metrics import PHASES
 from harness.run import run_experiment
 
 
@@ -36,7 +37,7 @@ def test_loading_experiment(compose_cfg: Callable[..., Any], tmp_path: Path, fak
     assert set(ok.loader) == {"safetensors", "torch_mmap"}
     assert (ok.load_s > 0).all()
     assert (ok.cold_start_s > ok.load_s).all()
-    phases = ok[["t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]].sum(axis=1)
+    phases = ok[PHASES].sum(axis=1)  # hand-off, imports, device init, weights, build, first token
     assert ((ok.cold_start_s - phases).abs() < 1e-6).all()
     assert (ok.verified_bytes == ok.bytes).all()
     assert (ok[ok.cache_state == "cold"].resident_fraction <= 0.02).all()
