@@ -4,6 +4,7 @@ then are reused only if their memory came back after unload, else recycled. Work
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -122,8 +123,6 @@ class PoolRuntime:
         """One cold start on a ready worker. With ``wait_full`` (default) the trial starts once the pool is full
         again, so a refill never competes with the cold start it would distort; a worker that dies mid-trial is
         replaced and the trial retried (``retries``)."""
-        import time
-
         if self.pool is None:
             raise RuntimeError("PoolRuntime.start() was not called")
         attempts = self.retries + 1

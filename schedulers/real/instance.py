@@ -39,6 +39,10 @@ class ModelInstance:
         self.idle_rss_bytes: int | None = None
         if modules or models:  # a pool worker: everything a cold start would import, now
             preimport(modules or [], models or [])
+            if threads:  # the slot's thread budget, as a fresh instance gets it from its worker's start
+                import torch
+
+                torch.set_num_threads(int(threads))
             init_device(device)
             if warmup_dtype:
                 warm_forward(models or [], warmup_dtype, device)
