@@ -91,17 +91,17 @@ def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]
         log.info("cell %d/%d: %s %s", i + 1, len(cells), name or cfg.model.name, dtype)
         try:
             sub = cell_config(cfg, name, dtype)
-            model = str(sub.model.name)
             store: CheckpointStore = instantiate(sub.storage)
             spec = instantiate(sub.model)
+            model, dtype = str(spec.name), spec.resolve_dtype(dtype)  # auto: the model's own dtype
             paths = [store.path_for(spec, dtype, fmt, int(sub.seed)) for fmt in sorted(_formats(sub))]
             existed = {p for p in paths if p.exists()}
             try:
                 keep(model, dtype, runner(sub, out_dir / f"{model}_{dtype}"))
             finally:
                 if cfg.get("delete_checkpoints"):
-                    for p in paths:
-                        if p not in existed:  # never delete a checkpoint this run did not write
+                    for p in paths:  # never one this run did not write, never outside the store (a user's model)
+                        if p not in existed and p.is_relative_to(store.root):
                             shutil.rmtree(p, ignore_errors=True)
         except PartialResult as partial:  # the cell stopped early: keep its trials and the finished cells'
             keep(model, dtype, partial.result)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,8 +24,7 @@ def chain_spec(spec: ModelSpec, num_layers: int | None = None) -> ModelSpec:
         return spec
     if num_layers < 1:
         raise ValueError(f"pipeline.num_layers={num_layers} is invalid; allowed: null or >= 1")
-    return replace(spec, name=f"{spec.name}-{num_layers}l", hf_config={**spec.hf_config,
-                                                                   "num_hidden_layers": num_layers})
+    return spec.variant(f"{spec.name}-{num_layers}l", num_hidden_layers=num_layers)
 
 
 def build_synthetic(spec: ModelSpec, seed: int, dtype: str = "fp32",
