@@ -20,7 +20,7 @@ import torch
 
 from harness.checkpoints import Checkpoint, CheckpointStore
 from harness.realstore import conversion_path, converted, in_place
-from harness.realweights import TensorRecord, read_records
+from harness.realweights import TensorRecord, WeightReader, read_records
 from harness.sources import ModelSource, ModelSourceError, default_name, resolve
 from harness.zoo import AUTO_DTYPE, DTYPES, ModelSpec, TensorSpec, check_dtype, plain_config, set_config_dtype
 
@@ -246,6 +246,13 @@ class RealModel(ModelSpec):
             return True
 
         self._cached(f"checked_{self.resolve_dtype(dtype)}", check)
+
+    def read_state_dict(self, dtype: str = AUTO_DTYPE) -> dict[str, torch.Tensor]:
+        """Every tensor of the files, read now (one at a time, each cast to ``dtype`` as it is read): for code that
+        needs the weights without a checkpoint store (a pipeline chain's servers)."""
+        target = DTYPES[self.resolve_dtype(dtype)][0]
+        with WeightReader(self.source) as reader:
+            return {r.name: reader.tensor(r, target if r.dtype.is_floating_point else None) for r in self.records}
 
     # -- checkpoints (harness.checkpoints.OwnCheckpoints) -----------------------------------------------------
     def provenance(self, dtype: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import ctypes.util
 import json
 import os
 import pickle
+import re
 import threading
 import time
 import uuid
@@ -63,10 +64,9 @@ def _load_bin(path: Path, mmap: bool = True) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        reason = " ".join(str(exc).split())
         raise UnsafePickleError(f"{path}: refused by torch.load(weights_only=True), so no code in it runs: "
-                                f"{reason[:400]} — re-save the weights as safetensors with the library that wrote "
-                                "them") from None
+                                f"{_pickle_reason(str(exc))} — re-save the weights as safetensors with the library "
+                                "that wrote them") from None
     except RuntimeError as exc:
         if mmap and "mmap" in str(exc):  # a legacy (pre-zip) torch file cannot be mapped: read it whole
             return _load_bin(path, mmap=False)
@@ -74,6 +74,14 @@ def _load_bin(path: Path, mmap: bool = True) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UnsafePickleError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
     return obj
+
+
+def _pickle_reason(message: str) -> str:
+    """The part of torch's refusal that names what the pickle needs (``Unsupported global: GLOBAL mod.Class``),
+    without its advice on how to run it anyway and without terminal colour codes."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", message).split())
+    found = re.search(r"Unsupported global: GLOBAL \S+", text) or re.search(r"WeightsUnpickler error: [^.]+", text)
+    return found.group(0) if found else text[:300]
 
 
 def read_records(source: ModelSource) -> list[TensorRecord]:

@@ -204,7 +204,8 @@ def resolve(path: str | None = None, hf_id: str | None = None, revision: str | N
         kind, rev = "local", None
     else:
         assert hf_id is not None
-        if hf_id.count("/") != 1 or not all(_PLAIN_NAME.match(p) for p in hf_id.split("/")):
+        if hf_id.count("/") != 1 or not all(_PLAIN_NAME.match(p) and not p.startswith(".")
+                                            for p in hf_id.split("/")):
             raise SourceNotFoundError(f"model.hf_id={hf_id!r} is not a repository id of the form org/name")
         directory = _hub_snapshot(hf_id, revision, download, hub_cache_dir(cache_dir))
         kind, rev = "hf_cache", directory.name
