@@ -40,7 +40,9 @@ def test_facts_come_from_config_and_headers(real_models: RealModels, which: str)
     assert spec.num_layers == ref.config.num_hidden_layers
     assert spec.hidden_size == ref.config.hidden_size
     own = {torch.bfloat16: "bf16", torch.float32: "fp32"}[ref.dtype]
-    assert spec.own_dtype == own and spec.resolve_dtype("auto") == own and spec.cast("auto") == ""
+    assert spec.own_dtype == own
+    assert spec.resolve_dtype("auto") == own
+    assert spec.cast("auto") == ""
     stored = {r.name: r.nbytes for r in spec.records}
     assert spec.checkpoint_bytes() == sum(stored.values())
     if path.joinpath("model.safetensors").exists():  # the header sizes are the file's
@@ -50,7 +52,8 @@ def test_facts_come_from_config_and_headers(real_models: RealModels, which: str)
 
 def test_other_dtypes_are_casts_and_int8_is_refused(real_models: RealModels) -> None:
     spec = RealModel(path=str(real_models.opt_bf16_sharded))
-    assert spec.cast("fp16") == "bf16→fp16" and spec.cast("bf16") == ""
+    assert spec.cast("fp16") == "bf16→fp16"
+    assert spec.cast("bf16") == ""
     assert {t.dtype for t in spec.tensor_specs("fp32")} == {torch.float32}
     assert spec.checkpoint_bytes("fp32") == 2 * spec.checkpoint_bytes()
     with pytest.raises(UnsupportedRealDtypeError, match="int8"):
@@ -61,14 +64,16 @@ def test_a_cast_is_done_at_conversion_and_recorded(real_models: RealModels, tmp_
     spec = RealModel(path=str(real_models.opt_bf16_sharded))
     store = CheckpointStore(tmp_path / "store")
     ckpt = store.ensure(spec, "fp16", "native", progress=False)
-    assert ckpt.manifest["source"]["cast"] == "bf16→fp16" and ckpt.dtype == "fp16"
+    assert ckpt.manifest["source"]["cast"] == "bf16→fp16"
+    assert ckpt.dtype == "fp16"
     assert ckpt.path.is_relative_to(store.root)
     from loaders.native.loader import NativeLoader
 
     loaded = NativeLoader().load(ckpt.path, CPU).state_dict
     ref = _reference(real_models.opt_bf16_sharded).state_dict()
     for name, t in loaded.items():
-        assert t.dtype == torch.float16 and torch.equal(t, ref[name].to(torch.float16)), name
+        assert t.dtype == torch.float16, name
+        assert torch.equal(t, ref[name].to(torch.float16)), name
 
 
 def test_tied_weights_and_names_without_the_prefix_build_like_from_pretrained(real_models: RealModels,
@@ -150,7 +155,8 @@ def test_custom_code_needs_trust_remote_code(real_models: RealModels, tmp_path: 
     said = out.stdout + out.stderr  # Hydra's job logging prints to stdout
     assert out.returncode == 2, said[-2000:]
     errors = [line for line in said.splitlines() if "TrustRemoteCodeError" in line]
-    assert len(errors) == 1 and "model.trust_remote_code" in errors[0], said[-2000:]
+    assert len(errors) == 1, said[-2000:]
+    assert "model.trust_remote_code" in errors[0]
     assert "Traceback" not in said
 
 

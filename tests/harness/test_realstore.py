@@ -58,9 +58,11 @@ def test_the_manifest_is_computed_once_per_fingerprint(real_models: RealModels, 
 
     monkeypatch.setattr(realstore, "hash_records", counting)
     first = RealModel(path=str(d)).manifest(store, progress=False)
-    assert first.path == d and first.manifest_path.is_relative_to(store.root / "sources")
+    assert first.path == d
+    assert first.manifest_path.is_relative_to(store.root / "sources")
     again = RealModel(path=str(d)).manifest(store, progress=False)
-    assert len(hashed) == 1 and again.manifest == first.manifest
+    assert len(hashed) == 1
+    assert again.manifest == first.manifest
     # the manifest's checksums are the loaded tensors' (harness.checkpoints.tensor_digest)
     from harness.checkpoints import verify_state_dict
     from loaders.safetensors import SafetensorsLoader
@@ -87,7 +89,8 @@ def test_a_changed_shard_invalidates_the_manifest_and_the_conversions(real_model
     assert new_manifest.tensors != old_manifest.tensors
     assert not old_manifest.manifest_path.exists()  # the stale ones are gone
     new_native = store.ensure(new, "auto", "native", progress=False)
-    assert new_native.path != old_native.path and not old_native.path.exists()
+    assert new_native.path != old_native.path
+    assert not old_native.path.exists()
     assert store.ensure(new, "auto", "torch_bin", progress=False).path != old_bin.path
     assert not old_bin.path.exists()
     mine = {n: t["xxh3_64"] for n, t in new_native.tensors.items()}
@@ -116,7 +119,8 @@ def test_conversions_record_their_source(real_models: RealModels, tmp_path: Path
     assert doc["generator"] == "source"
     assert doc["source"]["fingerprint"] == spec.fingerprint
     assert doc["source"]["model_path"] == str(real_models.opt_bin_sharded)
-    assert doc["source"]["cast"] == "" and doc["dtype"] == "fp32"
+    assert doc["source"]["cast"] == ""
+    assert doc["dtype"] == "fp32"
     assert json.loads((ckpt.path / "config.json").read_text())["model_type"] == "opt"
     assert not any(p.name.startswith(".") for p in ckpt.path.iterdir())
     assert os.access(ckpt.path, os.R_OK)

@@ -70,17 +70,20 @@ def test_every_loader_builds_what_from_pretrained_builds(real_models: RealModels
     mine, theirs = model.state_dict(), ref.state_dict()
     assert mine.keys() == theirs.keys()
     for name in theirs:
-        assert mine[name].dtype == theirs[name].dtype and torch.equal(mine[name], theirs[name]), name
+        assert mine[name].dtype == theirs[name].dtype, name
+        assert torch.equal(mine[name], theirs[name]), name
     if ref.config.tie_word_embeddings:
         assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     ids, text = spec.prompt(PROMPT, 8)
     token = first_token(model, CPU, ids=ids)
     assert token == first_token(ref, CPU, ids=ids)
     if spec.source.has_tokenizer:
-        assert text == PROMPT and ids == spec.tokenizer()(PROMPT)["input_ids"]
+        assert text == PROMPT
+        assert ids == spec.tokenizer()(PROMPT)["input_ids"]
         assert spec.decode(token) == spec.tokenizer().decode([token]) != ""
     else:
-        assert text == "" and spec.decode(token) == ""
+        assert text == ""
+        assert spec.decode(token) == ""
 
 
 def test_first_token_text_is_the_same_across_loaders(real_models: RealModels, store: CheckpointStore) -> None:
@@ -92,4 +95,5 @@ def test_first_token_text_is_the_same_across_loaders(real_models: RealModels, st
         ckpt = store.ensure(spec, "auto", loader.formats[0], progress=False)
         model = build_model(spec, "auto", loader.load(ckpt.path, CPU).state_dict, CPU)
         texts[name] = spec.decode(first_token(model, CPU, ids=ids))
-    assert len(set(texts.values())) == 1 and next(iter(texts.values())), texts
+    assert len(set(texts.values())) == 1, texts
+    assert next(iter(texts.values())), texts
