@@ -59,10 +59,12 @@ def test_loading_a_directory_every_loader_and_runtime(compose_cfg: Callable[...,
     assert trials.ok.all(), trials.error.tolist()
     assert len(trials) == 3 * 2
     assert (trials.verified_bytes == trials.bytes).all()
-    assert set(summary.model) == {"my-model"} and set(summary.dtype) == {"bf16"}  # dtype=auto: its own
+    assert set(summary.model) == {"my-model"}
+    assert set(summary.dtype) == {"bf16"}
     assert set(summary.model_source) == {"local"}
     assert set(summary.model_path) == {str(model)}
-    assert set(summary.source_dtype) == {"bf16"} and set(summary.cast) == {""}
+    assert set(summary.source_dtype) == {"bf16"}
+    assert set(summary.cast) == {""}
     assert set(summary.prompt_text) == {str(cfg.prompt_text)}
     assert trials.first_token_id.nunique() == 1  # every loader × runtime: the same first token
     assert trials.first_token_text.nunique() == 1
@@ -124,7 +126,8 @@ def test_serverless_real_serves_a_named_real_model(tmp_path: Path, real_models: 
     assert set(requests.model_path) == {str(real_models.llama_bf16)}
     assert summary.model_source.tolist() == ["local"]
     colds = pd.read_parquet(run / "cold_starts.parquet")
-    assert len(colds) and set(colds.model_source) == {"local"}
+    assert len(colds)
+    assert set(colds.model_source) == {"local"}
 
 
 def test_pipeline_real_splits_the_real_layers(compose_cfg: Callable[..., Any], tmp_path: Path,
