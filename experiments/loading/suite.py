@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.loading import experiment as loading
 from harness.checkpoints import CheckpointStore
-from harness.config import check_args, listed
+from harness.config import ConfigError, check_args, listed
 from harness.experiment import ExperimentResult, PartialResult
 
 log = logging.getLogger("coldstart.loading_suite")
@@ -58,6 +58,21 @@ def check_cells(cfg: DictConfig, models: list[str] | None) -> None:
     check_args(cfg, lists, singles=() if models is not None else ("model",))
 
 
+def _check_distinct(cfg: DictConfig, cells: list[tuple[str | None, str]]) -> None:
+    """Two cells of one name and dtype would merge in every table, figure and report (a real model whose directory
+    is named like a zoo model, listed beside it): refused before anything runs, with the fix."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, dtype in cells:
+        spec = instantiate(cell_config(cfg, name, dtype).model)
+        key = (str(spec.name), spec.resolve_dtype(dtype))
+        option_name = name or str(cfg.model.get("name") or "the composed model")
+        if key in seen:
+            raise ConfigError(f"models {seen[key]!r} and {option_name!r} are both named {key[0]!r} at {key[1]}: their "
+                              f"rows would merge; give the real one its own name (model_args.{option_name}.name=..., "
+                              "or name: in its option file)")
+        seen[key] = option_name
+
+
 def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]],
               runner: CellRunner = loading.run_cell) -> ExperimentResult:
     """Run the loading experiment once per (model, dtype) cell and stack the tables (model ``None``: the composed
@@ -69,6 +84,7 @@ def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]
     """
     if not cells:
         raise ValueError("no cells to run: set models=[...] and dtypes=[...] (or dtype=)")
+    _check_distinct(cfg, cells)
     trials: list[pd.DataFrame] = []
     summaries: list[pd.DataFrame] = []
     ceilings: dict[str, Any] = {}
