@@ -54,7 +54,8 @@ hf.save_pretrained(st_dir)
 tok = Tokenizer(models.BPE())   # a byte-level BPE trained here (no hub): the directory has tokenizer files
 tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
 tok.train_from_iterator(["the quickest way to start a large language model is to load it fast"] * 50,
-                        trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+                        trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>"],
+                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
 PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>").save_pretrained(st_dir)
 Path(bin_dir).mkdir(parents=True, exist_ok=True)
 torch.save(state, Path(bin_dir) / "pytorch_model.bin")   # transformers 4's layout: one file, no tied alias
