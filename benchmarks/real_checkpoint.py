@@ -12,7 +12,8 @@
    GB/s against that ceiling (target ≥ 0.5×) and the process's peak RSS growth over its RSS before the manifest
    (``VmHWM`` reset through ``/proc/self/clear_refs``; target ≤ 0.3 GB).
 3. Converts (each in a fresh process, same RSS measure): snapshot → native, ``.bin`` → native, ``.bin`` →
-   safetensors, snapshot → torch_bin (1 GiB shards, which ``torch.save`` holds in memory).
+   safetensors, snapshot → torch_bin (``torch.save`` holds one shard in memory: 1 GiB, the store's default, and
+   256 MiB).
 4. ``coldstart experiment=sllm_loading 'models=[<model>,local]' model_args.local.hf_id=...``: the native loader,
    cold and warm, zoo checkpoint and real one in the same run (target: real within 10 % of zoo).
 
@@ -71,11 +72,11 @@ def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
-what, kind, source, store_root, fmt = sys.argv[1:6]
+what, kind, source, store_root, fmt, shard = sys.argv[1:7]
 spec = RealModel(hf_id=source, cache_dir=kind) if kind != "path" else RealModel(path=source)
 _ = spec.records, spec.own_dtype           # headers read before the measured part
 spec.check_tensors()
-store = CheckpointStore(store_root)
+store = CheckpointStore(store_root, **({"torch_shard_bytes": int(shard)} if int(shard) else {}))
 Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 base = rss("VmRSS:")
 t0 = time.perf_counter()
@@ -128,9 +129,10 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
                       *("| " + " | ".join(r) + " |" for r in rows)])
 
 
-def _measure(root: Path, what: str, kind: str, source: str, store: Path, fmt: str = "") -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", MEASURE, what, kind, source, str(store), fmt], capture_output=True,
-                         text=True, env=_env(root), check=False)
+def _measure(root: Path, what: str, kind: str, source: str, store: Path, fmt: str = "",
+             torch_shard_bytes: int = 0) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", MEASURE, what, kind, source, str(store), fmt, str(torch_shard_bytes)],
+                         capture_output=True, text=True, env=_env(root), check=False)
     if out.returncode:
         raise RuntimeError(f"{what} {fmt} failed:\n{out.stderr[-3000:]}")
     r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -190,13 +192,15 @@ def main() -> None:
     manifest.to_csv(out / "manifest.csv", index=False)
 
     conv = []
-    for label, kind, source, fmt in (("snapshot → native", str(hub), hf_id, "native"),
-                                     ("bin → native", "path", str(bin_dir), "native"),
-                                     ("bin → safetensors", "path", str(bin_dir), "safetensors"),
-                                     ("snapshot → torch_bin", str(hub), hf_id, "torch_bin")):
+    for label, kind, source, fmt, shard in (
+            ("snapshot → native", str(hub), hf_id, "native", 0),
+            ("bin → native", "path", str(bin_dir), "native", 0),
+            ("bin → safetensors", "path", str(bin_dir), "safetensors", 0),
+            ("snapshot → torch_bin (1 GiB shards, the default)", str(hub), hf_id, "torch_bin", 0),
+            ("snapshot → torch_bin (storage.torch_shard_bytes=256 MiB)", str(hub), hf_id, "torch_bin", 256 << 20)):
         store = root / "store-convert"
         shutil.rmtree(store, ignore_errors=True)
-        r = _measure(root, "convert", kind, source, store, fmt)
+        r = _measure(root, "convert", kind, source, store, fmt, shard)
         conv.append({"conversion": label, "bytes": r["bytes"], "seconds": r["seconds"],
                      "gbps": r["bytes"] / r["seconds"] / 1e9, "rss_growth_gb": r["rss_growth_gb"]})
         print(f"{label}: {r['seconds']:.1f} s (manifest of the source included), peak RSS growth "

@@ -120,13 +120,19 @@ def _check_index(source: ModelSource, stored: dict[str, str]) -> None:
                                         f"{len(unnamed)} stored tensor(s) it does not name {unnamed[:5]}")
 
 
-def drop_pages(t: torch.Tensor) -> None:
-    """Give a file-mapped tensor's pages back (``MADV_DONTNEED``): they stay in the page cache, not in this process."""
-    storage = t.untyped_storage()
-    start = storage.data_ptr() & ~(PAGE - 1)
-    end = storage.data_ptr() + storage.nbytes()
+def drop_range(address: int, nbytes: int) -> None:
+    """Give the pages of a read-only file mapping's range back (``MADV_DONTNEED``): they stay in the page cache, not
+    in this process (a later access faults them in again from the cache)."""
+    start = address & ~(PAGE - 1)
+    end = address + nbytes
     if end > start:
         _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+def drop_pages(t: torch.Tensor) -> None:
+    """:func:`drop_range` over a file-mapped tensor's whole storage."""
+    storage = t.untyped_storage()
+    drop_range(storage.data_ptr(), storage.nbytes())
 
 
 class WeightReader:
@@ -159,10 +165,13 @@ class WeightReader:
         if rec.offset is None:
             t = self._bin_tensor(rec)
             flat = t.contiguous().reshape(-1).view(torch.uint8) if rec.nbytes else torch.empty(0, dtype=torch.uint8)
+            mapped = flat.data_ptr() == t.data_ptr()  # a view of the file's mapping (not a contiguous copy)
             view = memoryview(flat.numpy())  # type: ignore[arg-type]
             try:
                 for start in range(0, rec.nbytes, self.read_bytes):
                     yield view[start : start + self.read_bytes]
+                    if mapped:  # the consumer is done with this piece: its pages leave the resident set now
+                        drop_range(flat.data_ptr() + start, min(self.read_bytes, rec.nbytes - start))
             finally:
                 del view
                 drop_pages(t)
