@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp16")
     parser.add_argument("--root", default="/tmp/coldstart-real-bench", help="scratch (kept: the checkpoint)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--skip-loading", action="store_true")
     args = parser.parse_args()
     out, root = Path(args.out), Path(args.root)
