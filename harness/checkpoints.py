@@ -19,7 +19,7 @@ import xxhash
 from tqdm import tqdm
 
 from harness.synthetic import GENERATOR_VERSION, iter_chunks, synthetic_tensor
-from harness.zoo import ModelSpec, TensorSpec, check_dtype
+from harness.zoo import ModelSpec, TensorSpec
 from loaders.tensorizer import TENSORS_FILE
 
 MANIFEST = "coldstart_manifest.json"
@@ -408,13 +408,14 @@ class CheckpointStore:
         directory)."""
         if isinstance(spec, OwnCheckpoints):
             return spec.checkpoint_path(self, dtype, fmt)
-        return self.root / f"{spec.name}-{check_dtype(dtype)}-{fmt}-seed{seed}"
+        return self.root / f"{spec.name}-{spec.resolve_dtype(dtype)}-{fmt}-seed{seed}"
 
     def ensure(self, spec: ModelSpec, dtype: str, fmt: str, seed: int = 0, progress: bool = True) -> Checkpoint:
         """The cached checkpoint if it is intact, else a freshly written one. A real model says where its own is
         (its directory read in place, or a conversion in this store)."""
         if isinstance(spec, OwnCheckpoints):
             return spec.ensure_checkpoint(self, dtype, fmt, progress)
+        dtype = spec.resolve_dtype(dtype)  # auto: the zoo's fp16
         path = self.path_for(spec, dtype, fmt, seed)
         if path.exists():
             try:
