@@ -61,16 +61,19 @@ def check_cells(cfg: DictConfig, models: list[str] | None) -> None:
 def _check_distinct(cfg: DictConfig, cells: list[tuple[str | None, str]]) -> None:
     """Two cells of one name and dtype would merge in every table, figure and report (a real model whose directory
     is named like a zoo model, listed beside it): refused before anything runs, with the fix."""
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], tuple[str, bool]] = {}
     for name, dtype in cells:
         spec = instantiate(cell_config(cfg, name, dtype).model)
         key = (str(spec.name), spec.resolve_dtype(dtype))
-        option_name = name or str(cfg.model.get("name") or "the composed model")
+        option_name = name or "model"
+        real = spec.describe_source()["model_source"] != "zoo"
         if key in seen:
-            raise ConfigError(f"models {seen[key]!r} and {option_name!r} are both named {key[0]!r} at {key[1]}: their "
-                              f"rows would merge; give the real one its own name (model_args.{option_name}.name=..., "
-                              "or name: in its option file)")
-        seen[key] = option_name
+            other, other_real = seen[key]
+            fix = option_name if real or not other_real else other
+            raise ConfigError(f"models {other!r} and {option_name!r} are both named {key[0]!r} at {key[1]}: their "
+                              f"rows would merge; give {fix!r} its own name (model_args.{fix}.name=..., or name: "
+                              "in its option file)")
+        seen[key] = (option_name, real)
 
 
 def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]],

@@ -142,3 +142,15 @@ def test_pipeline_real_splits_the_real_layers(compose_cfg: Callable[..., Any], t
     assert set(summary.cast) == {"bf16→fp32"}  # pipeline.dtype=fp32 on CPU: a recorded cast
     placements = pd.read_parquet(out / "placements.parquet")
     assert all(sum(c) >= 2 for c in placements["count"])  # blocks = the model's own 2 layers
+
+
+def test_two_listed_models_of_one_name_are_refused_before_any_trial(compose_cfg: Callable[..., Any], tmp_path: Path,
+                                                                    real_models: RealModels) -> None:
+    from harness.config import ConfigError
+
+    cfg = compose_cfg(["experiment=sllm_loading", "models=[local,tiny-opt]",
+                       f"model_args.local.path={real_models.opt_fp32_single}", "model_args.local.name=tiny-opt",
+                       "dtype=fp32", f"storage.root={tmp_path / 'store'}", "progress=false"])
+    with pytest.raises(ConfigError, match=r"both named 'tiny-opt'.*model_args\.local\.name"):
+        run_experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "store").exists()  # refused before anything was written

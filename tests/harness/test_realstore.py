@@ -124,3 +124,12 @@ def test_conversions_record_their_source(real_models: RealModels, tmp_path: Path
     assert json.loads((ckpt.path / "config.json").read_text())["model_type"] == "opt"
     assert not any(p.name.startswith(".") for p in ckpt.path.iterdir())
     assert os.access(ckpt.path, os.R_OK)
+
+
+def test_the_stores_path_for_a_real_model_is_never_its_directory(real_models: RealModels, tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "store")
+    spec = RealModel(path=str(real_models.opt_bf16_sharded))
+    for fmt in FORMATS:  # what delete_checkpoints=true may remove: conversions in the store only
+        path = store.path_for(spec, "auto", fmt, 0)
+        assert path.is_relative_to(store.root)
+        assert path != spec.source.path
