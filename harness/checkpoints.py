@@ -340,7 +340,8 @@ def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, values: TensorVa
         serializer = TensorSerializer(f)
         try:
             for ts in specs:
-                t = values.tensor(ts)
+                pieces = [c.reshape(-1) for c in values.chunks(ts)]
+                t = torch.cat(pieces).reshape(ts.shape) if pieces else torch.empty(ts.shape, dtype=ts.dtype)
                 serializer.write_tensor(0, ts.name, TensorType.STATE_DICT, t)
                 entries.append(ManifestEntry(ts, TENSORS_FILE, tensor_digest(t)))
                 bar.update(ts.nbytes)
