@@ -61,10 +61,39 @@ def compose_config(overrides: Iterable[str] = (), *, hydra_node: bool = False) -
             raise ConfigError(str(exc)) from None
 
 
+def searchpath() -> list[str]:
+    """The running app's ``hydra.searchpath`` (a user's own config directory, e.g. real-model options). Hydra applies
+    it to the app's config only, so every option composed here passes it on (empty outside the app)."""
+    if not HydraConfig.initialized():
+        return []
+    return [str(p) for p in (HydraConfig.get().searchpath or [])]
+
+
+def _searchpath_options(group: str) -> set[str]:
+    """Option names of ``group`` in the search path's ``file://`` directories (``<dir>/<group>/<name>.yaml``) and
+    ``pkg://`` packages, as Hydra's file and package config sources name them."""
+    import importlib.resources
+
+    out: set[str] = set()
+    for entry in searchpath():
+        if entry.startswith("file://"):
+            folder = Path(entry.removeprefix("file://")) / group
+            out |= {p.stem for p in folder.glob("*.yaml")} if folder.is_dir() else set()
+        elif entry.startswith("pkg://"):
+            try:
+                folder_t = importlib.resources.files(entry.removeprefix("pkg://").replace("/", ".")) / group
+                out |= {p.name.removesuffix(".yaml") for p in folder_t.iterdir() if p.name.endswith(".yaml")}
+            except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+                continue
+    return out
+
+
 def options(group: str) -> list[str]:
-    """The option names of a config group, as Hydra sees them (files under ``conf/<group>/`` and stored configs)."""
+    """The option names of a config group, as Hydra sees them (files under ``conf/<group>/``, stored configs, and
+    the app's ``hydra.searchpath``)."""
     with _hydra():
-        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+        return sorted(set(GlobalHydra.instance().config_loader().get_group_options(group))
+                      | _searchpath_options(group))
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:
@@ -80,12 +109,14 @@ def option(group: str, name: str, overrides: Mapping[str, Any] | DictConfig | No
     An unknown option lists the group's options; an override of a key the option does not have lists its keys.
     The result is a fresh, writable copy.
     """
+    known = options(group)
+    if name not in known:
+        raise ConfigError(f"{group}={name!r} is not an option; choose one of {known}")
+    paths = searchpath()
     with _hydra():
-        known = sorted(GlobalHydra.instance().config_loader().get_group_options(group))
-        if name not in known:
-            raise ConfigError(f"{group}={name!r} is not an option; choose one of {known}")
         try:
-            composed = compose(config_name=None, overrides=[f"+{group}={name}"])
+            composed = compose(config_name=None, overrides=[*([f"hydra.searchpath=[{','.join(paths)}]"] if paths
+                                                              else []), f"+{group}={name}"])
         except HydraException as exc:
             raise ConfigError(f"{group}={name!r}: {exc}") from None
     node = composed[group]

@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -116,12 +117,20 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         raise
     except BaseException as exc:
         if not (out_dir / "status.json").exists():
-            write_json(out_dir / "status.json", _status(False, repr(exc)))
-        if not isinstance(exc, ValueError | ExperimentFailedError):  # one line each (see _main); the rest in full
+            write_json(out_dir / "status.json", _status(False, repr(_user_error(exc))))
+        if not isinstance(_user_error(exc), ValueError | ExperimentFailedError):  # one line each (see _main)
             log.exception("run failed: %r", exc)
         raise
     finally:
         sink.finish(exit_code)
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """The error a user caused: a ``ValueError`` a class raised while Hydra instantiated it (Hydra wraps it in an
+    ``InstantiationException``), else ``exc`` itself."""
+    if isinstance(exc, InstantiationException) and isinstance(exc.__cause__, ValueError):
+        return exc.__cause__
+    return exc
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -133,8 +142,9 @@ def _main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_experiment(cfg, out_dir)
-    except (ConfigError, ValueError) as exc:  # what was typed cannot run: one line, no traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (ConfigError, ValueError, InstantiationException) as raised:  # what was typed cannot run: one line
+        exc = _user_error(raised)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(exc, ValueError):
             raise
         log.error("%s: %s (HYDRA_FULL_ERROR=1 shows the traceback)", type(exc).__name__, exc)
         sys.exit(2)

@@ -24,8 +24,12 @@ def test_required_groups_exist() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
-def test_option_composes_and_instantiates(compose_cfg: Callable[..., Any], group: str, option: str) -> None:
-    cfg = compose_cfg([f"{group}={option}"])
+def test_option_composes_and_instantiates(compose_cfg: Callable[..., Any], group: str, option: str,
+                                          request: pytest.FixtureRequest) -> None:
+    # model=local names no files of its own: it instantiates with a real checkpoint directory
+    inputs = [f"model.path={request.getfixturevalue('real_models').opt_fp32_single}"] \
+        if (group, option) == ("model", "local") else []
+    cfg = compose_cfg([f"{group}={option}", *inputs])
     node = cfg[group]
     assert node is not None
     OmegaConf.resolve(node)
