@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 # an absolute path: Hydra resolves a relative one as a Python package when started from a console script
@@ -67,6 +67,12 @@ def options(group: str) -> list[str]:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
+def groups() -> list[str]:
+    """The top-level config groups (``model``, ``loader``…, ``hydra``), as Hydra sees them."""
+    with _hydra():
+        return sorted(GlobalHydra.instance().config_loader().list_groups(""))
+
+
 def _keys(node: Any, prefix: str = "") -> list[str]:
     """Dotted leaf keys of a nested mapping (``{a: {b: 1}}`` → ``["a.b"]``)."""
     if not isinstance(node, Mapping | DictConfig) or not node:
@@ -107,6 +113,19 @@ def option_dict(group: str, name: str, overrides: Mapping[str, Any] | DictConfig
     out = OmegaConf.to_container(option(group, name, overrides), resolve=True)
     assert isinstance(out, dict)
     return {str(k): v for k, v in out.items()}
+
+
+def name_list(cfg: DictConfig, key: str, default: Iterable[str] = ()) -> list[str]:
+    """A list key's entries as strings (``loaders``, ``runtimes``, ``cache_states``…): a bare word (``loaders=native``)
+    is a one-element list, never its characters; null or absent gives ``default``."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return [str(v) for v in default]
+    if isinstance(value, str | int | float):
+        return [str(value)]
+    if not isinstance(value, ListConfig | list | tuple):
+        raise ConfigError(f"{key}={value!r}: expected a list such as {key}=[a,b]")
+    return [str(v) for v in value]
 
 
 def run_args(cfg: DictConfig, group: str) -> dict[str, Any]:

@@ -41,6 +41,15 @@ class OnceFilter(logging.Filter):
         return sum(n - 1 for n in self.seen.values())
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's configuration or machine can cause and one line explains (no traceback): an unknown or unread
+    key, a bad value, a checkpoint directory that cannot be written. Imported here: harness.checkpoints needs torch,
+    which a command refused at its start never imports."""
+    from harness.checkpoints import CheckpointWriteError
+
+    return ConfigError, ValueError, CheckpointWriteError
+
+
 def _status(complete: bool, error: str, objective_value: float | None = None) -> dict[str, Any]:
     value = None if objective_value is None or math.isnan(objective_value) else objective_value
     return {"complete": complete, "error": error, "objective": value}
@@ -81,6 +90,16 @@ def _finish(cfg: DictConfig, out_dir: Path, result: ExperimentResult, sink: Logg
     return status
 
 
+def _check_typed(cfg: DictConfig) -> None:
+    """In the app (a run, or a job of a multirun that a sweeper plugin may have composed): what was typed must be
+    read by this experiment (``harness.overrides.check_reads``), whoever launched the job."""
+    if not HydraConfig.initialized():
+        return
+    from harness.overrides import check_reads, parse
+
+    check_reads(cfg, parse(list(HydraConfig.get().overrides.task)))
+
+
 def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Run ``cfg.experiment`` into ``out_dir``: tables and documents, ``status.json``, figures, the logger sink.
 
@@ -94,6 +113,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     sink.start(cfg, out_dir)
     exit_code = 1
     try:
+        _check_typed(cfg)
         experiment = instantiate(cfg.experiment.run)
         try:
             result: ExperimentResult = experiment(cfg, out_dir)
@@ -117,7 +137,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     except BaseException as exc:
         if not (out_dir / "status.json").exists():
             write_json(out_dir / "status.json", _status(False, repr(exc)))
-        if not isinstance(exc, ValueError | ExperimentFailedError):  # one line each (see _main); the rest in full
+        if not isinstance(exc, (*_user_errors(), ExperimentFailedError)):  # one line each (_main); the rest in full
             log.exception("run failed: %r", exc)
         raise
     finally:
@@ -133,7 +153,7 @@ def _main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_experiment(cfg, out_dir)
-    except (ConfigError, ValueError) as exc:  # what was typed cannot run: one line, no traceback
+    except _user_errors() as exc:  # what was typed cannot run: one line, no traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("%s: %s (HYDRA_FULL_ERROR=1 shows the traceback)", type(exc).__name__, exc)
@@ -151,8 +171,46 @@ def _main(cfg: DictConfig) -> float:
     return math.nan if value is None else float(value)
 
 
+def _argv_overrides(argv: list[str]) -> tuple[list[str], list[int]] | None:
+    """The overrides among Hydra's command-line arguments and their positions in ``argv``; None for a command that
+    composes nothing to check (``--help``, ``--info``, shell completion) or one Hydra will refuse itself."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return None
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun:
+        return None
+    if args.config_path or args.config_name or args.config_dir:
+        return None  # another primary config: Hydra composes it itself
+    positions = [i for i, word in enumerate(argv) if word in args.overrides]
+    return list(args.overrides), positions
+
+
 def main() -> None:
-    """Console script ``coldstart``."""
+    """Console script ``coldstart``: what was typed is composed and checked first (one line and exit 2 on a
+    configuration error, whichever layer finds it), then Hydra runs it; Ctrl-C ends with one line (exit 130)."""
+    from harness.overrides import preflight
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(name)s] %(message)s")
     register_schema()
-    _main()
+    found = _argv_overrides(sys.argv[1:])
+    if found is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        words, positions = found
+        try:
+            checked = preflight(words)
+        except ConfigError as exc:
+            print(f"coldstart: {exc}", file=sys.stderr)
+            sys.exit(2)
+        for pos, word in zip(positions, checked, strict=True):  # bare words given to list keys, now lists
+            sys.argv[1 + pos] = word
+    try:
+        _main()
+    except ValueError as exc:  # Hydra's refusal of the command line itself (e.g. -m with --cfg)
+        print(f"coldstart: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("coldstart: stopped by Ctrl-C (what was measured is written; status.json says complete: false)",
+              file=sys.stderr)
+        sys.exit(130)
