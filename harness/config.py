@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,36 @@ ARG_GROUPS = ("model", "loader", "runtime", "scheduler", "keepalive", "placement
 
 class ConfigError(ValueError):
     """A configuration that would not do what was typed: an unknown option or key, or an override nothing reads."""
+
+
+@dataclass
+class RunRecord:
+    """What the running experiment composed, for its run folder: the groups it reads as one composed option
+    (``check_args``' singles) and every option it listed, as it ran (``listed``: the YAML, the entry's args, the
+    run's ``<group>_args``, merged)."""
+
+    singles: set[str] | None = None
+    options: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, group: str, name: str, entry: dict[str, Any], config: DictConfig) -> None:
+        resolved = OmegaConf.to_container(config, resolve=True)
+        row = {"group": group, "name": name, "entry_args": entry, "config": resolved}
+        if row not in self.options:
+            self.options.append(row)
+
+
+_RECORDS: list[RunRecord] = []
+
+
+@contextmanager
+def recording() -> Iterator[RunRecord]:
+    """Record what the code inside composes (``listed`` options, ``check_args`` singles) into a :class:`RunRecord`."""
+    record = RunRecord()
+    _RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDS.remove(record)
 
 
 def register_schema() -> None:
@@ -155,7 +186,10 @@ def listed(cfg: DictConfig, group: str, name: str,
                           f"({theirs}); change the entries instead")
     merged = OmegaConf.merge(OmegaConf.create(theirs), OmegaConf.create(mine))
     assert isinstance(merged, DictConfig)
-    return option(group, name, merged)
+    node = option(group, name, merged)
+    for record in _RECORDS:
+        record.add(group, name, theirs, node)
+    return node
 
 
 def _typed_groups() -> list[tuple[str, str]]:
@@ -181,6 +215,8 @@ def check_args(cfg: DictConfig, lists: Mapping[str, Iterable[str]], singles: Ite
     """
     lists = {g: [str(n) for n in names] for g, names in lists.items()}
     singles = set(singles)
+    for record in _RECORDS:
+        record.singles = (record.singles or set()) | singles
     for group in ARG_GROUPS:
         for name, overrides in run_args(cfg, group).items():
             used = lists.get(group)

@@ -14,10 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import CONF_DIR, ConfigError, register_schema
+from harness.config import CONF_DIR, ConfigError, RunRecord, recording, register_schema
 from harness.experiment import ExperimentFailedError, ExperimentResult, PartialResult
 from harness.loggers.base import Logger
 from harness.results import write_json, write_result
+from harness.runfolder import write_description
 from harness.summary import console_table, objective
 
 log = logging.getLogger("coldstart")
@@ -68,8 +69,10 @@ def _plot(cfg: DictConfig, out_dir: Path) -> list[Path]:
 
 
 def _finish(cfg: DictConfig, out_dir: Path, result: ExperimentResult, sink: Logger, complete: bool,
-            error: str) -> dict[str, Any]:
-    """Write what was measured (complete or not), its status and figures; log it; print the short table."""
+            error: str, record: RunRecord | None = None) -> dict[str, Any]:
+    """Write what was measured (complete or not), what ran (``config.yaml``: harness.runfolder), its status and
+    figures; log it; print the short table."""
+    write_description(out_dir / "config.yaml", cfg, record)
     write_result(out_dir, result)
     summary = result.tables.get("summary")
     value = math.nan
@@ -105,7 +108,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
 
     An experiment that stops early (Ctrl-C, an exception) hands back what it measured as a ``PartialResult``: that is
     written with ``complete: false`` before the cause is raised again. Any other failure still leaves ``status.json``
-    with the error (and the traceback in ``run.log``).
+    with the error (and the traceback in ``run.log``). ``config.yaml`` is the composed config at the start and what
+    ran (the keys read, every listed option as it ran) once results are written.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -115,17 +119,18 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     try:
         _check_typed(cfg)
         experiment = instantiate(cfg.experiment.run)
-        try:
-            result: ExperimentResult = experiment(cfg, out_dir)
-        except PartialResult as partial:
-            log.error("stopped early (%r): writing what was measured", partial.cause)
-            _finish(cfg, out_dir, partial.result, sink, False, repr(partial.cause))
-            raise partial.cause from None
+        with recording() as record:
+            try:
+                result: ExperimentResult = experiment(cfg, out_dir)
+            except PartialResult as partial:
+                log.error("stopped early (%r): writing what was measured", partial.cause)
+                _finish(cfg, out_dir, partial.result, sink, False, repr(partial.cause), record)
+                raise partial.cause from None
         if result.failure:  # it ran but measured nothing (every cell infeasible): tables say why, exit non-zero
-            _finish(cfg, out_dir, result, sink, False, result.failure)
+            _finish(cfg, out_dir, result, sink, False, result.failure, record)
             raise ExperimentFailedError(f"experiment {cfg.experiment.name} produced no results: {result.failure} "
                                         f"(tables in {out_dir})")
-        status = _finish(cfg, out_dir, result, sink, True, "")
+        status = _finish(cfg, out_dir, result, sink, True, "", record)
         result.documents["status"] = status
         exit_code = 0
         return result
@@ -188,6 +193,31 @@ def _argv_overrides(argv: list[str]) -> tuple[list[str], list[int]] | None:
     return list(args.overrides), positions
 
 
+def _from_run(argv: list[str]) -> list[str]:
+    """``--from-run DIR [flags and overrides]`` → the overrides that compose DIR's run as it ran, then the rest."""
+    from harness.runfolder import repeat_overrides
+
+    first, rest = argv[0], argv[1:]
+    if "=" in first:
+        where = first.split("=", 1)[1]
+    elif rest:
+        where, rest = rest[0], rest[1:]
+    else:
+        print("coldstart: --from-run needs a run folder: coldstart --from-run results/runs/<experiment>/<time>",
+              file=sys.stderr)
+        sys.exit(2)
+    found = _argv_overrides(rest)
+    extra = found[0] if found else []
+    flags = [w for i, w in enumerate(rest) if not found or i not in found[1]]
+    try:
+        overrides = repeat_overrides(Path(where), extra)
+    except ConfigError as exc:
+        print(f"coldstart: {exc}", file=sys.stderr)
+        sys.exit(2)
+    log.info("repeating %s: %s", where, " ".join(overrides))
+    return [*flags, *overrides]
+
+
 def main() -> None:
     """Console script ``coldstart``: what was typed is composed and checked first (one line and exit 2 on a
     configuration error, whichever layer finds it), then Hydra runs it; Ctrl-C ends with one line (exit 130)."""
@@ -195,6 +225,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(name)s] %(message)s")
     register_schema()
+    if len(sys.argv) > 1 and sys.argv[1].startswith("--from-run"):
+        sys.argv[1:] = _from_run(sys.argv[1:])
     found = _argv_overrides(sys.argv[1:])
     if found is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
         words, positions = found
