@@ -60,12 +60,32 @@ def recording() -> Iterator[RunRecord]:
         _RECORDS.remove(record)
 
 
+SLUG_MAX = 48
+
+
+def slug(text: str) -> str:
+    """A short, shell-safe folder name for a job's overrides (``hydra.sweep.subdir``): letters, digits and ``._=-``
+    only (no glob or quote characters), at most ``SLUG_MAX`` characters, the rest replaced by a hash of the whole.
+    The full overrides stay in the job's ``.hydra/overrides.yaml`` and ``config.yaml``."""
+    import hashlib
+    import re
+
+    bare = re.sub(r"[\[\]{}()'\" ]", "", str(text)).replace(",", "_")  # list brackets and quotes go
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "-", bare).strip("_-")
+    if len(safe) <= SLUG_MAX:
+        return safe
+    digest = hashlib.sha1(str(text).encode()).hexdigest()[:8]
+    return f"{safe[: SLUG_MAX - 9].rstrip('_')}_{digest}"
+
+
 def register_schema() -> None:
     """Put the open ``<group>_args`` nodes in Hydra's ConfigStore (``conf/config.yaml`` lists them as defaults).
 
     Hydra composes in struct mode, where ``loader_args.native.threads=8`` on an empty node needs a ``+``; these nodes
     are open so the documented syntax works as typed. What they may hold is checked by :func:`check_args`.
     """
+    if not OmegaConf.has_resolver("coldstart_slug"):
+        OmegaConf.register_new_resolver("coldstart_slug", slug)
     node = OmegaConf.create({f"{g}_args": {} for g in ARG_GROUPS})
     for g in ARG_GROUPS:
         OmegaConf.set_struct(node[f"{g}_args"], False)
