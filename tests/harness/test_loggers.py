@@ -101,7 +101,7 @@ def test_an_offline_sweep_logs_config_group_scalars_figures_and_exit_codes(tmp_p
     assert "objective" in text
     shown = page.read_text()
     assert shown.count('src="data:image/png;base64,') == len(wandb_report._figures(sweep)) >= 2  # inlined
-    assert shown.count("report.png") == 1  # the sweep's figure once, not again as a "job"
+    assert shown.count("<figcaption>report.png</figcaption>") == 1  # the sweep's figure once, not again as a job's
     report = wandb_report.build_report(sweep, "test sweep", "an-entity", "coldstart")  # online: built, not saved
     (grid,) = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
     (coords,) = [p for p in grid.panels if type(p).__name__ == "ParallelCoordinatesPlot"]
