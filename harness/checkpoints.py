@@ -441,14 +441,22 @@ class CheckpointStore:
         provenance = provenance if provenance is not None else {"generator": GENERATOR_VERSION, "seed": seed}
         specs = spec.tensor_specs(dtype)
         total = sum(ts.nbytes for ts in specs)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dst.parent).free
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(dst.parent).free
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write checkpoints under {dst.parent} ({exc.strerror}); point "
+                                       "storage.root (COLDSTART_CACHE) at a writable directory") from None
         if free < total * 1.02 + (64 << 20):
             raise CheckpointWriteError(f"not enough disk space for {spec.name} {dtype} {fmt}: needs {total / 1e9:.2f} "
                                        f"GB, {free / 1e9:.2f} GB free under {dst.parent}; free space or point "
                                        "storage.root (COLDSTART_CACHE) elsewhere")
         tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write checkpoints under {dst.parent} ({exc.strerror}); point "
+                                       "storage.root (COLDSTART_CACHE) at a writable directory") from None
         try:
             with tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
                       desc=f"writing {spec.name} {dtype} {fmt}") as bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 # an absolute path: Hydra resolves a relative one as a Python package when started from a console script
@@ -29,12 +30,62 @@ class ConfigError(ValueError):
     """A configuration that would not do what was typed: an unknown option or key, or an override nothing reads."""
 
 
+@dataclass
+class RunRecord:
+    """What the running experiment composed, for its run folder: the groups it reads as one composed option
+    (``check_args``' singles) and every option it listed, as it ran (``listed``: the YAML, the entry's args, the
+    run's ``<group>_args``, merged)."""
+
+    singles: set[str] | None = None
+    options: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, group: str, name: str, entry: dict[str, Any], config: DictConfig) -> None:
+        resolved = OmegaConf.to_container(config, resolve=True)
+        row = {"group": group, "name": name, "entry_args": entry, "config": resolved}
+        if row not in self.options:
+            self.options.append(row)
+
+
+_RECORDS: list[RunRecord] = []
+
+
+@contextmanager
+def recording() -> Iterator[RunRecord]:
+    """Record what the code inside composes (``listed`` options, ``check_args`` singles) into a :class:`RunRecord`."""
+    record = RunRecord()
+    _RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDS.remove(record)
+
+
+SLUG_MAX = 48
+
+
+def slug(text: str) -> str:
+    """A short, shell-safe folder name for a job's overrides (``hydra.sweep.subdir``): letters, digits and ``._=-``
+    only (no glob or quote characters), at most ``SLUG_MAX`` characters, the rest replaced by a hash of the whole.
+    The full overrides stay in the job's ``.hydra/overrides.yaml`` and ``config.yaml``."""
+    import hashlib
+    import re
+
+    bare = re.sub(r"[\[\]{}()'\" ]", "", str(text)).replace(",", "_")  # list brackets and quotes go
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "-", bare).strip("_-")
+    if len(safe) <= SLUG_MAX:
+        return safe
+    digest = hashlib.sha1(str(text).encode()).hexdigest()[:8]
+    return f"{safe[: SLUG_MAX - 9].rstrip('_')}_{digest}"
+
+
 def register_schema() -> None:
     """Put the open ``<group>_args`` nodes in Hydra's ConfigStore (``conf/config.yaml`` lists them as defaults).
 
     Hydra composes in struct mode, where ``loader_args.native.threads=8`` on an empty node needs a ``+``; these nodes
     are open so the documented syntax works as typed. What they may hold is checked by :func:`check_args`.
     """
+    if not OmegaConf.has_resolver("coldstart_slug"):
+        OmegaConf.register_new_resolver("coldstart_slug", slug)
     node = OmegaConf.create({f"{g}_args": {} for g in ARG_GROUPS})
     for g in ARG_GROUPS:
         OmegaConf.set_struct(node[f"{g}_args"], False)
@@ -96,6 +147,12 @@ def options(group: str) -> list[str]:
                       | _searchpath_options(group))
 
 
+def groups() -> list[str]:
+    """The top-level config groups (``model``, ``loader``…, ``hydra``), as Hydra sees them."""
+    with _hydra():
+        return sorted(GlobalHydra.instance().config_loader().list_groups(""))
+
+
 def _keys(node: Any, prefix: str = "") -> list[str]:
     """Dotted leaf keys of a nested mapping (``{a: {b: 1}}`` → ``["a.b"]``)."""
     if not isinstance(node, Mapping | DictConfig) or not node:
@@ -140,6 +197,19 @@ def option_dict(group: str, name: str, overrides: Mapping[str, Any] | DictConfig
     return {str(k): v for k, v in out.items()}
 
 
+def name_list(cfg: DictConfig, key: str, default: Iterable[str] = ()) -> list[str]:
+    """A list key's entries as strings (``loaders``, ``runtimes``, ``cache_states``…): a bare word (``loaders=native``)
+    is a one-element list, never its characters; null or absent gives ``default``."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return [str(v) for v in default]
+    if isinstance(value, str | int | float):
+        return [str(value)]
+    if not isinstance(value, ListConfig | list | tuple):
+        raise ConfigError(f"{key}={value!r}: expected a list such as {key}=[a,b]")
+    return [str(v) for v in value]
+
+
 def run_args(cfg: DictConfig, group: str) -> dict[str, Any]:
     """The run's ``<group>_args``: option name → overrides typed for it (``loader_args.native.threads=8``)."""
     node = cfg.get(f"{group}_args")
@@ -167,7 +237,10 @@ def listed(cfg: DictConfig, group: str, name: str,
                           f"({theirs}); change the entries instead")
     merged = OmegaConf.merge(OmegaConf.create(theirs), OmegaConf.create(mine))
     assert isinstance(merged, DictConfig)
-    return option(group, name, merged)
+    node = option(group, name, merged)
+    for record in _RECORDS:
+        record.add(group, name, theirs, node)
+    return node
 
 
 def _typed_groups() -> list[tuple[str, str]]:
@@ -193,6 +266,8 @@ def check_args(cfg: DictConfig, lists: Mapping[str, Iterable[str]], singles: Ite
     """
     lists = {g: [str(n) for n in names] for g, names in lists.items()}
     singles = set(singles)
+    for record in _RECORDS:
+        record.singles = (record.singles or set()) | singles
     for group in ARG_GROUPS:
         for name, overrides in run_args(cfg, group).items():
             used = lists.get(group)

@@ -20,7 +20,7 @@ from experiments.loading.metrics import PHASES, summarize_trials
 from harness import environment
 from harness.ceilings import STATE_CEILING, bounding_ceiling, measure_ceilings
 from harness.checkpoints import Checkpoint, CheckpointError, CheckpointStore
-from harness.config import check_args, listed
+from harness.config import check_args, listed, name_list
 from harness.executors.base import TrialError
 from harness.experiment import ExperimentResult, PartialResult
 from loaders.base import RemoteTieredLoader, TieredLoader
@@ -189,7 +189,7 @@ def _failed_row(base: dict[str, Any], status: str, error: str) -> dict[str, Any]
 
 def listed_runtimes(cfg: DictConfig) -> list[str]:
     """The runtimes this run compares (``runtimes=[fresh,forkserver,pool]``; default ``[fresh]``)."""
-    names = [str(n) for n in (cfg.get("runtimes") or ["fresh"])]
+    names = name_list(cfg, "runtimes", ["fresh"])
     if len(set(names)) != len(names):
         raise ValueError(f"runtimes={names} lists a runtime twice")
     return names
@@ -222,7 +222,7 @@ def listed_loaders(cfg: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
     """The loader names this run measures (``smoke=true``: two of them) and the ablation variants, if any."""
     node = cfg.get("loader_variants")
     variants = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True)) if node else None
-    names = [str(n) for n in cfg.loaders]
+    names = name_list(cfg, "loaders")
     if cfg.smoke and not variants:
         names = smoke_loaders(names)
     return names, variants
@@ -241,7 +241,7 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     trials = 1 if cfg.smoke else int(cfg.trials)
     if trials < 1:
         raise ValueError(f"trials={trials}; need at least 1")
-    states = list(cfg.cache_states)
+    states = name_list(cfg, "cache_states")
     for s in states:
         if s not in STATES:
             raise ValueError(f"cache_states contains {s!r}; this experiment supports {', '.join(STATES)}")

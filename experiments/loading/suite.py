@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.loading import experiment as loading
 from harness.checkpoints import CheckpointStore
-from harness.config import ConfigError, check_args, listed
+from harness.config import ConfigError, check_args, listed, name_list
 from harness.experiment import ExperimentResult, PartialResult
 
 log = logging.getLogger("coldstart.loading_suite")
@@ -152,7 +152,7 @@ def speedups(summary: pd.DataFrame, baselines: tuple[str, ...] = SPEEDUP_BASELIN
 
 def _models(cfg: DictConfig) -> list[str] | None:
     """The model ladder; ``None`` when the run uses the composed model (``smoke=true``)."""
-    return None if cfg.smoke else [str(m) for m in cfg.models]
+    return None if cfg.smoke else name_list(cfg, "models")
 
 
 def run_sllm_loading(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
@@ -168,7 +168,7 @@ def run_sllm_loading(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
 
 def run_dtype_coldstart(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """``experiment=dtype_coldstart``: cold-start time and bytes per dtype for one model."""
-    dtypes = [str(d) for d in cfg.dtypes][: 2 if cfg.smoke else None]
+    dtypes = name_list(cfg, "dtypes")[: 2 if cfg.smoke else None]
     check_cells(cfg, None)
     result = run_cells(cfg, out_dir, [(None, d) for d in dtypes])  # the composed model
     summary = result.tables["summary"]

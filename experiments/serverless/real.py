@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, workload_cfg
-from harness.config import instantiate_option, listed, option_dict
+from harness.config import instantiate_option, listed, name_list, option_dict
 from harness.executors.base import Executor
 from harness.experiment import ExperimentResult, PartialResult
 from runtimes.base import Runtime, RuntimeContext
@@ -150,10 +150,9 @@ def setup_servers(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[
 def runtimes_of(cfg: DictConfig) -> list[str | None]:
     """The runtimes a real run compares: ``runtimes=[fresh,pool]`` by name, or ``[None]`` for the composed
     ``runtime`` option (``runtime=pool``; default fresh)."""
-    node = cfg.get("runtimes")
-    if not node:
+    names = name_list(cfg, "runtimes")
+    if not names:
         return [None]
-    names = [str(n) for n in node]
     if len(set(names)) != len(names):
         raise ValueError(f"runtimes={names} lists a runtime twice")
     return list(names)
