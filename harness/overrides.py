@@ -270,7 +270,11 @@ def preflight(words: Sequence[str]) -> list[str]:
         except ConfigError as exc:
             raise ConfigError(one_line(exc, job)) from None
         chosen = parse(job)
-        baseline = compose_config([t.text for t in group_selections(chosen)])
+        # the job without its value overrides (Hydra's own, such as a search path for the user's options, stay)
+        try:
+            baseline = compose_config([t.text for t in chosen if t.hydra or t in group_selections(chosen)])
+        except ConfigError as exc:
+            raise ConfigError(one_line(exc, job)) from None
         check_reads(cfg, chosen, baseline)
         wrapped = check_types(baseline, chosen)
         if wrapped:

@@ -113,5 +113,6 @@ def test_experiments_run_from_the_command_line_as_a_multirun(tmp_path: Path) -> 
     out = subprocess.run([sys.executable, "-m", "harness", "-m", f"experiment={','.join(names)}", "smoke=true",
                           "progress=false"], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    sweeps = tmp_path / "results" / "sweeps"
-    assert {p.parent.parent.name for p in sweeps.rglob("summary.csv") if "report" not in p.parts} == set(names)
+    jobs = [p.parent for p in (tmp_path / "results" / "sweeps").rglob("summary.csv") if "report" not in p.parts]
+    ran = {OmegaConf.load(j / "config.yaml").experiment.name for j in jobs}
+    assert ran == set(names)

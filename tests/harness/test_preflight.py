@@ -67,6 +67,14 @@ def test_an_override_of_a_key_the_experiment_reads_passes(tmp_path: Path) -> Non
     assert cfg.seed == 3
 
 
+def test_options_in_the_users_config_folder_are_found(tmp_path: Path) -> None:
+    """``hydra.searchpath`` adds the user's option files: the check composes with it, as Hydra will."""
+    out = _app(tmp_path, f"hydra.searchpath=[file://{ROOT / 'docs' / 'examples' / 'conf'}]", "model=my-local-opt",
+               "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert OmegaConf.create(out.stdout).model.name == "my-local-opt"
+
+
 def test_a_bare_word_given_to_a_list_key_is_a_one_element_list(tmp_path: Path) -> None:
     out = _app(tmp_path, "loaders=native", "runtimes=pool", "cache_states=warm", "--cfg", "job")
     assert out.returncode == 0, out.stderr
