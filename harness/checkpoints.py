@@ -381,7 +381,7 @@ class CheckpointStore:
     torch_pt_max_bytes: int
 
     def __init__(self, root: str | Path, safetensors_shard_bytes: int = 4 << 30,
-                 torch_shard_bytes: int = 1 << 30, torch_pt_max_bytes: int = 4 << 30,
+                 torch_shard_bytes: int = 256 << 20, torch_pt_max_bytes: int = 4 << 30,
                  remote_url: str | None = None) -> None:
         for key, value in (("safetensors_shard_bytes", safetensors_shard_bytes),
                            ("torch_shard_bytes", torch_shard_bytes), ("torch_pt_max_bytes", torch_pt_max_bytes)):
