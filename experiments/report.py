@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,16 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write sllm_comparison.csv: our loaders beside sllm-store's published results")
     args = parser.parse_args(argv)
     out = args.out or default_out(args.paths)
-    try:
-        table = write_report(args.paths, out, args.sllm_reference, args.allow_incomplete)
-    except (FileNotFoundError, ReportError) as exc:
-        print(f"coldstart-report: {exc}", file=sys.stderr)
-        return 2
-    from harness.summary import console_table
-
-    print(console_table(table, source="report.csv"))
-    print(f"\n{len(table)} rows → {out}/report.csv, {out}/report.png")
-    return 0
+    return _written(lambda: write_report(args.paths, out, args.sllm_reference, args.allow_incomplete), out, "report",
+                    "rows")
 
 
 def _main_compare(argv: list[str]) -> int:
@@ -309,15 +301,21 @@ def _main_compare(argv: list[str]) -> int:
     parser.add_argument("--allow-incomplete", action="store_true")
     args = parser.parse_args(argv)
     out = args.out or default_out([args.a, args.b])
+    return _written(lambda: write_compare(args.a, args.b, out, args.metric, args.allow_incomplete), out, "compare",
+                    "paired cells")
+
+
+def _written(write: Callable[[], pd.DataFrame], out: Path, stem: str, what: str) -> int:
+    """Run ``write``; print its table and files (exit 0), or the one-line reason it cannot be written (exit 2)."""
     try:
-        table = write_compare(args.a, args.b, out, args.metric, args.allow_incomplete)
+        table = write()
     except (FileNotFoundError, ReportError) as exc:
         print(f"coldstart-report: {exc}", file=sys.stderr)
         return 2
     from harness.summary import console_table
 
-    print(console_table(table, source="compare.csv"))
-    print(f"\n{len(table)} paired cells → {out}/compare.csv, {out}/compare.png")
+    print(console_table(table, source=f"{stem}.csv"))
+    print(f"\n{len(table)} {what} → {out}/{stem}.csv, {out}/{stem}.png")
     return 0
 
 

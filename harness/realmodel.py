@@ -22,7 +22,16 @@ from harness.checkpoints import Checkpoint, CheckpointStore
 from harness.realstore import conversion_path, converted, in_place
 from harness.realweights import TensorRecord, WeightReader, read_records
 from harness.sources import ModelSource, ModelSourceError, default_name, resolve
-from harness.zoo import AUTO_DTYPE, DTYPES, ModelSpec, TensorSpec, check_dtype, plain_config, set_config_dtype
+from harness.zoo import (
+    AUTO_DTYPE,
+    DTYPES,
+    ModelSpec,
+    TensorSpec,
+    check_dtype,
+    plain_config,
+    set_config_dtype,
+    tied_aliases,
+)
 
 OWN_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -226,13 +235,7 @@ class RealModel(ModelSpec):
         ignore lists as ``from_pretrained`` treats them): else a ``CheckpointTensorsError`` naming them."""
         def check() -> bool:
             model = self.meta_model(dtype)
-            first: dict[int, str] = {}
-            aliases = set()
-            for n, p in model.named_parameters(remove_duplicate=False):
-                if id(p) in first:
-                    aliases.add(n)
-                else:
-                    first[id(p)] = n
+            aliases = tied_aliases(model)
             keys = set(model.state_dict())
             mapped = set(self.model_names({r.name: None for r in self.records}, model))
             optional = _patterns(getattr(model, "_keys_to_ignore_on_load_missing", None))

@@ -43,13 +43,13 @@ class OnceFilter(logging.Filter):
         return sum(n - 1 for n in self.seen.values())
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def _user_errors(*extra: type[BaseException]) -> tuple[type[BaseException], ...]:
     """What a user's configuration or machine can cause and one line explains (no traceback): an unknown or unread
     key, a bad value, a checkpoint directory that cannot be written. Imported here: harness.checkpoints needs torch,
     which a command refused at its start never imports."""
     from harness.checkpoints import CheckpointWriteError
 
-    return ConfigError, ValueError, CheckpointWriteError
+    return (ConfigError, ValueError, CheckpointWriteError, *extra)
 
 
 def _status(complete: bool, error: str, objective_value: float | None = None) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def _main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_experiment(cfg, out_dir)
-    except _user_errors() + (InstantiationException,) as raised:  # what was typed cannot run: one line
+    except _user_errors(InstantiationException) as raised:  # what was typed cannot run: one line
         exc = _user_error(raised)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(exc, _user_errors()):
             raise

@@ -230,17 +230,24 @@ def _num_params(spec: ModelSpec) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
 
 
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """Parameter names that are another parameter under a second name (tied weights: ``lm_head.weight`` when it is
+    the embedding): every name after the first of the same tensor, in ``named_parameters`` order."""
+    first: dict[int, str] = {}
+    aliases = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases.add(name)
+        else:
+            first[id(p)] = name
+    return aliases
+
+
 @lru_cache(maxsize=64)
 def _tensor_specs(spec: ModelSpec, dtype: str) -> tuple[TensorSpec, ...]:
     _stored, compute = DTYPES[dtype]
     model = _build(spec, compute, torch.device("meta"))
-    first_name: dict[int, str] = {}
-    aliases = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first_name:
-            aliases.add(name)
-        else:
-            first_name[id(p)] = name
+    aliases = tied_aliases(model)
     out: list[TensorSpec] = []
     for name, t in model.state_dict().items():
         if name in aliases:
