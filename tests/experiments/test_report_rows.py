@@ -3,31 +3,18 @@ labelled with the rows' own values, incomplete runs refused or kept apart, its o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from experiments import report
+from tests.experiments.runfolders import write_run
 
 LOADING_CELLS = ["model", "dtype", "device", "loader", "cache_state", "runtime"]
 SERVERLESS_CELLS = ["policy", "storage", "scenario", "tokens", "rps", "cv"]
-
-
-def _run(path: Path, config: dict[str, Any], table: pd.DataFrame, complete: bool = True) -> Path:
-    path.mkdir(parents=True)
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
-    (path / "status.json").write_text(json.dumps({"complete": complete, "error": "", "objective": None}))
-    if "load_s" in table.columns:
-        table.to_parquet(path / "trials.parquet")
-        (path / "summary.csv").write_text("n\n1\n")
-    else:
-        table.to_csv(path / "summary.csv", index=False)
-    return path
 
 
 def _loading_config(**over: Any) -> dict[str, Any]:
@@ -54,8 +41,8 @@ COLD_WARM = {("cold", "fresh"): [0.08, 0.09, 0.10], ("warm", "fresh"): [0.008, 0
 
 
 def test_two_loading_runs_never_pool_cache_states_and_label_rows_by_their_runtime(tmp_path: Path) -> None:
-    a = _run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
-    b = _run(tmp_path / "b", _loading_config(**{"loader_args": {"native": {"threads": 8}}}),
+    a = write_run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
+    b = write_run(tmp_path / "b", _loading_config(**{"loader_args": {"native": {"threads": 8}}}),
              _trials({k: [v * 0.5 for v in vs] for k, vs in COLD_WARM.items()}))
     out = tmp_path / "rep"
     table = report.write_report([a, b], out)
@@ -75,7 +62,7 @@ def test_two_loading_runs_never_pool_cache_states_and_label_rows_by_their_runtim
 
 
 def test_trials_give_the_whiskers_and_the_title_says_what_every_bar_shares(tmp_path: Path) -> None:
-    runs = [_run(tmp_path / f"t{t}", _loading_config(**{"loader_args": {"native": {"threads": t}}},
+    runs = [write_run(tmp_path / f"t{t}", _loading_config(**{"loader_args": {"native": {"threads": t}}},
                                                      cache_states=["warm"], runtimes=["fresh"]),
                  _trials({("warm", "fresh"): [0.01 * t, 0.012 * t, 0.02 * t]})) for t in (1, 2, 4)]
     out = tmp_path / "rep"
@@ -103,7 +90,8 @@ def _serverless_config(seed: int) -> dict[str, Any]:
 
 
 def test_a_seed_sweep_aggregates_the_seeds_of_each_cell(tmp_path: Path) -> None:
-    runs = [_run(tmp_path / f"s{s}", _serverless_config(s), _serverless(s).drop(columns="seed")) for s in (0, 1, 2)]
+    runs = [write_run(tmp_path / f"s{s}", _serverless_config(s), _serverless(s).drop(columns="seed"))
+            for s in (0, 1, 2)]
     out = tmp_path / "rep"
     table = report.write_report(runs, out)
     assert len(table) == 8  # policy × storage × rate; the seeds are the replicates, not a key
@@ -120,8 +108,8 @@ def test_a_seed_sweep_aggregates_the_seeds_of_each_cell(tmp_path: Path) -> None:
 
 
 def test_an_incomplete_run_is_refused_or_kept_apart(tmp_path: Path) -> None:
-    a = _run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
-    b = _run(tmp_path / "b", _loading_config(), _trials({("cold", "fresh"): [0.5]}), complete=False)
+    a = write_run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
+    b = write_run(tmp_path / "b", _loading_config(), _trials({("cold", "fresh"): [0.5]}), complete=False)
     with pytest.raises(report.ReportError, match=r"1 of 2 runs did not complete.*--allow-incomplete"):
         report.aggregate([a, b])
     assert report.main([str(a), str(b), "--out", str(tmp_path / "no")]) == 2
@@ -132,7 +120,7 @@ def test_an_incomplete_run_is_refused_or_kept_apart(tmp_path: Path) -> None:
 
 
 def test_the_report_goes_to_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = _run(tmp_path / "runs" / "a", _loading_config(), _trials(COLD_WARM))
+    a = write_run(tmp_path / "runs" / "a", _loading_config(), _trials(COLD_WARM))
     monkeypatch.setenv("COLDSTART_RESULTS", str(tmp_path / "results"))
     assert report.main([str(a)]) == 0
     assert not (a / "report").exists()
@@ -142,8 +130,8 @@ def test_the_report_goes_to_its_own_folder(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_compare_pairs_the_same_cells_and_gives_ratios_with_intervals(tmp_path: Path) -> None:
-    a = _run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
-    b = _run(tmp_path / "b", _loading_config(**{"loader_args": {"native": {"threads": 8}}}),
+    a = write_run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
+    b = write_run(tmp_path / "b", _loading_config(**{"loader_args": {"native": {"threads": 8}}}),
              _trials({k: [v * 0.5 for v in vs] for k, vs in COLD_WARM.items() if k[0] == "cold"}))
     out = tmp_path / "cmp"
     assert report.main(["compare", str(a), str(b), "--out", str(out)]) == 0
@@ -160,7 +148,7 @@ def test_compare_pairs_the_same_cells_and_gives_ratios_with_intervals(tmp_path: 
 
 
 def test_compare_of_runs_with_nothing_in_common_is_an_error(tmp_path: Path) -> None:
-    a = _run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
-    b = _run(tmp_path / "b", _loading_config(), _trials({("hot", "fresh"): [0.1, 0.2]}))
+    a = write_run(tmp_path / "a", _loading_config(), _trials(COLD_WARM))
+    b = write_run(tmp_path / "b", _loading_config(), _trials({("hot", "fresh"): [0.1, 0.2]}))
     assert report.main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 2
 

@@ -146,16 +146,22 @@ def test_an_error_found_while_running_is_one_line_too(tmp_path: Path) -> None:
     assert "Traceback" not in text
 
 
+def _logged(results: Path, needle: str) -> bool:
+    """Whether a run's ``run.log`` (written record by record) holds ``needle`` yet."""
+    return any(needle in log.read_text() for log in results.rglob("run.log"))
+
+
 @pytest.mark.slow
 def test_ctrl_c_ends_with_one_clean_line(tmp_path: Path) -> None:
     env = {**os.environ, "COLDSTART_RESULTS": str(tmp_path / "results")}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "model=tiny-opt", "loaders=[torch]", "trials=20",
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "model=tiny-opt", "loaders=[torch]", "trials=200",
                              "cache_states=[warm]", "progress=false", "ceiling_max_bytes=1048576"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((tmp_path / "results").rglob("ceilings.json")):
-        time.sleep(0.2)  # ceilings are written when trials start
+    while time.monotonic() < deadline and proc.poll() is None and not _logged(tmp_path / "results", "ceilings (GB/s)"):
+        time.sleep(0.2)  # the ceilings are measured (and logged) just before the first trial
     time.sleep(1.0)
+    assert proc.poll() is None, "the run ended before Ctrl-C was sent: the test would check nothing"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
