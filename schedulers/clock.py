@@ -102,7 +102,8 @@ class WallClock:
         self._posted.put((fn, args))
 
     def pending(self) -> int:
-        return len(self._heap)
+        """Timers not yet run and callbacks posted but not yet run."""
+        return len(self._heap) + self._posted.qsize()
 
     def wall_s(self, t: float) -> float:
         """The ``time.time()`` of clock time ``t`` (to compare with timestamps taken elsewhere)."""

@@ -557,8 +557,12 @@ class Lifecycle:
         self._after()
 
     def serve_failed(self, inst: Instance, version: int, reason: str, max_retries: int) -> None:
-        """The process serving ``inst``'s request died: the instance is gone, the request is placed again or fails."""
-        if version != inst.version or inst.state != "busy":
+        """The process of ``inst`` died: the instance is gone; the request it served is placed again or fails."""
+        if version != inst.version or inst.state == "gone":
+            return
+        if inst.state != "busy":  # a migration's destination: the migration is off
+            self._drop(inst)
+            self._after()
             return
         i = inst.request
         self.active[inst.info.name] -= 1

@@ -100,12 +100,6 @@ class TierStore:
     def __contains__(self, model: object) -> bool:
         return model in self.items
 
-    def discard(self, model: str) -> None:
-        """Forget ``model`` if held (the real controller, when a load must not be served from this tier)."""
-        self.items.pop(model, None)
-        self.used_bytes = sum(self.items.values())
-        self._names = None
-
     def touch(self, model: str) -> None:
         if model in self.items:
             self.items.move_to_end(model)
