@@ -34,7 +34,7 @@ class LifecycleConfig:
 
     timeout_s: float = 300.0
     migration_stop_tokens: int = 20  # ServerlessLLM §5.3: stop when a round produced fewer new tokens than this
-    migration_max_rounds: int = 100
+    migration_max_rounds: int = 8  # rounds stop here even if they keep producing tokens (prefill can't keep up)
     retry_batch: int = 8
     record_events: bool = False
 
@@ -481,9 +481,7 @@ class Lifecycle:
         src.server.dirty()
         self.log("migration_start", instance=src.id, request=src.request, src=src.server.id, dst=dst.id,
                  model=src.info.name)
-        d = target.decision
-        cache_to, upgrade = (d.cache_to, d.tier_upgrade) if d is not None else (self.cache_to, self.tier_upgrade)
-        self.loads.enqueue(dest, dst.view().best_tier(src.info.name), None, False, cache_to, upgrade)
+        self.loads.enqueue(dest, dst.view().best_tier(src.info.name), None, False, self.cache_to, self.tier_upgrade)
 
     def _migration_loaded(self, dest: Instance) -> None:
         """The destination has the model: the backend runs the rounds (unless the source is done already)."""

@@ -56,7 +56,7 @@ def real_config(cfg: DictConfig) -> RealConfig:
     rc = cfg.real
     device = "cpu" if str(cfg.device) == "auto" else str(cfg.device)
     lifecycle = LifecycleConfig(timeout_s=float(rc.timeout_s), migration_stop_tokens=int(rc.migration_stop_tokens),
-                                migration_max_rounds=int(rc.get("migration_max_rounds", 8)),
+                                migration_max_rounds=int(rc.migration_max_rounds),
                                 retry_batch=int(rc.get("retry_batch", 8)))
     process = ProcessConfig(call_timeout_s=float(rc.call_timeout_s), decode_chunk=int(rc.decode_chunk),
                             max_request_retries=int(rc.max_request_retries),
