@@ -92,7 +92,7 @@ class Lifecycle:
         self.instances: dict[int, Instance] = {}
         self.idle_by_model: dict[str, dict[int, Instance]] = {m: {} for m in models}
         self.inst_count: dict[str, int] = dict.fromkeys(models, 0)
-        self.active: dict[str, int] = dict.fromkeys(models, 0)
+        self.active: dict[str, int] = dict.fromkeys(models, 0)  # unfinished requests per model (arrived, not over)
         self.last_idle_start: dict[str, float] = {}
         self.load_failures: dict[str, int] = {}
         self.given_up: dict[str, str] = {}  # models whose loads failed too often: their requests fail at once
@@ -163,6 +163,7 @@ class Lifecycle:
         m = rec.model_of[i]
         if self.active[m] == 0 and m in self.last_idle_start:
             self.keepalive.observe_idle(m, self.clock.now() - self.last_idle_start.pop(m))
+        self.active[m] += 1
         idle = self.idle_by_model[m]
         if self.given_up and m in self.given_up:
             self.fail(i, self.given_up[m])
@@ -200,7 +201,15 @@ class Lifecycle:
         if self.rec.state[i] in FINISHED:
             raise SimulatorInvariantError(f"request {i} finished twice")
         self.rec.finish_at_timeout(i, TIMED_OUT, self.cfg.timeout_s)
+        self._ended(self.rec.model_of[i])
         self.log("timeout", request=i)
+
+    def _ended(self, m: str) -> None:
+        """A request of ``m`` is over (done, timed out, failed): with none of ``m``'s left unfinished, ``m`` is idle
+        from now (the keep-alive policy learns the idle time at the next arrival)."""
+        self.active[m] -= 1
+        if self.active[m] == 0:
+            self.last_idle_start[m] = self.clock.now()
 
     def _retry_timer(self, t: float) -> None:
         self._retry_times.discard(t)
@@ -328,7 +337,6 @@ class Lifecycle:
         inst.first_token_s = first
         inst.done_s = first + (rec.out[i] - 1) * info.decode_s_per_token
         r["ttft_s"][i] = first - rec.arrival[i]
-        self.active[info.name] += 1
         inst.server.dirty()
         inst.version += 1
         self.backend.serve(inst, i)
@@ -347,9 +355,7 @@ class Lifecycle:
             raise SimulatorInvariantError(f"request {i} completed in state {self.rec.state[i]}")
         self.rec.state[i] = DONE
         self.rec.r["e2e_s"][i] = (self.clock.now() if done_s is None else done_s) - self.rec.arrival[i]
-        self.active[m] -= 1
-        if self.active[m] == 0:
-            self.last_idle_start[m] = self.clock.now()
+        self._ended(m)
         inst.request = -1
         if inst.handoff_to is not None:
             self._source_finished(inst)
@@ -459,7 +465,6 @@ class Lifecycle:
             raise SimulatorInvariantError(f"preempting instance {victim.id} in state {victim.state}")
         self.stats["preemptions"] += 1
         self.rec.r["preempted"][i] += 1
-        self.active[victim.info.name] -= 1
         victim.request = -1
         victim.handoff_to = target
         self.log("preempt", instance=victim.id, request=i, server=victim.server.id)
@@ -539,6 +544,7 @@ class Lifecycle:
         """Request ``i`` gives up (its model cannot load, its retries are spent): it counts at the timeout."""
         self.rec.finish_at_timeout(i, FAILED, self.cfg.timeout_s)
         self.rec.error[i] = reason
+        self._ended(self.rec.model_of[i])
 
     def load_failed(self, job: LoadJob, reason: str, give_up_after: int, max_retries: int) -> None:
         """A load failed: its slot frees, its instance is discarded, its request is placed again or fails; after
@@ -563,7 +569,6 @@ class Lifecycle:
             self._after()
             return
         i = inst.request
-        self.active[inst.info.name] -= 1
         inst.request = -1
         self._drop(inst)
         self.retry_or_fail(i, reason, max_retries)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from schedulers.base import (
     ClusterView,
     Decision,
+    KeepAliveDecision,
     Placement,
     Request,
     Scheduler,
@@ -490,3 +491,32 @@ def test_each_server_has_its_own_pool() -> None:
     res = sim.run(requests_of([0.0, 0.1], [0, 1], ("a", "b"), out=1))
     assert sorted(res.requests["server"]) == [0, 1]
     assert res.stats["pool_wait_s"] == 0.0
+
+
+class SpyKeepAlive:
+    """A fixed window that records every idle time it is taught."""
+
+    demote_to: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.idle: list[tuple[str, float]] = []
+
+    def observe_idle(self, model: str, idle_s: float) -> None:
+        self.idle.append((model, idle_s))
+
+    def decide(self, model: str) -> KeepAliveDecision:
+        return KeepAliveDecision(100.0)
+
+
+def test_a_model_with_a_request_still_loading_is_not_idle() -> None:
+    """Keep-alive policies learn idle times: a model is idle only when none of its requests is unfinished. A (done
+    at ~4 s) and B (arrived at 3 s, its cold start loading 3-5 s) overlap, so C at 4.5 s teaches nothing; D, after
+    every request of the model is over, teaches the real gap."""
+    m = {"a": fake_model("a", size_gb=10, decode_s=0.02, prefill_s=0.0, base_s=0.0)}
+    keep = SpyKeepAlive()
+    sim = Simulator(one_server(gpus_per_server=3, ssd_replicas=1, dram_gb=0), m,
+                    ServerlessLLMScheduler(cache_to=(), tier_upgrade=False), keep, SimConfig(record_events=True))
+    df = sim.run(requests_of([0.0, 3.0, 4.5, 30.0], [0, 0, 0, 0], ("a",), out=[101, 101, 1, 1])).requests
+    assert df["cold_start"].tolist() == [True, True, False, False]  # C: A's instance, idle since ~4 s
+    last_done = (df["arrival_s"] + df["e2e_s"]).iloc[:3].max()
+    assert keep.idle == [("a", pytest.approx(30.0 - last_done))]
