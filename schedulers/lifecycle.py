@@ -309,7 +309,7 @@ class Lifecycle:
         if inst.migration_src is not None:
             self._migration_loaded(inst)
         elif inst.abort or inst.request < 0:
-            self._go_idle(inst, inst.prewarm_keep_s)
+            self._next_or_idle(inst, inst.prewarm_keep_s)
         else:
             i = inst.request
             self.rec.r["load_s"][i] = self.clock.now() - self.rec.r["load_start_s"][i]
@@ -363,8 +363,11 @@ class Lifecycle:
             self._next_or_idle(inst)
         self._after()
 
-    def _next_or_idle(self, inst: Instance) -> None:
-        """Serve the oldest live request waiting for this model, else go idle under the keep-alive policy."""
+    def _next_or_idle(self, inst: Instance, keep_s: float | None = None) -> None:
+        """Serve the oldest live request waiting for this model, else go idle under the keep-alive policy (or for
+        ``keep_s``). Every instance that becomes free comes here (a finished request, a pre-warm, a migration
+        destination whose migration is off), so no request waits while an instance of its model idles."""
+        inst.abort, inst.migration_src = False, None
         rec = self.rec
         q = rec.wait_model[inst.info.name]
         while q:
@@ -378,14 +381,13 @@ class Lifecycle:
             rec.r["tier_decided"][j] = rec.r["tier_loaded"][j] = "gpu"
             self._run(inst, j)
             return
-        self._go_idle(inst)
+        self._go_idle(inst, keep_s)
 
     # ------------------------------------------------------------ idle instances: keep-alive, pre-warming, eviction
     def _go_idle(self, inst: Instance, keep_s: float | None = None) -> None:
         """Park ``inst`` on its GPUs for the keep-alive window (or unload it now and pre-warm it later)."""
         m, now = inst.info.name, self.clock.now()
-        inst.state, inst.idle_since, inst.abort = "idle", now, False
-        inst.migration_src = None
+        inst.state, inst.idle_since = "idle", now
         inst.server.dirty()
         self._retry_flag = True
         if keep_s is None:
@@ -493,7 +495,7 @@ class Lifecycle:
         src = dest.migration_src
         assert src is not None
         if dest.abort or src.state != "busy" or src.migrating_to is not dest:
-            self._go_idle(dest)
+            self._next_or_idle(dest)
             return
         dest.state = "syncing"
         self.backend.migrate(src, dest)
@@ -533,7 +535,7 @@ class Lifecycle:
             self.log("migration_aborted", instance=src.id, dst_instance=dest.id)
             src.migrating_to = None
             if dest.state == "syncing":
-                self._go_idle(dest)
+                self._next_or_idle(dest)
             else:
                 dest.abort = True
         self._release(src)
@@ -580,7 +582,7 @@ class Lifecycle:
         dest, inst.migrating_to = inst.migrating_to, None
         if dest is not None:
             if dest.state == "syncing":
-                self._go_idle(dest)
+                self._next_or_idle(dest)
             else:
                 dest.abort = True
         src = inst.migration_src

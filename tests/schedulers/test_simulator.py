@@ -520,3 +520,22 @@ def test_a_model_with_a_request_still_loading_is_not_idle() -> None:
     assert df["cold_start"].tolist() == [True, True, False, False]  # C: A's instance, idle since ~4 s
     last_done = (df["arrival_s"] + df["e2e_s"]).iloc[:3].max()
     assert keep.idle == [("a", pytest.approx(30.0 - last_done))]
+
+
+def test_a_prewarmed_instance_serves_the_request_that_waited_for_its_load() -> None:
+    """Requests 100 s apart teach a pre-warm 81 s after an idle start, but the load takes 40 s, so the next request
+    arrives while the only GPU is loading and waits. The instance that becomes free serves it (warm) instead of
+    idling while the scheduler, asked again, evicts it for a cold start of the same model (61 s instead of 21 s)."""
+    m = {"a": fake_model("a", size_gb=200)}
+    keep = HybridHistogramKeepAlive(bin_s=10, range_s=1000, min_samples=3, cv_threshold=0.0)
+    sim = Simulator(one_server(dram_gb=0, ssd_gb=400, ssd_replicas=1), m, ServerlessLLMScheduler(), keep,
+                    SimConfig(record_events=True))
+    times = [0.0] + [300.0 + 100.0 * k for k in range(7)]
+    df = sim.run(requests_of(times, [0] * 8, ("a",), out=1)).requests
+    prewarms = [e["t"] for e in sim.events if e["kind"] == "prewarm"]
+    assert prewarms, "the learned window never pre-warmed"
+    first = df[df["arrival_s"] > prewarms[0]].iloc[0]
+    assert first["queue_s"] > 0  # it came during the pre-warm's load and waited
+    assert not first["cold_start"]
+    assert first["tier_loaded"] == "gpu"
+    assert first["ttft_s"] < 40.0  # less than a load
