@@ -105,10 +105,6 @@ class WallClock:
         """Timers not yet run and callbacks posted but not yet run."""
         return len(self._heap) + self._posted.qsize()
 
-    def wall_s(self, t: float) -> float:
-        """The ``time.time()`` of clock time ``t`` (to compare with timestamps taken elsewhere)."""
-        return self._t0 + t
-
     def run(self, until: Callable[[], bool], idle_s: float = 0.5) -> None:
         """Run posted callbacks and due timers until ``until()``; wait at most ``idle_s`` between checks."""
         while not until():

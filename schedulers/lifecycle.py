@@ -1,11 +1,12 @@
-"""The serverless lifecycle, written once for both engines (STYLE 17): arrivals, decisions, placements and
-preemptions, loads, keep-alive, eviction and demotion, pre-warming, migration bookkeeping, records and stats.
+"""The serverless lifecycle, written once for both engines (STYLE 17): arrivals, decisions, placements, loads
+(``loading.py``), keep-alive, eviction and demotion, pre-warming, preemption and migration bookkeeping
+(``migration.py``), records and stats (``records.py``).
 
 It runs on a clock (``schedulers/clock.py``): simulated time in ``Simulator``, wall time in the real
 ``Controller``. What truly differs is a ``Backend``'s: how a load's bytes move, how a request is served, how a
 migration's rounds run, how storage is applied, how an instance's process is released — and the failure paths of
-real processes, which report back through ``load_failed`` / ``serve_failed``. Every method runs on the clock's
-thread; a backend's helper threads only ``post``.
+real processes, which report back to ``failures.py``. Every method runs on the clock's thread; a backend's helper
+threads only ``post``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from schedulers.base import ClusterView, KeepAlive, ModelInfo, Placement, Schedu
 from schedulers.clock import Clock
 from schedulers.cluster import Cluster
 from schedulers.errors import SimulatorInvariantError
+from schedulers.failures import Failures
 from schedulers.loading import LoadQueues
+from schedulers.migration import Migrations
 from schedulers.records import ASSIGNED, DONE, FAILED, FINISHED, RUNNING, TIMED_OUT, WAITING, RequestRecords
-from schedulers.state import Instance, LoadJob, Server, generated_tokens
+from schedulers.state import Instance, LoadJob, Server
 from schedulers.workload import RequestArrays
 
 
@@ -51,15 +54,16 @@ class Backend(Protocol):
     """The effects that differ between the simulator and the real controller (the lifecycle calls these)."""
 
     def start_load(self, job: LoadJob) -> None:
-        """Get a ready process and move the checkpoint's bytes; then ``Lifecycle.load_done`` (or ``load_failed``)."""
+        """Get a ready process and move the checkpoint's bytes; then ``Lifecycle.load_done`` (or
+        ``failures.load_failed``)."""
 
     def serve(self, inst: Instance, i: int) -> None:
         """Serve request ``i`` on ``inst`` from now (or go on with it after a migration); then
-        ``Lifecycle.complete(inst, inst.version)`` (or ``serve_failed``)."""
+        ``Lifecycle.complete(inst, inst.version)`` (or ``failures.serve_failed``)."""
 
     def migrate(self, src: Instance, dest: Instance) -> None:
-        """``dest`` is loaded: run the re-prefill rounds; then ``Lifecycle.migration_stop`` (unless ``src`` finishes
-        first, which aborts the migration)."""
+        """``dest`` is loaded: run the re-prefill rounds; then ``migrations.stop`` (unless ``src`` finishes first,
+        which aborts the migration)."""
 
     def released(self, inst: Instance, killed: bool) -> None:
         """``inst`` left its GPUs: give its process back (unloaded) or, ``killed``, end it."""
@@ -94,8 +98,6 @@ class Lifecycle:
         self.inst_count: dict[str, int] = dict.fromkeys(models, 0)
         self.active: dict[str, int] = dict.fromkeys(models, 0)  # unfinished requests per model (arrived, not over)
         self.last_idle_start: dict[str, float] = {}
-        self.load_failures: dict[str, int] = {}
-        self.given_up: dict[str, str] = {}  # models whose loads failed too often: their requests fail at once
         self.events: list[dict[str, Any]] = []
         self.stats: dict[str, float] = dict.fromkeys(
             ("gpu_seconds", "idle_gpu_gb_s", "migrations", "migrations_aborted", "preemptions", "loads", "events",
@@ -104,6 +106,8 @@ class Lifecycle:
         self.rec = RequestRecords(RequestArrays.empty(tuple(models)))
         self.loads = LoadQueues(clock, self.models, self.rec, self.stats, backend.start_load,
                                 backend.storage_changed, self.log)
+        self.migrations = Migrations(self)
+        self.failures = Failures(self)
         self._next_id = 0
         self._retry_flag = False
         self._retry_times: set[float] = set()
@@ -165,18 +169,19 @@ class Lifecycle:
             self.keepalive.observe_idle(m, self.clock.now() - self.last_idle_start.pop(m))
         self.active[m] += 1
         idle = self.idle_by_model[m]
-        if self.given_up and m in self.given_up:
-            self.fail(i, self.given_up[m])
+        given_up = self.failures.given_up
+        if given_up and m in given_up:
+            self.fail(i, given_up[m])
         elif idle:
             inst = idle.pop(next(reversed(idle)))
             self.stats["idle_gpu_gb_s"] += inst.gpus * self.cluster.gpu_mem_gb * (self.clock.now() - inst.idle_since)
             rec.r["tier_decided"][i] = rec.r["tier_loaded"][i] = "gpu"
             self._run(inst, i)
         else:
-            self._decide(i)
-        self._after()
+            self.decide(i)
+        self.after()
 
-    def _decide(self, i: int) -> bool:
+    def decide(self, i: int) -> bool:
         t0 = time.perf_counter()
         decision = self.scheduler.schedule(self.rec.request(i), self.view())
         self.stats["decision_s"] += time.perf_counter() - t0
@@ -194,17 +199,23 @@ class Lifecycle:
             self.clock.at(t, self._retry_timer, t)
         return False
 
-    def _expired(self, i: int) -> bool:
+    def expired(self, i: int) -> bool:
         return self.clock.now() - self.rec.arrival[i] >= self.cfg.timeout_s
 
     def _timeout(self, i: int) -> None:
         if self.rec.state[i] in FINISHED:
             raise SimulatorInvariantError(f"request {i} finished twice")
         self.rec.finish_at_timeout(i, TIMED_OUT, self.cfg.timeout_s)
-        self._ended(self.rec.model_of[i])
+        self.ended(self.rec.model_of[i])
         self.log("timeout", request=i)
 
-    def _ended(self, m: str) -> None:
+    def fail(self, i: int, reason: str) -> None:
+        """Request ``i`` gives up (its model cannot load, its retries are spent): it counts at the timeout."""
+        self.rec.finish_at_timeout(i, FAILED, self.cfg.timeout_s)
+        self.rec.error[i] = reason
+        self.ended(self.rec.model_of[i])
+
+    def ended(self, m: str) -> None:
         """A request of ``m`` is over (done, timed out, failed): with none of ``m``'s left unfinished, ``m`` is idle
         from now (the keep-alive policy learns the idle time at the next arrival)."""
         self.active[m] -= 1
@@ -214,9 +225,9 @@ class Lifecycle:
     def _retry_timer(self, t: float) -> None:
         self._retry_times.discard(t)
         self._retry_flag = True
-        self._after()
+        self.after()
 
-    def _after(self) -> None:
+    def after(self) -> None:
         while self._retry_flag:
             self._retry_flag = False
             self._retry()
@@ -233,14 +244,14 @@ class Lifecycle:
                 break
             if rec.state[i] != WAITING:
                 continue
-            if self._expired(i):
+            if self.expired(i):
                 self._timeout(i)
                 continue
-            if not self._decide(i):
+            if not self.decide(i):
                 waits += 1
 
     # ------------------------------------------------------------------ placement
-    def _new_instance(self, info: ModelInfo, server: Server) -> Instance:
+    def new_instance(self, info: ModelInfo, server: Server) -> Instance:
         inst = Instance(self._next_id, info, server, self.clock.now())
         self._next_id += 1
         self.instances[inst.id] = inst
@@ -248,7 +259,7 @@ class Lifecycle:
         self.inst_count[info.name] += 1
         return inst
 
-    def _gather(self, inst: Instance, server: Server) -> None:
+    def gather(self, inst: Instance, server: Server) -> None:
         """Give ``inst`` free GPUs of its server, evicting idle instances (least recently idle first) if needed."""
         take = min(server.free_gpus, inst.gpus - inst.have)
         server.take_gpus(take)
@@ -271,24 +282,24 @@ class Lifecycle:
         if rec.state[i] == WAITING:
             rec.unwait(i, ASSIGNED)
         rec.state[i] = ASSIGNED
-        inst = self._new_instance(self.models[m], server)
+        inst = self.new_instance(self.models[m], server)
         inst.request, inst.prompt_tokens, inst.decision = i, rec.inp[i], d
         rec.r["placed_s"][i] = self.clock.now()
         rec.r["server"][i], rec.r["cold_start"][i] = d.server, True
         rec.r["tier_decided"][i] = rec.r["tier_loaded"][i] = d.tier
-        self._gather(inst, server)
+        self.gather(inst, server)
         for pid in d.preemptions:
-            self._preempt(self.instances[pid], inst)
+            self.migrations.preempt(self.instances[pid], inst)
         for mig in d.migrations:
-            self._migrate(self.instances[mig.instance_id], self.servers[mig.dst_server], inst)
+            self.migrations.start(self.instances[mig.instance_id], self.servers[mig.dst_server], inst)
         if inst.state != "pending":
             return  # a preemption already handed over the last GPUs and started the load
         if inst.have >= inst.gpus:
-            self._handoff(inst)
+            self.handoff(inst)
         elif not any(x.handoff_to is inst for x in server.instances.values()):
             raise SimulatorInvariantError(f"infeasible placement {d} for request {i}: {inst.have}/{inst.gpus} GPUs")
 
-    def _handoff(self, inst: Instance) -> None:
+    def handoff(self, inst: Instance) -> None:
         """``inst`` has all its GPUs (from free ones, migrations or preemptions): queue its load."""
         d = inst.decision
         assert d is not None
@@ -307,14 +318,14 @@ class Lifecycle:
     def _ready(self, inst: Instance) -> None:
         self.stats["events"] += 1
         if inst.migration_src is not None:
-            self._migration_loaded(inst)
+            self.migrations.loaded(inst)
         elif inst.abort or inst.request < 0:
-            self._next_or_idle(inst, inst.prewarm_keep_s)
+            self.next_or_idle(inst, inst.prewarm_keep_s)
         else:
             i = inst.request
             self.rec.r["load_s"][i] = self.clock.now() - self.rec.r["load_start_s"][i]
             self._run(inst, i)
-        self._after()
+        self.after()
 
     def _run(self, inst: Instance, i: int) -> None:
         """Serve request ``i`` on ``inst`` (its first token and end estimated from the model's profile)."""
@@ -324,7 +335,7 @@ class Lifecycle:
         if first - rec.arrival[i] > self.cfg.timeout_s:
             self._timeout(i)
             inst.request = -1
-            self._next_or_idle(inst)
+            self.next_or_idle(inst)
             return
         if r["tier_loaded"][i] == "gpu":
             r["queue_s"][i], r["load_s"][i] = now - rec.arrival[i], 0.0
@@ -355,15 +366,17 @@ class Lifecycle:
             raise SimulatorInvariantError(f"request {i} completed in state {self.rec.state[i]}")
         self.rec.state[i] = DONE
         self.rec.r["e2e_s"][i] = (self.clock.now() if done_s is None else done_s) - self.rec.arrival[i]
-        self._ended(m)
+        self.ended(m)
         inst.request = -1
-        if inst.handoff_to is not None:
-            self._source_finished(inst)
+        if inst.handoff_to is not None:  # a migration's source (or a preemption's victim) done first
+            self.migrations.abort(inst)
+            self.release(inst)
+            self.backend.released(inst, False)
         else:
-            self._next_or_idle(inst)
-        self._after()
+            self.next_or_idle(inst)
+        self.after()
 
-    def _next_or_idle(self, inst: Instance, keep_s: float | None = None) -> None:
+    def next_or_idle(self, inst: Instance, keep_s: float | None = None) -> None:
         """Serve the oldest live request waiting for this model, else go idle under the keep-alive policy (or for
         ``keep_s``). Every instance that becomes free comes here (a finished request, a pre-warm, a migration
         destination whose migration is off), so no request waits while an instance of its model idles."""
@@ -374,7 +387,7 @@ class Lifecycle:
             j = q.popleft()
             if rec.state[j] != WAITING:
                 continue
-            if self._expired(j):
+            if self.expired(j):
                 self._timeout(j)
                 continue
             rec.unwait(j, ASSIGNED)
@@ -410,9 +423,9 @@ class Lifecycle:
         if self.idle_by_model[m] or server.free_gpus < info.gpus:
             return
         self.stats["prewarms"] += 1
-        inst = self._new_instance(info, server)
+        inst = self.new_instance(info, server)
         inst.prewarm_keep_s = keep_s
-        self._gather(inst, server)
+        self.gather(inst, server)
         self.log("prewarm", instance=inst.id, model=m, server=server.id)
         self.loads.enqueue(inst, server.view().best_tier(m), None, False, self.cache_to, self.tier_upgrade)
 
@@ -421,14 +434,14 @@ class Lifecycle:
             return
         self.stats["events"] += 1
         self._evict(inst)
-        self._after()
+        self.after()
 
     def _evict(self, inst: Instance) -> None:
         """Take an idle instance off its GPUs and demote its checkpoint (GPU → DRAM → SSD, as the policy says)."""
         m, server = inst.info.name, inst.server
         if self.idle_by_model[m].pop(inst.id, None) is not None:
             self.stats["idle_gpu_gb_s"] += inst.gpus * self.cluster.gpu_mem_gb * (self.clock.now() - inst.idle_since)
-        self._release(inst)
+        self.release(inst)
         self.backend.released(inst, False)
         demoted = server.store_checkpoint(m, self.demote_to, self.models)
         if demoted:
@@ -437,7 +450,7 @@ class Lifecycle:
         server.dirty()
         self._retry_flag = True
 
-    def _release(self, inst: Instance) -> None:
+    def release(self, inst: Instance) -> None:
         """Free ``inst``'s GPUs (or hand them to the pending instance waiting for them)."""
         server = inst.server
         self.stats["gpu_seconds"] += inst.gpus * (self.clock.now() - inst.acquired_s)
@@ -453,155 +466,8 @@ class Lifecycle:
             if inst.gpus - take:
                 server.give_gpus(inst.gpus - take)
             if target.have >= target.gpus:
-                self._handoff(target)
+                self.handoff(target)
         else:
             server.give_gpus(inst.gpus)
         server.dirty()
         self._retry_flag = True
-
-    # ------------------------------------------------------------ live migration (ServerlessLLM §5) and preemption
-    def _preempt(self, victim: Instance, target: Instance) -> None:
-        """Kill a running instance (Shepherd*): its request restarts from scratch, its GPUs go to ``target``."""
-        i = victim.request
-        if victim.state != "busy" or self.rec.state[i] != RUNNING:
-            raise SimulatorInvariantError(f"preempting instance {victim.id} in state {victim.state}")
-        self.stats["preemptions"] += 1
-        self.rec.r["preempted"][i] += 1
-        victim.request = -1
-        victim.handoff_to = target
-        self.log("preempt", instance=victim.id, request=i, server=victim.server.id)
-        self._release(victim)
-        self.backend.released(victim, True)
-        self.rec.add_waiting(i, front=True)
-
-    def _migrate(self, src: Instance, dst: Server, target: Instance) -> None:
-        """Start migrating busy ``src`` to ``dst``: the destination loads the model, then re-prefills in rounds."""
-        if src.state != "busy" or src.migrating_to is not None:
-            raise SimulatorInvariantError(f"migrating instance {src.id} in state {src.state}")
-        src.handoff_to = target
-        dest = self._new_instance(src.info, dst)
-        dest.migration_src, dest.prompt_tokens, dest.request = src, src.prompt_tokens, -1
-        src.migrating_to = dest
-        self._gather(dest, dst)
-        if dest.have < dest.gpus:
-            raise SimulatorInvariantError(f"migration target server {dst.id} lacks GPUs for {src.info.name}")
-        src.server.dirty()
-        self.log("migration_start", instance=src.id, request=src.request, src=src.server.id, dst=dst.id,
-                 model=src.info.name)
-        self.loads.enqueue(dest, dst.view().best_tier(src.info.name), None, False, self.cache_to, self.tier_upgrade)
-
-    def _migration_loaded(self, dest: Instance) -> None:
-        """The destination has the model: the backend runs the rounds (unless the source is done already)."""
-        src = dest.migration_src
-        assert src is not None
-        if dest.abort or src.state != "busy" or src.migrating_to is not dest:
-            self._next_or_idle(dest)
-            return
-        dest.state = "syncing"
-        self.backend.migrate(src, dest)
-
-    def migration_stop(self, src: Instance, dest: Instance, version: int, last: int) -> None:
-        """The last round produced ``last`` (< stop) new tokens: the source stops; the destination prefills them
-        and continues the request."""
-        if version != src.version or src.migrating_to is not dest:
-            return
-        self.stats["events"] += 1
-        self.stats["migrations"] += 1
-        i, info, now = src.request, src.info, self.clock.now()
-        d = info.decode_s_per_token
-        done_tokens = generated_tokens(now, src.first_token_s, d, src.done_s)
-        resume = now + info.prefill_s(max(last, 1))
-        out = self.rec.out[i]
-        dest.state, dest.request, dest.migration_src = "busy", i, None
-        dest.done_s = resume + (out - done_tokens) * d
-        dest.first_token_s = dest.done_s - (out - 1) * d  # so that generated_tokens() stays exact
-        self.rec.r["migration_s"][i] += resume - now
-        self.rec.r["migrated"][i] += 1
-        src.migrating_to = None
-        self.log("migration_done", instance=src.id, request=i, dst_instance=dest.id, src=src.server.id,
-                 dst=dest.server.id, pause_s=resume - now)
-        self._release(src)  # hands the GPUs to the waiting placement
-        self.backend.released(src, False)
-        dest.server.dirty()
-        dest.version += 1
-        self.backend.serve(dest, i)
-        self._after()
-
-    def _source_finished(self, src: Instance) -> None:
-        """A migrating (or handing-off) instance finished its request first: abort and pass its GPUs on."""
-        dest = src.migrating_to
-        if dest is not None:
-            self.stats["migrations_aborted"] += 1
-            self.log("migration_aborted", instance=src.id, dst_instance=dest.id)
-            src.migrating_to = None
-            if dest.state == "syncing":
-                self._next_or_idle(dest)
-            else:
-                dest.abort = True
-        self._release(src)
-        self.backend.released(src, False)
-
-    # ------------------------------------------------------------ real processes fail (reported by the backend)
-    def fail(self, i: int, reason: str) -> None:
-        """Request ``i`` gives up (its model cannot load, its retries are spent): it counts at the timeout."""
-        self.rec.finish_at_timeout(i, FAILED, self.cfg.timeout_s)
-        self.rec.error[i] = reason
-        self._ended(self.rec.model_of[i])
-
-    def load_failed(self, job: LoadJob, reason: str, give_up_after: int, max_retries: int) -> None:
-        """A load failed: its slot frees, its instance is discarded, its request is placed again or fails; after
-        ``give_up_after`` failures of one model its requests fail at once."""
-        inst, m = job.instance, job.instance.info.name
-        self.stats["load_failures"] += 1
-        self.load_failures[m] = failures = self.load_failures.get(m, 0) + 1
-        if failures >= give_up_after:
-            self.given_up[m] = f"model {m} failed to load {failures} times; not retried"
-        self.loads.failed(job)
-        self._drop(inst)
-        if inst.request >= 0 and inst.migration_src is None and self.rec.state[inst.request] == ASSIGNED:
-            self.retry_or_fail(inst.request, f"load failed: {reason}", max_retries)
-        self._after()
-
-    def serve_failed(self, inst: Instance, version: int, reason: str, max_retries: int) -> None:
-        """The process of ``inst`` died: the instance is gone; the request it served is placed again or fails."""
-        if version != inst.version or inst.state == "gone":
-            return
-        if inst.state != "busy":  # a migration's destination: the migration is off
-            self._drop(inst)
-            self._after()
-            return
-        i = inst.request
-        inst.request = -1
-        self._drop(inst)
-        self.retry_or_fail(i, reason, max_retries)
-        self._after()
-
-    def _drop(self, inst: Instance) -> None:
-        """Take a failed instance off its GPUs and end its process; a migration it was part of is off (a source's
-        GPUs still go to the placement that asked for them)."""
-        dest, inst.migrating_to = inst.migrating_to, None
-        if dest is not None:
-            if dest.state == "syncing":
-                self._next_or_idle(dest)
-            else:
-                dest.abort = True
-        src = inst.migration_src
-        if src is not None and src.migrating_to is inst:
-            src.migrating_to = None
-        if inst.state != "gone":
-            self._release(inst)
-            self.backend.released(inst, True)
-
-    def retry_or_fail(self, i: int, reason: str, max_retries: int) -> None:
-        """Place request ``i`` again now if it has retries left and time, else it fails with ``reason``."""
-        rec = self.rec
-        m = rec.model_of[i]
-        rec.error[i] = reason
-        if m in self.given_up:
-            self.fail(i, f"{reason} ({self.given_up[m]})")
-        elif rec.retries[i] < max_retries and not self._expired(i):
-            rec.retries[i] += 1
-            rec.state[i] = ASSIGNED  # decided again now, not queued behind the waiting ones
-            self._decide(i)
-        else:
-            self.fail(i, reason)

@@ -117,7 +117,7 @@ class SimBackend:
             if new < cfg.migration_stop_tokens:
                 break
             tokens, t = new, t_next
-        self.clock.at(t_next, self.life.migration_stop, src, dest, src.version, new)
+        self.clock.at(t_next, self.life.migrations.stop, src, dest, src.version, new)
 
     def released(self, inst: Instance, killed: bool) -> None:
         """A pool takes back the process of an instance that unloaded (not of a killed one)."""
@@ -145,14 +145,6 @@ class Simulator:
     @property
     def events(self) -> list[dict[str, Any]]:
         return self.life.events
-
-    @property
-    def scheduler(self) -> Scheduler:
-        return self.life.scheduler
-
-    @scheduler.setter
-    def scheduler(self, scheduler: Scheduler) -> None:
-        self.life.scheduler = scheduler
 
     def run(self, reqs: RequestArrays) -> SimResult:
         """Simulate every request of ``reqs`` to completion or timeout; deterministic for a given input."""

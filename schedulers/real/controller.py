@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.executors.workers import WorkerDiedError, WorkerError, start_worker
+from harness.executors.workers import WorkerDiedError, WorkerError
 from runtimes.base import ProcessSource, Runtime
 from runtimes.fresh import FreshRuntime
-from runtimes.workerpool import PoolError
 from schedulers.base import KeepAlive, ModelInfo, Request, Scheduler
 from schedulers.clock import SimClock, WallClock
 from schedulers.cluster import Cluster
 from schedulers.lifecycle import Lifecycle
 from schedulers.real.config import ProcessConfig, RealConfig
 from schedulers.real.instance import prompt_tokens
+from schedulers.real.processes import ProcessSources
 from schedulers.real.serving import Calls, Serving, reason_of
 from schedulers.real.tiers import Site, TierOps
 from schedulers.records import FINISHED, STATE_NAMES
@@ -63,17 +63,17 @@ class RequestEvents:
     def failed(self, reason: str) -> None:
         log.error("request %d on instance %d failed: %s", self.i, self.inst.id, reason)
         self.backend.finished(self.i)
-        self.backend.life.serve_failed(self.inst, self.version, reason, self.backend.cfg.max_request_retries)
+        self.backend.life.failures.serve_failed(self.inst, self.version, reason, self.backend.cfg.max_request_retries)
 
     def stop_source(self, new_tokens: int) -> None:
         if self.dest is not None:
-            self.backend.life.migration_stop(self.inst, self.dest, self.src_version, new_tokens)
+            self.backend.life.migrations.stop(self.inst, self.dest, self.src_version, new_tokens)
 
     def destination_failed(self, reason: str) -> None:
         dest, self.dest = self.dest, None
         if dest is not None:
             log.error("migration destination %d failed: %s", dest.id, reason)
-            self.backend.life.serve_failed(dest, dest.version, reason, self.backend.cfg.max_request_retries)
+            self.backend.life.failures.serve_failed(dest, dest.version, reason, self.backend.cfg.max_request_retries)
 
 
 class RealBackend:
@@ -81,11 +81,11 @@ class RealBackend:
     serving and migration rounds (``Serving``), storage applied by each server's storage thread, processes given
     back (unloaded, for a pool to reuse) or killed."""
 
-    def __init__(self, clock: Any, sites: list[Site], tiers: TierOps, cfg: ProcessConfig, runtime: Runtime,
+    def __init__(self, clock: Any, sites: list[Site], tiers: TierOps, cfg: ProcessConfig, processes: ProcessSources,
                  work: Any) -> None:
-        self.clock, self.sites, self.tiers, self.cfg, self.runtime, self.work = clock, sites, tiers, cfg, runtime, work
+        self.clock, self.sites, self.tiers, self.cfg, self.work = clock, sites, tiers, cfg, work
+        self.runtime, self.sources = processes.runtime, processes.sources
         self.calls = Calls(clock, cfg.call_timeout_s)
-        self.sources: list[ProcessSource] = []
         self.handles: dict[int, Any] = {}  # instance id → its process
         self.serving: dict[int, tuple[Serving, RequestEvents]] = {}  # request id → in progress
         self.measured: dict[int, dict[str, Any]] = {}  # request id → prefill_s, decode_s, max_gap_s, tokens
@@ -159,7 +159,7 @@ class RealBackend:
     def _load_failed(self, job: LoadJob, reason: str) -> None:
         log.error("instance %d (%s) failed to load: %s", job.instance.id, job.instance.info.name, reason)
         self.reading[job.instance.server.id][job.instance.info.name] -= 1
-        self.life.load_failed(job, reason, self.cfg.max_load_failures, self.cfg.max_request_retries)
+        self.life.failures.load_failed(job, reason, self.cfg.max_load_failures, self.cfg.max_request_retries)
 
     # ------------------------------------------------------------------ requests
     def serve(self, inst: Instance, i: int) -> None:
@@ -238,11 +238,10 @@ class Controller:
         slots = cluster.servers * cluster.gpus_per_server
         self.work = work if work is not None else ThreadPoolExecutor(4 * slots + 4, thread_name_prefix="real")
         self.runtime: Runtime = runtime if runtime is not None else FreshRuntime()
-        self.host_kwargs = dict(host_kwargs or {})
-        self.backend = RealBackend(self.clock, sites, tiers, cfg.process, self.runtime, self.work)
+        self.processes = ProcessSources(self.runtime, executor, cfg.process, host_kwargs or {})
+        self.backend = RealBackend(self.clock, sites, tiers, cfg.process, self.processes, self.work)
         self.life = Lifecycle(self.clock, cluster, models, scheduler, keepalive, self.backend, cfg.lifecycle)
         self.backend.life = self.life
-        self.processes: list[Any] = []  # every instance process started, so shutdown can leave none behind
         self._drain_until: float | None = None
         self.run_stats: dict[str, Any] = {}  # the runtime's (after shutdown), and whether Ctrl-C stopped the run
 
@@ -255,14 +254,6 @@ class Controller:
     def cold_starts(self) -> list[dict[str, Any]]:
         return self.backend.cold_starts
 
-    @property
-    def scheduler(self) -> Scheduler:
-        return self.life.scheduler
-
-    @scheduler.setter
-    def scheduler(self, scheduler: Scheduler) -> None:
-        self.life.scheduler = scheduler
-
     def run(self, requests: list[Request]) -> pd.DataFrame:
         """Replay ``requests`` (arrival times already in wall seconds) to completion; always stops every instance,
         also on Ctrl-C (unfinished requests are recorded as failed with the reason). Returns the requests table."""
@@ -273,7 +264,7 @@ class Controller:
                                np.array([r.input_tokens for r in requests], dtype=np.int64),
                                np.array([r.output_tokens for r in requests], dtype=np.int64))
         try:
-            self.start_sources()
+            self.processes.start(self.sites)
             self.life.start(arrays)
             for site, server in zip(self.sites, self.life.servers, strict=True):  # the initial SSD copies
                 self.tiers.reconcile(site, server.ssd.names(), server.dram.names(), frozenset())
@@ -324,65 +315,10 @@ class Controller:
         """Each finished request's greedy tokens."""
         return {i: m["tokens"] for i, m in self.backend.measured.items()}
 
-    # ------------------------------------------------------------------ processes
-    def start_sources(self) -> None:
-        """One process source per server; pools are filled before the first arrival (they are pre-started), within
-        the runtime's ``start_timeout_s``: a pool that cannot fill (e.g. a Ray cluster without the CPUs or GPUs for
-        size × servers workers) is an error naming what was ready, not a silent wait."""
-        for site in self.sites:
-            self.backend.sources.append(self.runtime.source(self._starter(site), f"s{site.sid}"))
-        timeout_s = float(getattr(self.runtime, "start_timeout_s", 600.0))
-        fills = [s for s in self.backend.sources if getattr(s, "wait_full", None) is not None]
-        if fills:
-            log.info("filling %d pools of %d workers (each start: imports, device init, warm-up)", len(fills),
-                     int(getattr(self.runtime, "size", 1)))
-        for source in fills:
-            try:
-                source.wait_full(timeout_s)  # type: ignore[attr-defined]
-            except PoolError as exc:
-                raise PoolError(f"{exc} (a pool holds its workers' resources ahead of time: on Ray the nodes need "
-                                f"CPUs/GPUs for size × servers workers plus the replacements)") from None
-
-    def _starter(self, site: Site) -> Callable[[str], Any]:
-        """How a server starts an instance process: pinned to its node on Ray, within the slot's budgets."""
-        p = self.cfg.process
-        kwargs = {"dtype": p.dtype, "device": p.device, **self.host_kwargs}
-
-        def start(name: str) -> Any:
-            handle = start_worker(self.executor, "schedulers.real.instance:ModelInstance", kwargs, name=name,
-                                  num_cpus=p.slot_threads, memory_bytes=p.slot_memory_bytes,
-                                  resources=site.placement())
-            self.processes.append(handle)
-            return handle
-
-        return start
-
     def shutdown(self) -> None:
-        """Close every instance process (idle, busy or loading) and the helper threads."""
-        for handle in self.backend.handles.values():
-            try:
-                handle.close(timeout_s=5)
-            except Exception:  # a dead one is fine
-                handle.kill()
+        """Stop every instance process and the helper threads; the runtime's stats."""
+        self.processes.close(list(self.backend.handles.values()))
         self.backend.handles.clear()
         if hasattr(self.work, "shutdown"):
             self.work.shutdown(wait=True, cancel_futures=True)
-        for source in self.backend.sources:  # a pool's idle workers, and its refill thread
-            source.close()
-        for handle in self.processes:  # closes still queued when the pool stopped, or started meanwhile
-            if handle.alive():
-                handle.kill()
-        self.run_stats.update(self.runtime_stats())
-
-    def runtime_stats(self) -> dict[str, Any]:
-        """The runtime's name and what its sources did: worker starts and their median seconds (pool refills)."""
-        sources = self.backend.sources
-        starts = [t for src in sources for t in src.stats.get("start_s", [])]
-        out: dict[str, Any] = {"runtime": self.runtime.name,
-                               "pool_size": int(getattr(self.runtime, "size", 0)) if self.runtime.name == "pool" else 0,
-                               "pool_refill": str(getattr(self.runtime, "refill", "")),
-                               "worker_starts": len(starts),
-                               "worker_start_s": float(sorted(starts)[len(starts) // 2]) if starts else math.nan}
-        for key in ("replaced_dead", "recycled", "reused", "discarded"):
-            out[f"workers_{key}"] = sum(int(src.stats.get(key, 0)) for src in sources)
-        return out
+        self.run_stats.update(self.processes.stats())

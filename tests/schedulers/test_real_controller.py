@@ -195,7 +195,7 @@ def test_live_migration_through_the_controller_keeps_the_token_stream(compose_cf
     cfg = _cfg(compose_cfg, tmp_path, "real.decode_chunk=1", "real.ssd_replicas=2")
     _name, entry = policies_of(cfg)[0]
     ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", instantiate(cfg.executor))
-    ctl.scheduler = MigrateFirstBusy()
+    ctl.life.scheduler = MigrateFirstBusy()
     requests = [Request(0, MODELS[0], 0.0, 16, 6000), Request(1, MODELS[1], 0.3, 8, 4)]  # long enough to migrate
     try:
         reqs = ctl.run(requests)

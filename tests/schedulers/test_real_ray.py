@@ -53,7 +53,7 @@ def test_ray_instances_serve_and_a_dead_actor_is_retried(ray_local: Any, compose
     finally:
         cleanup()
         executor.close()
-    pids = [h.pid() for h in ctl.processes]
+    pids = [h.pid() for h in ctl.processes.started]
     node = executor.nodes()
     assert len(node) == 1  # the loopback Ray: one node, which every server is pinned to
     assert node[0].startswith("node:")
@@ -97,10 +97,10 @@ def test_ray_pool_workers_are_prestarted_actors_on_the_server_node(ray_local: An
     assert all(c["imports_s"] < 0.5 for c in cold)  # the actor imported torch before the cold start
     assert ctl.stats["runtime"] == "pool"
     assert ctl.stats["worker_starts"] >= len(ctl.sites)
-    assert {type(h).__name__ for h in ctl.processes} == {"RayWorker"}
+    assert {type(h).__name__ for h in ctl.processes.started} == {"RayWorker"}
     node = executor.nodes()
     assert all(s.placement() == {node[0]: 0.001} for s in ctl.sites)  # what every pool actor asked for
-    pids = [h.pid() for h in ctl.processes]
+    pids = [h.pid() for h in ctl.processes.started]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
         time.sleep(0.2)

@@ -166,7 +166,7 @@ def test_estimate_equals_simulated_startup_on_idle_cluster(tier: str, startup_s:
             decisions.append(d)
             return d
 
-    sim.scheduler = Spy()
+    sim.life.scheduler = Spy()
     df = sim.run(requests_of([1.0], [0], ("m",), out=1)).requests
     d = decisions[0]
     assert isinstance(d, Placement)
