@@ -101,7 +101,7 @@ class RealBackend:
     def start_load(self, job: LoadJob) -> None:
         inst, site = job.instance, self.sites[job.instance.server.id]
         self.reading[site.sid][inst.info.name] += 1
-        self._back(site.work.submit(self.tiers.prepare, site, inst.info.name, job.tier), self._prepared, job)
+        self._back(site.work.submit(self.tiers.prepare, site, inst.info.name, job.tier, inst.id), self._prepared, job)
 
     def _prepared(self, job: LoadJob, fut: Future[Any]) -> None:
         if fut.exception() is not None:

@@ -41,13 +41,14 @@ class Site:
     work: Any = None  # ``submit(fn, *args) -> Future``: this server's storage thread
     files: set[str] = field(default_factory=set)  # checkpoints copied into ssd_dir
     staged: set[str] = field(default_factory=set)  # checkpoints staged in the DRAM tier
-    downloads: set[str] = field(default_factory=set)  # checkpoints downloaded by remote loads, outside the tiers
+    downloads: dict[str, str] = field(default_factory=dict)  # remote loads' downloads (path → checkpoint)
 
     def ssd_path(self, model: str) -> Path:
         return self.ssd_dir / model.replace("#", "_")
 
-    def download_path(self, model: str) -> Path:
-        return self.ssd_dir / DOWNLOADS / model.replace("#", "_")
+    def download_path(self, model: str, key: int) -> Path:
+        """Where load ``key`` (an instance id) downloads ``model`` to: outside the SSD tier, its own directory."""
+        return self.ssd_dir / DOWNLOADS / f"{model.replace('#', '_')}-{key}"
 
     def placement(self) -> dict[str, float] | None:
         """The Ray resources that pin a worker to this server's node (None: wherever the executor runs it)."""
@@ -111,16 +112,15 @@ class TierOps:
                 s.work = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tiers-server{s.sid}")
 
     # -------------------------------------------------------------- on the server's storage thread
-    def prepare(self, site: Site, model: str, tier: Tier) -> tuple[Path, float]:
-        """Make ``tier`` serve ``model``: the path to load and the seconds spent downloading (remote only)."""
+    def prepare(self, site: Site, model: str, tier: Tier, key: int) -> tuple[Path, float]:
+        """Make ``tier`` serve ``model`` to load ``key``: the path to load and the seconds spent downloading."""
         if tier == "remote":
             t0 = time.perf_counter()
-            path = site.download_path(model)
-            self._call(site, "remove", str(path))
+            path = site.download_path(model, key)
             self._call(site, "copy_to_ssd", str(self.paths[model]), str(path))
-            site.downloads.add(model)
+            site.downloads[str(path)] = model
             return path, time.perf_counter() - t0
-        self._file(site, model)
+        self._file(site, model, frozenset([model]))
         if tier == "dram" and self.tiered and model not in site.staged:
             self._call(site, "stage", str(site.ssd_path(model)), int(site.dram_bytes))
             site.staged.add(model)
@@ -130,7 +130,7 @@ class TierOps:
         """Make the server's tiers hold what the bookkeeping says (``ssd``, ``dram``); checkpoints being read
         (``reading``) keep their files, and downloads no longer read are removed."""
         for m in sorted((ssd | dram) - site.files):
-            self._file(site, m)
+            self._file(site, m, reading)
         if self.tiered:
             for m in sorted(site.staged - dram):
                 self._call(site, "unstage", str(site.ssd_path(m)), int(site.dram_bytes))
@@ -141,17 +141,20 @@ class TierOps:
         for m in sorted(site.files - ssd - dram - reading):
             self._call(site, "remove", str(site.ssd_path(m)))
             site.files.discard(m)
-        for m in sorted(site.downloads - reading):
-            self._call(site, "remove", str(site.download_path(m)))
-            site.downloads.discard(m)
+        for path, m in sorted(site.downloads.items()):
+            if m not in reading:
+                self._call(site, "remove", path)
+                del site.downloads[path]
 
-    def _file(self, site: Site, model: str) -> None:
-        """The checkpoint in the SSD directory: from its download if one is there, else copied from the store."""
+    def _file(self, site: Site, model: str, reading: frozenset[str]) -> None:
+        """The checkpoint in the SSD directory: a download of it moved there (if no load reads one now), else a copy
+        from the store."""
         if model in site.files:
             return
-        if model in site.downloads:
-            self._call(site, "move", str(site.download_path(model)), str(site.ssd_path(model)))
-            site.downloads.discard(model)
+        done = [path for path, m in site.downloads.items() if m == model and m not in reading]
+        if done:
+            self._call(site, "move", done[0], str(site.ssd_path(model)))
+            del site.downloads[done[0]]
         else:
             self._call(site, "copy_to_ssd", str(self.paths[model]), str(site.ssd_path(model)))
         site.files.add(model)
