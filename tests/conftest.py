@@ -1,7 +1,12 @@
-"""Shared fixtures: a per-test checkpoint store, composed configs, and the gpu marker's skip."""
+"""Shared fixtures: a per-test checkpoint store, composed configs, and the gpu marker's skip; every test process
+(each pytest-xdist worker too) gets its own checkpoint cache, results folder and DRAM tier, so no test reads what
+another process wrote, and nothing lands in the user's own ``~/.cache/coldstart``, ``results/`` or DRAM tier."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +20,62 @@ from harness.checkpoints import CheckpointStore
 from harness.config import compose_config, instantiate_option
 from harness.zoo import ModelSpec
 
+# what each test process points the harness at (conf/ reads these variables); removed when the process ends
+ISOLATED_ENV = ("COLDSTART_CACHE", "COLDSTART_RESULTS", "COLDSTART_DRAM_DIR")
+_ISOLATED: pytest.StashKey[list[Path]] = pytest.StashKey()
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = getattr(config, "workerinput", {}).get("workerid", "main")
+    base = Path(tempfile.mkdtemp(prefix=f"coldstart-tests-{worker}-"))
+    shm = Path("/dev/shm")
+    dram = Path(tempfile.mkdtemp(prefix=f"coldstart-tests-{worker}-dram-", dir=shm)) if shm.is_dir() else base / "dram"
+    os.environ["COLDSTART_CACHE"] = str(base / "cache")
+    os.environ["COLDSTART_RESULTS"] = str(base / "results")
+    os.environ["COLDSTART_DRAM_DIR"] = str(dram)
+    config.stash[_ISOLATED] = [base, dram]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in config.stash.get(_ISOLATED, []):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+RAY_GROUP = "ray"
+
+
+def _uses_ray(item: pytest.Item) -> bool:
+    """The test joins the session's local Ray (``ray_local``), directly or through a ``ray`` executor parameter."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return bool({"ray_local", "ray_executor"} & set(getattr(item, "fixturenames", ()))) or "ray" in params.values()
+
+
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    """Tests sharing a module- or class-scoped fixture (a dry run, a pool, a worker) run in one xdist worker, which
+    sets it up once, instead of once per worker; their module names the group."""
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the item's fixtures (no public accessor)
+    defs = getattr(info, "name2fixturedefs", {})
+    if any(d[-1].scope in ("module", "class") for d in defs.values() if d):
+        return getattr(getattr(item, "module", None), "__name__", None)
+    return None
+
+
+def _start_order(item: pytest.Item) -> tuple[bool, float]:
+    """``slow`` tests first, the longest (``@pytest.mark.slow(seconds=...)``, a rough figure) first among them."""
+    slow = item.get_closest_marker("slow")
+    return slow is None, -float(slow.kwargs.get("seconds", 0)) if slow else 0.0
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks and pytest-random-order shuffles
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests first (:func:`_start_order`), so parallel workers do not end on one long test; tests that
+    use Ray in one xdist worker (one local Ray instance, 2 CPUs, per run), and so do the tests of a module that share
+    a module-scoped fixture; without CUDA the ``gpu`` tests are reported as skipped."""
+    items.sort(key=_start_order)  # stable: file order otherwise
+    for item in items:
+        group = RAY_GROUP if _uses_ray(item) else _shared_fixture_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none visible): run on a GPU machine")

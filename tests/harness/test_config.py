@@ -76,7 +76,7 @@ def _lane(names: list[str], k: int, tmp_path: Path) -> str:
     return " && ".join(lines)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=70)
 def test_every_experiment_runs_in_smoke_mode(tmp_path: Path) -> None:
     """Every experiment as a user starts it (a Hydra multirun, smoke=true); two lanes at once, half the
     experiments each, since each is mostly one process waiting on its trials and the suite has two cores."""

@@ -32,10 +32,11 @@ def _cfg(compose_cfg: Callable[..., DictConfig], tmp_path: Path, *extra: str) ->
 
 
 def _workers() -> list[psutil.Process]:
+    """This process's serverless instance processes (not a pool test's or an executor test's workers)."""
     out = []
     for p in psutil.Process().children(recursive=True):
         try:
-            if "harness.executors.local_worker" in " ".join(p.cmdline()):
+            if p.status() != psutil.STATUS_ZOMBIE and "schedulers.real.instance:ModelInstance" in " ".join(p.cmdline()):
                 out.append(p)
         except psutil.Error:
             pass

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from omegaconf import DictConfig
 
 from experiments.serverless.real import build_controller
@@ -59,6 +60,7 @@ def test_shepherd_preempts_a_running_request_which_restarts_with_the_same_tokens
     assert len(killed) == len(executor.started)  # every instance was stopped at the end
 
 
+@pytest.mark.slow
 def test_hybrid_histogram_prewarms_an_unloaded_instance_before_the_next_request(
         compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     # Requests every 4 s: idle times ≈ 3.9 s fall in the 1-s bin 3 of 10, so after two of them the policy
