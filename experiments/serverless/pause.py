@@ -18,10 +18,56 @@ from harness.checkpoints import CheckpointStore
 from harness.config import option_dict
 from harness.executors.local import LocalExecutor
 from harness.executors.workers import start_worker
+from schedulers.clock import WallClock
 from schedulers.real.instance import prompt_tokens
-from schedulers.real.serving import drive
+from schedulers.real.serving import Calls, Serving
 
 LOADER = {"_target_": "loaders.native.loader.NativeLoader", "dram_dir": None, "threads": 1}
+
+def drive(src: Any, rid: int, prompt: list[int], output_tokens: int, chunk: int = 1, dest: Any = None,
+          switch_at: int = 0, how: str = "migrate", stop_tokens: int = 4, max_rounds: int = 8,
+          timeout_s: float = 60.0) -> Serving:
+    """Serve one request on ``src`` by itself (no controller), on a wall clock; once ``switch_at`` tokens are out,
+    live-migrate it to ``dest`` (``how="migrate"``) or restart it there (``"restart"``). For measurements and tests
+    of migration; raises ``RuntimeError`` with the reason if a call failed."""
+    clock = WallClock()
+    outcome: list[str] = []
+    moved = [dest is None]
+
+    class Events:
+        def first_token(self, t: float) -> None:
+            pass
+
+        def done(self, t: float) -> None:
+            outcome.append("")
+
+        def failed(self, reason: str) -> None:
+            outcome.append(reason)
+
+        def stop_source(self, new_tokens: int) -> None:
+            serving.switch(dest)
+
+        def destination_failed(self, reason: str) -> None:
+            outcome.append(reason)
+
+    serving = Serving(Calls(clock, timeout_s), src, rid, prompt, output_tokens, chunk, Events())
+
+    def over() -> bool:
+        if not moved[0] and len(serving.tokens) >= switch_at and not serving.switching:
+            moved[0] = True
+            if how == "migrate":
+                serving.migrate(dest, stop_tokens, max_rounds)
+            else:
+                serving.switch(dest)
+        return bool(outcome)
+
+    clock.start()
+    serving.start()
+    clock.run(over, idle_s=0.01)
+    if outcome[0]:
+        raise RuntimeError(outcome[0])
+    return serving
+
 
 
 def measure(model: str = "tiny-llama", trials: int = 5, prompt_len: int = 64, out: int = 60, chunk: int = 1,

@@ -6,7 +6,7 @@ the destination is loaded; it re-prefills the tokens so far (``adopt``) while th
 ends when the destination is done; after a round that produced fewer than the stop tokens the source stops (an
 answer it still owes is dropped: the destination produces those tokens again), the destination adopts the last
 few and decodes on. The user sees one token stream. ``switch`` without rounds is a restart from scratch on the
-destination (the baseline a migration is compared with).
+destination (the baseline a migration is compared with; ``experiments/serverless/pause.py`` measures both).
 """
 
 from __future__ import annotations
@@ -177,49 +177,3 @@ class Serving:
             return
         self._next()
 
-
-def drive(src: Any, rid: int, prompt: list[int], output_tokens: int, chunk: int = 1, dest: Any = None,
-          switch_at: int = 0, how: str = "migrate", stop_tokens: int = 4, max_rounds: int = 8,
-          timeout_s: float = 60.0) -> Serving:
-    """Serve one request on ``src`` by itself (no controller), on a wall clock; once ``switch_at`` tokens are out,
-    live-migrate it to ``dest`` (``how="migrate"``) or restart it there (``"restart"``). For measurements and tests
-    of migration (``experiments/serverless/pause.py``); raises ``RuntimeError`` with the reason if a call failed."""
-    from schedulers.clock import WallClock
-
-    clock = WallClock()
-    outcome: list[str] = []
-    moved = [dest is None]
-
-    class Events:
-        def first_token(self, t: float) -> None:
-            pass
-
-        def done(self, t: float) -> None:
-            outcome.append("")
-
-        def failed(self, reason: str) -> None:
-            outcome.append(reason)
-
-        def stop_source(self, new_tokens: int) -> None:
-            serving.switch(dest)
-
-        def destination_failed(self, reason: str) -> None:
-            outcome.append(reason)
-
-    serving = Serving(Calls(clock, timeout_s), src, rid, prompt, output_tokens, chunk, Events())
-
-    def over() -> bool:
-        if not moved[0] and len(serving.tokens) >= switch_at and not serving.switching:
-            moved[0] = True
-            if how == "migrate":
-                serving.migrate(dest, stop_tokens, max_rounds)
-            else:
-                serving.switch(dest)
-        return bool(outcome)
-
-    clock.start()
-    serving.start()
-    clock.run(over, idle_s=0.01)
-    if outcome[0]:
-        raise RuntimeError(outcome[0])
-    return serving

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from experiments.serverless.pause import drive
 from harness.checkpoints import CheckpointStore
 from harness.config import option_dict
 from harness.executors.local import LocalExecutor
 from harness.executors.workers import WorkerCallError, WorkerHandle, start_worker
 from schedulers.real.instance import prompt_tokens
-from schedulers.real.serving import Serving, drive
+from schedulers.real.serving import Serving
 
 MODEL = option_dict("model", "tiny-llama")
 LOADER = {"_target_": "loaders.native.loader.NativeLoader", "dram_dir": None, "threads": 1}
