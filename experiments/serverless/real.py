@@ -27,6 +27,7 @@ from schedulers.lifecycle import LifecycleConfig
 from schedulers.metrics import summarize, summary_frame
 from schedulers.real.config import ProcessConfig, RealConfig
 from schedulers.real.controller import Controller
+from schedulers.real.processes import ProcessSources
 from schedulers.real.tiers import Site, TierOps
 from schedulers.workload import RequestArrays, Workload
 
@@ -145,8 +146,8 @@ def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...]
     p = rcfg.process
     ctx = RuntimeContext(executor, p.device, [cast(dict[str, Any], loader_cfg)],
                          [model_cfgs[a] for a in sorted(model_cfgs)], p.slot_threads, p.dtype)
-    controller = Controller(cluster, sites, infos, scheduler, keepalive, executor, tiers, rcfg, runtime,
-                            runtime.host_kwargs(ctx))
+    processes = ProcessSources(runtime, executor, p, runtime.host_kwargs(ctx))
+    controller = Controller(cluster, infos, scheduler, keepalive, tiers, processes, rcfg)
     return controller, cleanup
 
 

@@ -21,17 +21,16 @@ import numpy as np
 import pandas as pd
 
 from harness.executors.workers import WorkerDiedError, WorkerError
-from runtimes.base import ProcessSource, Runtime
-from runtimes.fresh import FreshRuntime
+from runtimes.base import ProcessSource
 from schedulers.base import KeepAlive, ModelInfo, Request, Scheduler
 from schedulers.clock import SimClock, WallClock
 from schedulers.cluster import Cluster
 from schedulers.lifecycle import Lifecycle
-from schedulers.real.config import ProcessConfig, RealConfig
+from schedulers.real.config import RealConfig
 from schedulers.real.instance import prompt_tokens
 from schedulers.real.processes import ProcessSources
 from schedulers.real.serving import Calls, Serving, reason_of
-from schedulers.real.tiers import Site, TierOps
+from schedulers.real.tiers import TierOps
 from schedulers.records import FINISHED, STATE_NAMES
 from schedulers.state import Instance, LoadJob, Server
 from schedulers.workload import RequestArrays
@@ -81,15 +80,14 @@ class RealBackend:
     serving and migration rounds (``Serving``), storage applied by each server's storage thread, processes given
     back (unloaded, for a pool to reuse) or killed."""
 
-    def __init__(self, clock: Any, sites: list[Site], tiers: TierOps, cfg: ProcessConfig, processes: ProcessSources,
-                 work: Any) -> None:
-        self.clock, self.sites, self.tiers, self.cfg, self.work = clock, sites, tiers, cfg, work
-        self.runtime, self.sources = processes.runtime, processes.sources
-        self.calls = Calls(clock, cfg.call_timeout_s)
+    def __init__(self, clock: Any, tiers: TierOps, processes: ProcessSources, work: Any) -> None:
+        self.clock, self.tiers, self.sites, self.work = clock, tiers, tiers.sites, work
+        self.cfg, self.runtime, self.sources = processes.cfg, processes.runtime, processes.sources
+        self.calls = Calls(clock, self.cfg.call_timeout_s)
         self.handles: dict[int, Any] = {}  # instance id → its process
         self.serving: dict[int, tuple[Serving, RequestEvents]] = {}  # request id → in progress
         self.measured: dict[int, dict[str, Any]] = {}  # request id → prefill_s, decode_s, max_gap_s, tokens
-        self.reading: list[Counter[str]] = [Counter() for _ in sites]  # checkpoints each server's loads read now
+        self.reading: list[Counter[str]] = [Counter() for _ in self.sites]  # checkpoints each server's loads read
         self.cold_starts: list[dict[str, Any]] = []
         self.life: Lifecycle
 
@@ -225,21 +223,19 @@ class RealBackend:
 
 
 class Controller:
-    """Runs requests on a live cluster with ``scheduler`` + ``keepalive``; see ``run``. ``clock`` and ``work``
-    default to wall time and helper threads; a ``SimClock`` with work done inline replays the same code in
-    simulated time (tests with scripted instance processes)."""
+    """Runs requests on a live cluster with ``scheduler`` + ``keepalive``; see ``run``. ``tiers`` are the servers'
+    physical tiers (``tiers.sites``), ``processes`` where their instance processes come from. ``clock`` and ``work``
+    default to wall time and helper threads; a ``SimClock`` with work done inline replays the same code in simulated
+    time (tests with scripted instance processes)."""
 
-    def __init__(self, cluster: Cluster, sites: list[Site], models: Mapping[str, ModelInfo], scheduler: Scheduler,
-                 keepalive: KeepAlive, executor: Any, tiers: TierOps, cfg: RealConfig, runtime: Runtime | None = None,
-                 host_kwargs: dict[str, Any] | None = None, clock: WallClock | SimClock | None = None,
-                 work: Any = None) -> None:
-        self.cluster, self.sites, self.executor, self.tiers, self.cfg = cluster, sites, executor, tiers, cfg
+    def __init__(self, cluster: Cluster, models: Mapping[str, ModelInfo], scheduler: Scheduler, keepalive: KeepAlive,
+                 tiers: TierOps, processes: ProcessSources, cfg: RealConfig,
+                 clock: WallClock | SimClock | None = None, work: Any = None) -> None:
+        self.cluster, self.tiers, self.sites, self.processes, self.cfg = cluster, tiers, tiers.sites, processes, cfg
         self.clock = clock if clock is not None else WallClock()
         slots = cluster.servers * cluster.gpus_per_server
         self.work = work if work is not None else ThreadPoolExecutor(4 * slots + 4, thread_name_prefix="real")
-        self.runtime: Runtime = runtime if runtime is not None else FreshRuntime()
-        self.processes = ProcessSources(self.runtime, executor, cfg.process, host_kwargs or {})
-        self.backend = RealBackend(self.clock, sites, tiers, cfg.process, self.processes, self.work)
+        self.backend = RealBackend(self.clock, tiers, processes, self.work)
         self.life = Lifecycle(self.clock, cluster, models, scheduler, keepalive, self.backend, cfg.lifecycle)
         self.backend.life = self.life
         self._drain_until: float | None = None

@@ -80,6 +80,7 @@ class TierOps:
                 self._specs[m] = spec
                 self.paths[m] = store.ensure(spec, dtype, fmt, seed + k, progress=False).path
         self.tiered = "dram_dir" in self.loader_base
+        self.sites: list[Site] = []
 
     def model_cfg(self, model: str) -> dict[str, Any]:
         return self.model_cfgs[base_name(model)]
@@ -96,14 +97,17 @@ class TierOps:
         return cfg
 
     def start_agents(self, sites: list[Site], executor: Any) -> None:
-        """Give each server its tier agent (an actor on its node when it has one, else an object here) and its
-        storage thread."""
+        """The servers' tiers are ``sites``: give each its tier agent (an actor on its node when it has one, else an
+        object here; a site that has one keeps it) and its storage thread."""
         from harness.executors.workers import start_worker
 
+        self.sites = sites
         for s in sites:
             kwargs: dict[str, Any] = {"ssd_dir": str(s.ssd_dir), "dram_dir": str(s.dram_dir),
                                       "loader": self.loader_base}
-            if s.node is None:
+            if s.agent is not None:
+                pass
+            elif s.node is None:
                 s.agent = InProcessAgent(TierAgent(**kwargs))
             else:
                 s.agent = start_worker(executor, "schedulers.real.agent:TierAgent", kwargs, name=f"tiers-server{s.sid}",

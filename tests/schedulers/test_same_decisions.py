@@ -32,6 +32,7 @@ from schedulers.lifecycle import LifecycleConfig
 from schedulers.metrics import REQUEST_COLUMNS
 from schedulers.real.config import ProcessConfig, RealConfig
 from schedulers.real.controller import Controller
+from schedulers.real.processes import ProcessSources
 from schedulers.real.tiers import Site, TierOps
 from schedulers.serverless import ServerlessScheduler
 from schedulers.serverlessllm import ServerlessLLMScheduler
@@ -69,9 +70,10 @@ def real_controller(scheduler: Scheduler, keepalive: KeepAlive) -> tuple[Control
                   agent=NoFilesAgent(), work=InlineWork()) for s in range(CLUSTER.servers)]
     tiers = TierOps(None, {m: {"name": m} for m in MODELS}, list(MODELS), "fp16", "native", 0,
                     {"dram_dir": None}, paths={m: root / "store" / m for m in MODELS})
+    tiers.start_agents(sites, executor)
     cfg = RealConfig(LIFECYCLE, ProcessConfig(call_timeout_s=1e6, decode_chunk=1), drain_s=math.inf)
-    ctl = Controller(CLUSTER, sites, MODELS, scheduler, keepalive, executor, tiers, cfg, FreshRuntime(),
-                     clock=clock, work=InlineWork())
+    processes = ProcessSources(FreshRuntime(), executor, cfg.process, {})
+    ctl = Controller(CLUSTER, MODELS, scheduler, keepalive, tiers, processes, cfg, clock=clock, work=InlineWork())
     return ctl, executor
 
 
