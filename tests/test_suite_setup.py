@@ -58,7 +58,7 @@ def _run_inner(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[
 
 def test_parallel_workers_keep_each_group_on_one_worker(tmp_path: Path) -> None:
     """``--dist loadgroup`` as ``make test`` runs it: tests sharing a module fixture, and the Ray group, each on one
-    worker, while the others spread (a pytest/xdist pairing that drops the groups fails here, not silently)."""
+    worker (a pytest/xdist pairing that drops the groups fails here, not silently)."""
     out, notes = _run_inner(tmp_path, "-n", "2", "--dist", "loadgroup")
     assert out.returncode == 0, out.stdout + out.stderr
     assert len(notes) == 16
@@ -67,7 +67,7 @@ def test_parallel_workers_keep_each_group_on_one_worker(tmp_path: Path) -> None:
         seen.setdefault(kind, set()).add(worker)
     assert len(seen["shared"]) == 1, seen
     assert len(seen[RAY_GROUP]) == 1, seen
-    assert seen["alone"] == {"gw0", "gw1"}, seen
+    assert set().union(*seen.values()) == {"gw0", "gw1"}, seen  # each worker got work (which, is dynamic)
 
 
 def test_a_shuffled_order_is_replayed_by_its_seed(tmp_path: Path) -> None:
