@@ -312,9 +312,10 @@ class Controller:
         return {i: m["tokens"] for i, m in self.backend.measured.items()}
 
     def shutdown(self) -> None:
-        """Stop every instance process and the helper threads; the runtime's stats."""
-        self.processes.close(list(self.backend.handles.values()))
-        self.backend.handles.clear()
+        """Stop the helper threads (a process start still under way finishes; queued work is dropped), then every
+        instance process any source started; the runtime's stats."""
         if hasattr(self.work, "shutdown"):
             self.work.shutdown(wait=True, cancel_futures=True)
+        self.processes.close(list(self.backend.handles.values()))
+        self.backend.handles.clear()
         self.run_stats.update(self.processes.stats())
