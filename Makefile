@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" on a CPU
 # machine whose default index would hand out a CUDA build.
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,wandb,peers,ray
+EXTRAS ?= dev,wandb,peers,ray,submitit
 STAMP := $(VENV)/.coldstart-installed
 PYTEST_ARGS ?= --durations=12   # the slowest tests, printed at the end
 # Test files run in parallel processes (pytest-xdist; tests/conftest.py gives each its own cache, results folder and

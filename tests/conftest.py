@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,37 @@ def extra_options() -> Iterator[Callable[[str, str, dict[str, Any]], None]]:
     repo = ConfigStore.instance().repo
     for group, name in added:
         repo[group].pop(f"{name}.yaml", None)
+
+
+@dataclass(frozen=True)
+class RealModels:
+    """Real checkpoints made once per session (tests/real_fixtures.py): treat them as read-only user files."""
+
+    root: Path
+    opt_bf16_sharded: Path  # save_pretrained shards + index, bf16, tied embeddings, with a trained tokenizer
+    opt_fp32_single: Path  # one model.safetensors, fp32, tokenizer
+    llama_bf16: Path  # untied head, grouped KV heads, no tokenizer
+    opt_bin_sharded: Path  # .bin shards + index, fp32 (transformers 4's layout)
+    opt_bin_single: Path  # one pytorch_model.bin, bf16, tokenizer
+    hub: Path  # a Hugging Face hub cache ($HF_HOME/hub) holding org/tiny-opt (opt_bf16_sharded's files)
+    hub_snapshot: Path
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory: pytest.TempPathFactory) -> RealModels:
+    import torch as t
+
+    from tests import real_fixtures as rf
+
+    root = tmp_path_factory.mktemp("real-models")
+    opt_bf16 = rf.save_safetensors(root / "opt-bf16-sharded", rf.TINY_OPT, t.bfloat16, sharded=True)
+    hub = root / "hf" / "hub"
+    return RealModels(root, opt_bf16,
+                      rf.save_safetensors(root / "opt-fp32", rf.TINY_OPT, t.float32, seed=1),
+                      rf.save_safetensors(root / "llama-bf16", rf.TINY_LLAMA, t.bfloat16, tokenizer=False, seed=2),
+                      rf.save_bin(root / "opt-bin-sharded", rf.TINY_OPT, t.float32, sharded=True, seed=3),
+                      rf.save_bin(root / "opt-bin", rf.TINY_OPT, t.bfloat16, tokenizer=True, seed=4),
+                      hub, rf.hub_cache(hub, "org/tiny-opt", opt_bf16))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, workload_cfg
-from harness.config import listed, option_dict
+from harness.config import instantiate_option, listed, name_list, option_dict
 from harness.executors.base import Executor
 from harness.experiment import ExperimentResult, PartialResult
 from runtimes.base import Runtime, RuntimeContext
@@ -83,6 +83,38 @@ def as_arrays(requests: list[Request], models: tuple[str, ...]) -> RequestArrays
                          np.array([r.output_tokens for r in requests], dtype=np.int64))
 
 
+def model_config(name: str) -> dict[str, Any]:
+    """The ``conf/model`` option ``name`` as an instance process instantiates it: a real model's own trial config
+    (an absolute path, a hub snapshot pinned to its commit), else the option as composed."""
+    own = instantiate_option("model", name).trial_config()
+    return cast(dict[str, Any], own) if own is not None else option_dict("model", name)
+
+
+def model_sources(models: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+    """Per model of a workload (``opt-1.3b#2`` → its option): where its weights come from (``model_source``
+    zoo | local | hf_cache, ``model_path``)."""
+    out = {}
+    for base in sorted({base_name(m) for m in models}):
+        src = instantiate_option("model", base).describe_source()
+        out[base] = {"model_source": src["model_source"], "model_path": src["model_path"]}
+    return {m: out[base_name(m)] for m in models}
+
+
+def with_sources(df: pd.DataFrame, sources: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """``df`` with ``model_source`` and ``model_path`` columns from its ``model`` column."""
+    if "model" not in df:
+        return df
+    for key in ("model_source", "model_path"):
+        df[key] = [sources.get(m, {}).get(key, "") for m in df["model"]]
+    return df
+
+
+def source_summary(sources: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The workload's sources as summary columns: each distinct value once, joined by ``;``."""
+    return {key: ";".join(sorted({str(v[key]) for v in sources.values() if v[key]})) for key in
+            ("model_source", "model_path")}
+
+
 def setup_sites(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[str] | None = None) -> list[Site]:
     """Where each server's tiers are, each server pinned round-robin to one of ``nodes`` (Ray node resources) when
     there are any. SSD directories are under ``real.ssd_root`` (a node-local disk on a cluster) or, when null, the
@@ -97,10 +129,9 @@ def setup_sites(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[st
 def runtimes_of(cfg: DictConfig) -> list[str | None]:
     """The runtimes a real run compares: ``runtimes=[fresh,pool]`` by name, or ``[None]`` for the composed
     ``runtime`` option (``runtime=pool``; default fresh)."""
-    node = cfg.get("runtimes")
-    if not node:
+    names = name_list(cfg, "runtimes")
+    if not names:
         return [None]
-    names = [str(n) for n in node]
     if len(set(names)) != len(names):
         raise ValueError(f"runtimes={names} lists a runtime twice")
     return list(names)
@@ -129,7 +160,7 @@ def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...]
     infos = model_infos(list(models), cluster, str(cfg.dtype))
     scheduler, keepalive = build_policy(cfg, entry)
     store = instantiate(cfg.storage)
-    model_cfgs = {base_name(m): option_dict("model", base_name(m)) for m in models}
+    model_cfgs = {base_name(m): model_config(base_name(m)) for m in models}
     loader_cfg = OmegaConf.to_container(cfg.loader, resolve=True)
     tiers = TierOps(store, cast(dict[str, dict[str, Any]], model_cfgs), list(models), str(cfg.dtype),
                     str(rc.checkpoint_format), int(cfg.seed), cast(dict[str, Any], loader_cfg))
@@ -183,6 +214,7 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     trace, for real."""
     check_real(cfg)
     requests, models = trace(cfg)
+    sources = model_sources(models)
     frames, rows, colds = [], [], []
     workers: dict[str, Any] = {}
     interrupted = False
@@ -199,8 +231,8 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             if "runtime" not in cold:  # no cold start happened
                 cold.insert(0, "runtime", runtime)
             cold.insert(0, "policy", name)
-            frames.append(df)
-            colds.append(cold)
+            frames.append(with_sources(df, sources))
+            colds.append(with_sources(cold, sources))
             rows.append({"policy": name, "runtime": runtime, **summarize(df, stats, stats["wall_s"])})
             if stats.get("interrupted"):  # Ctrl-C: write what was measured, run no further policy
                 interrupted = True
@@ -211,7 +243,8 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             "time_scale": float(cfg.real.time_scale), "executor": str(cfg.executor._target_),
             "seed": int(cfg.seed), "requests": len(requests), "runtimes": workers}
     result = ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
-                                      "summary": summary_frame(rows, ["policy", "runtime"]),
+                                      "summary": summary_frame(rows, ["policy", "runtime"]).assign(
+                                          **source_summary(sources)),
                                       "cold_starts": pd.concat(colds, ignore_index=True)},
                               documents={"serverless_real": meta})
     if interrupted:
