@@ -18,7 +18,7 @@ from tests.conftest import model_spec
 ZYGOTE = "runtimes.zygote"
 POOL_WORKER = "harness.executors.local_worker"
 MARKS = ["spawn", "handoff", "imports", "device_init", "weights", "model_build", "first_token"]
-FORMAT = {"safetensors": "safetensors", "torch_mmap": "torch_bin"}
+FORMAT = {"safetensors": "safetensors", "torch_mmap": "torch_bin", "native": "native"}
 
 
 def checkpoint(store: CheckpointStore, model: str, loader: str = "safetensors") -> Checkpoint:
