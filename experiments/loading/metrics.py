@@ -7,7 +7,11 @@ import pandas as pd
 
 CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state", "runtime"]
 PHASES = ["t_handoff_s", "t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]
-MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "cold_start_s", "resident_fraction", *PHASES]
+MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "disk_read_fraction", "cold_start_s",
+                  "resident_fraction", *PHASES, "loader_alloc_s", "loader_fault_s"]
+# labels a cell's trials carry: which ceiling its fraction is against (and into which memory), how the native loader
+# read (its path and whether a probe chose it); a cell whose trials differ shows every value, joined by "|"
+LABEL_COLUMNS = ["ceiling_name", "ceiling_memory", "loader_path", "loader_path_source"]
 
 
 def _iqr(s: pd.Series) -> float:
@@ -34,6 +38,10 @@ def summarize_trials(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.
             row[f"{col}_median"] = ok[col].median() if col in ok else np.nan
         if "tier" in ok and len(ok):
             row["tier"] = ok["tier"].mode().iloc[0]
+        for col in LABEL_COLUMNS:
+            if col in ok:
+                values = sorted({str(v) for v in ok[col].dropna()})
+                row[col] = "|".join(values)
         for col in sorted(str(c) for c in group.columns if str(c).startswith("bytes_")):
             row[f"{col}_median"] = ok[col].median() if len(ok) else np.nan
         rows.append(row)
