@@ -364,11 +364,11 @@ class NativeLoader(BaseLoader):
         self.dram.remove(key, keep=lambda entry: self._fresh(entry, src))
         entry = self._stage(key, src)
         huge = self.dram.huge_fraction(entry)
-        if not self.dram.huge_pages and (huge or 0.0) < 0.5 and not self._warned_small_pages:
+        if not self.dram.huge_pages and huge is not None and huge < 0.5 and not self._warned_small_pages:
             self._warned_small_pages = True
             log.warning("DRAM tier %s: %s of %s is on 2 MiB pages (the kernel refused MADV_COLLAPSE or had no free "
                         "huge pages): a hot load populates up to 512× more page-table entries (`make dram-tier`, "
-                        "root: python -m loaders.native.hugetmpfs mount)", self.dram.root, f"{huge or 0.0:.0%}",
+                        "root: python -m loaders.native.hugetmpfs mount)", self.dram.root, f"{huge:.0%}",
                         src.name)
         return entry
 
@@ -499,7 +499,9 @@ class NativeLoader(BaseLoader):
 
                 checksummed = plan.verifying or record
                 ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
-                if device.type == "cpu" and not ring:
+                arena = host_arena.current() if device.type == "cpu" and not ring else None
+                lease = arena.lease(plan.total_bytes) if arena is not None else None
+                if device.type == "cpu" and not ring and lease is None:
                     # The SSD-tier files' pages, mapped privately, are the tensors: no model-sized buffer besides them.
                     t_plan = time.perf_counter()
                     stats = receive_into_files(plan.segments, fetch, self.threads)
@@ -520,13 +522,23 @@ class NativeLoader(BaseLoader):
                               pipeline_s=t_fetch - t_plan + ph["pipeline_s"], fetch_s=stats.read_s,
                               verify_s=stats.verify_s, write_s=stats.copy_s)
                 else:
+                    # Into the pinned ring (CUDA) or a pool worker's arena (CPU), written through beside. From the
+                    # arena the SSD-tier copy is written with O_DIRECT where aligned: no fresh page-cache page is
+                    # filled for a copy the next load reads from the disk anyway (on the 2-core VM those pages, not
+                    # the network, were what held a remote load to half the download's speed).
                     fds.update({f.name: os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in files})
+                    if lease is not None:
+                        with contextlib.suppress(OSError):  # a file system without O_DIRECT: buffered writes
+                            fds.update({f"{f.name}\0direct": os.open(f, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+                                        for f in files})
 
                     def write_through(seg: Segment, view: memoryview) -> None:
-                        remote_tier.pwrite_all(fds[seg.path.name], view, seg.file_offset)
+                        direct = fds.get(f"{seg.path.name}\0direct")
+                        remote_tier.write_through(fds[seg.path.name], direct, view, seg.file_offset)
 
                     result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch,
-                                        on_segment=write_through)
+                                        on_segment=write_through, dest=lease)
+                    del lease
                     for fd in fds.values():
                         os.close(fd)
                     fds.clear()
@@ -593,6 +605,7 @@ class NativeLoader(BaseLoader):
         try:
             if device.type == "cpu" and tier == "dram" and self.staging in ("auto", "map"):
                 result = self._map(plan, tier, t0, cold=False)  # tmpfs: no O_DIRECT, and a copy only costs
+                result.info["path_source"] = "dram tier"
             else:
                 result = self._chosen(plan, tier, t0, device, ring, direct)
         except ChunkChecksumError:
@@ -670,5 +683,6 @@ class NativeLoader(BaseLoader):
                   "max_in_flight": float(stats.max_in_flight), "mapped": 0.0,
                   "arena": float(leased), "ring_kept": float(buffers is not None),
                   "fresh_huge": float(fresh and huge)}
-        label = ("direct" if direct else "buffered") + ("→ring" if ring else ("→fresh" if fresh else "→arena"))
+        how = "fetch" if fetch is not None else "direct" if direct else "buffered"
+        label = how + ("→ring" if ring else ("→fresh" if fresh else "→arena"))
         return LoadResult(state_dict, phases, {tier: stats.bytes_read}, {"path": label})

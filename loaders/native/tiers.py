@@ -244,7 +244,7 @@ class DramTier:
         """The fraction of an entry's large files that staging got onto 2 MiB pages (None: not recorded)."""
         try:
             rec = json.loads((entry / HUGE_RECORD).read_text())
-            return float(rec["huge_bytes"]) / float(rec["bytes"]) if rec["bytes"] else 0.0
+            return float(rec["huge_bytes"]) / float(rec["bytes"]) if rec["bytes"] else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
