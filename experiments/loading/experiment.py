@@ -326,7 +326,7 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
             memory = "reused" if (out.get("loader_phases_s") or {}).get("arena") else "fresh"
             ceiling = bounding_ceiling(state, device, ceilings["gbps"], memory)
             row = _trial_row(base, out, ckpt, ceiling, resident, cold_method)
-            row["ceiling_memory"] = memory
+            row["ceiling_memory"] = memory if state == "cold" else ""  # the ceiling depends on it only cold
             if state == "cold" and ceilings["gbps"].get("disk_read"):  # the disk's own limit, whatever the memory
                 row["disk_read_fraction"] = row["throughput_gbps"] / ceilings["gbps"]["disk_read"]
             by_tier: dict[str, int] = out.get("bytes_by_tier") or {}
