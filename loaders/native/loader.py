@@ -150,7 +150,7 @@ class ProbeOptions:
     in across processes (``cache``; None keeps none), and the bytes of the quick probe a load runs itself when no
     measurement is cached (``quick_bytes``)."""
 
-    bytes: int = 256 << 20
+    bytes: int = 512 << 20
     cache: str | None = None
     quick_bytes: int = 64 << 20
 
@@ -592,7 +592,8 @@ class NativeLoader(BaseLoader):
             return record
         if min(nbytes, biggest.stat().st_size) < path_probe.MIN_PROBE_BYTES:
             return None  # too small a file to tell the paths apart: the default order
-        record = path_probe.measure(biggest, device, self.threads, chunk, nbytes, repeats=1 if use_quick else 3)
+        record = path_probe.measure(biggest, device, self.threads, chunk, nbytes, repeats=1 if use_quick else 3,
+                                    fresh_processes=not use_quick)
         record["quick"] = use_quick
         self.probes.put(key, record)
         log.info("native loader: measured read paths on %s (%s): %s", biggest.parent, device.type, record["choice"])

@@ -23,6 +23,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from loaders.native.mapping import map_file, populate
 from loaders.native.pipeline import CudaCopyEngine, Segment, aligned_empty, populate_write, run_pipeline
 from loaders.pagecache import evict_range, read_range, resident_fraction
 
-VERSION = 1
+VERSION = 2
 CPU_PATHS = ("map", "direct", "buffered")
 MIN_PROBE_BYTES = 8 << 20  # a smaller slice measures the call overheads, not the paths: use the default order
 
@@ -85,58 +87,86 @@ def _slice(path: Path, nbytes: int, chunk_bytes: int) -> list[Segment]:
     return [Segment(path, off, min(chunk_bytes, size - off), off) for off in range(0, size, chunk_bytes)]
 
 
-def _timed(fn: Callable[[], None]) -> float:
+class ProbeError(RuntimeError):
+    """A probe's measuring process failed (the message carries its stderr)."""
+
+
+def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
 def measure(path: Path, device: torch.device, threads: int, chunk_bytes: int, probe_bytes: int,
-            repeats: int = 3) -> dict[str, Any]:
-    """Time every candidate path on the first ``probe_bytes`` of ``path``; GB/s per ``device/state/dest/path``."""
-    segs = _slice(path, probe_bytes, chunk_bytes)
-    nbytes = sum(s.length for s in segs)
+            repeats: int = 3, warm_bytes: int = 64 << 20, fresh_processes: bool = True) -> dict[str, Any]:
+    """Time every candidate path on the first ``probe_bytes`` of ``path`` cold (``warm_bytes`` warm: resident pages
+    are mapped or copied so fast that a small slice tells them apart); GB/s per ``device/state/dest/path``, the
+    median of ``repeats`` rounds, each round's candidates in a rotated order (no candidate always runs first).
+
+    ``fresh_processes``: each cold candidate into fresh memory runs in a new interpreter started right after the
+    slice's eviction, as a trial does. A process that already freed memory gets it back cheaply; a fresh one may
+    not: on the CI VM huge pages faulted in the measuring process ran at 1.8 GB/s, in a trial process at 0.4."""
+    cold_segs = _slice(path, probe_bytes, chunk_bytes)
+    warm_segs = _slice(path, min(probe_bytes, warm_bytes), chunk_bytes)
     was_cold = resident_fraction([path], windows=64) < 0.5
     samples: dict[str, list[float]] = {}
     t_start = time.perf_counter()
+    reused = aligned_empty(sum(s.length for s in cold_segs), huge=True)  # as a pool worker's arena is
+    populate_write(reused)
 
-    def run(name: str, fn: Callable[[], None], cold: bool) -> None:
-        if cold:
-            evict_range(path, 0, nbytes)
-        else:
-            read_range(path, 0, nbytes)  # resident before a warm candidate
-        samples.setdefault(name, []).append(nbytes / _timed(fn) / 1e9)
-
-    def mapped() -> None:
+    def mapped(segs: list[Segment]) -> None:
         mm, t = map_file(path)
         populate({path: mm}, segs, threads, touch={path: t})
         del t
 
-    reused = aligned_empty(nbytes)
-    populate_write(reused)
+    cands: list[tuple[str, list[Segment], Callable[[], float]]] = []
+    for state, segs in (("cold", cold_segs), ("warm", warm_segs)):
+        n = sum(s.length for s in segs)
+        if device.type == "cuda":
+            cands += [(f"cuda/{state}/ring/{io}", segs,
+                       partial(_timed, partial(_cuda_ring, segs, device, threads, io == "direct")))
+                      for io in ("direct", "buffered")]
+            continue
+        fresh: dict[str, Callable[[], object]] = {"map": partial(mapped, segs),
+                 "direct": partial(_into_fresh, segs, n, threads, True, False),
+                 "buffered": partial(_into_fresh, segs, n, threads, False, False)}
+        if state == "cold":  # fresh memory on huge pages: faster where the kernel hands them out cheaply
+            fresh["direct-thp"] = partial(_into_fresh, segs, n, threads, True, True)
+        for kind, work in fresh.items():
+            child = state == "cold" and fresh_processes
+            cands.append((f"cpu/{state}/fresh/{kind}", segs,
+                          partial(_in_fresh_process, kind, path, threads, chunk_bytes, n) if child
+                          else partial(_timed, work)))
+        for io in ("direct", "buffered"):
+            cands.append((f"cpu/{state}/arena/{io}", segs,
+                          partial(_timed, partial(_into, segs, reused[:n], threads, io == "direct", False))))
     try:
-        for _ in range(repeats):
-            for state in ("cold", "warm"):
-                cold = state == "cold"
-                if device.type == "cuda":
-                    for io in ("direct", "buffered"):
-                        run(f"cuda/{state}/ring/{io}", partial(_cuda_ring, segs, device, threads, io == "direct"),
-                            cold)
-                    continue
-                run(f"cpu/{state}/fresh/map", mapped, cold)
-                for io in ("direct", "buffered"):
-                    direct = io == "direct"
-                    run(f"cpu/{state}/fresh/{io}", partial(_into_fresh, segs, nbytes, threads, direct, False), cold)
-                    run(f"cpu/{state}/arena/{io}", partial(_into, segs, reused, threads, direct, False), cold)
-                if cold:  # fresh memory on huge pages: faster where the kernel hands them out cheaply
-                    run("cpu/cold/fresh/direct-thp", partial(_into_fresh, segs, nbytes, threads, True, True), cold)
+        for r in range(repeats):
+            for name, segs, timed in cands[r % len(cands):] + cands[: r % len(cands)]:
+                n = sum(s.length for s in segs)
+                if name.split("/")[1] == "cold":
+                    evict_range(path, 0, n)
+                else:
+                    read_range(path, 0, n)  # resident before a warm candidate
+                samples.setdefault(name, []).append(n / timed() / 1e9)
     finally:
         if was_cold:
-            evict_range(path, 0, nbytes)
+            evict_range(path, 0, sum(s.length for s in cold_segs))
     gbps = {k: statistics.median(v) for k, v in samples.items()}
-    return {"path": str(path), "probe_bytes": nbytes, "repeats": repeats, "threads": threads,
-            "chunk_bytes": chunk_bytes, "probe_s": time.perf_counter() - t_start, "at": time.time(),
-            "gbps": gbps, "samples_gbps": samples, "choice": _choices(gbps)}
+    return {"path": str(path), "probe_bytes": sum(s.length for s in cold_segs), "repeats": repeats,
+            "threads": threads, "chunk_bytes": chunk_bytes, "fresh_processes": fresh_processes,
+            "probe_s": time.perf_counter() - t_start, "at": time.time(), "gbps": gbps, "samples_gbps": samples,
+            "choice": _choices(gbps)}
+
+
+def _in_fresh_process(kind: str, path: Path, threads: int, chunk_bytes: int, nbytes: int) -> float:
+    """Seconds one fresh-memory candidate took in a new interpreter (its own start and imports not counted)."""
+    cmd = [sys.executable, "-m", "loaders.native.probe", kind, str(path), str(threads), str(chunk_bytes), str(nbytes)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise ProbeError(f"probing {kind} on {path} in a fresh process failed ({proc.returncode}): "
+                         f"{proc.stderr.strip()[-2000:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def _into(segs: Sequence[Segment], dest: torch.Tensor, threads: int, direct: bool, fresh: bool) -> None:
@@ -154,13 +184,22 @@ def _cuda_ring(segs: Sequence[Segment], device: torch.device, threads: int, dire
     torch.cuda.synchronize(device)
 
 
+def _with_huge(gbps: dict[str, float]) -> dict[str, float]:
+    """The rates with fresh memory of the better page size: a direct read into fresh memory counts at its huge-page
+    rate where that was faster (the load then asks for huge pages), and the ``-thp`` entry itself is dropped."""
+    out = {k: v for k, v in gbps.items() if not k.endswith("-thp")}
+    for name, rate in gbps.items():
+        if name.endswith("-thp"):
+            base = name.removesuffix("-thp")
+            out[base] = max(out.get(base, 0.0), rate)
+    return out
+
+
 def _choices(gbps: dict[str, float]) -> dict[str, Any]:
     """The fastest path per ``device/state/dest`` (and whether fresh memory should be huge)."""
     best: dict[str, tuple[str, float]] = {}
-    for name, rate in gbps.items():
+    for name, rate in _with_huge(gbps).items():
         dev, state, dest, path = name.split("/")
-        if path.endswith("-thp"):
-            continue
         for d in (dest, "arena") if path == "map" else (dest,):  # a mapping's pages are the page cache's, any dest
             key = f"{dev}/{state}/{d}"
             if key not in best or rate > best[key][1]:
@@ -210,12 +249,31 @@ def choose(allowed: Sequence[str], record: dict[str, Any] | None, device: str, s
     cache state and destination, else the default order (O_DIRECT cold, the mapping when resident)."""
     huge = bool(record and record.get("choice", {}).get("fresh_huge"))
     if len(allowed) == 1:
-        return PathChoice(allowed[0], huge, "setting")
+        return PathChoice(allowed[0], huge and allowed[0] != "map", "setting")
     if record is not None:
-        gbps = record.get("gbps", {})
+        gbps = _with_huge(record.get("gbps", {}))
         rates = {p: gbps.get(f"{device}/{state}/{'fresh' if p == 'map' else dest}/{p}") for p in allowed}
         known = {p: r for p, r in rates.items() if r}
         if known:
-            return PathChoice(max(known, key=lambda p: known[p]), huge, "probe")
+            best = max(known, key=lambda p: known[p])
+            return PathChoice(best, huge and best == "direct" and dest == "fresh", "probe")
     order = ("direct", "map", "buffered") if state == "cold" else ("map", "buffered", "direct")
     return PathChoice(next(p for p in order if p in allowed), False, "default")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m loaders.native.probe KIND PATH THREADS CHUNK_BYTES NBYTES``: one fresh-memory candidate (``map``,
+    ``direct``, ``buffered``, ``direct-thp``) in this new process; prints the seconds it took."""
+    kind, path, threads, chunk_bytes, nbytes = (argv or sys.argv[1:])[:5]
+    segs = _slice(Path(path), int(nbytes), int(chunk_bytes))
+    n, t = sum(s.length for s in segs), int(threads)
+    if kind == "map":
+        fm, tensor = map_file(Path(path))
+        fn: Callable[[], object] = partial(populate, {Path(path): fm}, segs, t, touch={Path(path): tensor})
+    else:
+        fn = partial(_into_fresh, segs, n, t, kind.startswith("direct"), kind.endswith("-thp"))
+    print(_timed(fn))
+
+
+if __name__ == "__main__":
+    main()

@@ -105,6 +105,10 @@ def test_choose_takes_the_fastest_measured_path_for_state_and_destination() -> N
     assert probe.choose(allowed, record, "cpu", "warm", "arena").path == "map"  # a mapping's rate, whatever the dest
     assert probe.choose(("direct",), record, "cpu", "warm", "fresh") == probe.PathChoice("direct", True, "setting")
     assert probe.choose(allowed, None, "cpu", "cold", "fresh") == probe.PathChoice("direct", False, "default")
+    thp = {"gbps": {"cpu/cold/fresh/map": 2.0, "cpu/cold/fresh/direct": 1.0, "cpu/cold/fresh/direct-thp": 3.0,
+                    "cpu/cold/arena/direct": 1.0}, "choice": {"fresh_huge": True}}
+    assert probe.choose(allowed, thp, "cpu", "cold", "fresh") == probe.PathChoice("direct", True, "probe")
+    assert probe.choose(allowed, thp, "cpu", "cold", "arena") == probe.PathChoice("map", False, "probe")
     assert probe.choose(allowed, None, "cpu", "warm", "fresh").path == "map"
 
 
