@@ -6,13 +6,20 @@ TORCH_SPEC ?= torch==2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" on a CPU
 # machine whose default index would hand out a CUDA build.
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,wandb,peers,ray
+EXTRAS ?= dev,wandb,peers,ray,submitit
 STAMP := $(VENV)/.coldstart-installed
 PYTEST_ARGS ?= --durations=12   # the slowest tests, printed at the end
+# Test files run in parallel processes (pytest-xdist; tests/conftest.py gives each its own cache, results folder and
+# DRAM tier, and keeps the Ray tests in one). PYTEST_WORKERS=0 runs everything in this process, in file order.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
+# `make test-random`: the suite in a shuffled order (pytest-random-order, all tests in one bucket); the seed is
+# printed in pytest's header and `make test-random SEED=<it>` replays that order
+SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 DRAM_DIR ?= /dev/shm/coldstart-dram
 DRAM_SIZE ?= 16G
 
-.PHONY: setup demo test lint typecheck clean dram-tier
+.PHONY: setup demo test test-random lint typecheck clean dram-tier
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,9 +36,14 @@ demo: setup
 
 test: setup
 	bash .ci/install-nginx.sh
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+test-random: setup
+	bash .ci/install-nginx.sh
+	@echo "[coldstart] shuffled test order, seed $(SEED): replay with make test-random SEED=$(SEED)"
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL) --random-order-bucket=global --random-order-seed=$(SEED) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

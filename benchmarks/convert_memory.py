@@ -20,10 +20,8 @@ from pathlib import Path
 
 WRITE = """
 import sys
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from harness.checkpoints import CheckpointStore
-from harness.paths import repo_root
+from harness.config import instantiate_option
 model, dtype, fmt, root = sys.argv[1:5]
 spec = instantiate_option("model", model)
 CheckpointStore(root).write(spec, dtype, fmt, 0, __import__("pathlib").Path(root) / "src", progress=False)

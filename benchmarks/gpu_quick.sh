@@ -7,7 +7,8 @@
 #   a step that would not fit is shrunk or skipped, one that overruns is killed, and the partial results stay.
 # Here:        ../shared/tools/device-wheels.sh       (the wheels the device image lacks, into .whl/)
 # On the GPU:  OUT=/some/dir bash benchmarks/gpu_quick.sh        (exit 0 only when every step passed)
-# Dry run:     GPU_QUICK_DRYRUN=1 OUT=/tmp/q bash benchmarks/gpu_quick.sh   (cpu, tiny models, same steps, ~1.5 min)
+# Dry run:     GPU_QUICK_DRYRUN=1 OUT=/tmp/q bash benchmarks/gpu_quick.sh   (cpu, tiny models, same steps, trials
+#              forked from a zygote: GPU_QUICK_DRYRUN_RUNTIMES=[fresh] for fresh interpreters; ~1 min)
 # Knobs: GPU_QUICK_BUDGET_S, GPU_QUICK_RESERVE_S (kept for the summary), GPU_QUICK_MODELS ("small big"),
 #   GPU_QUICK_LOADERS, GPU_QUICK_TRIALS, PYTHON (default python3, or the interpreter the wheels go to).
 set -uo pipefail
@@ -26,8 +27,9 @@ if [ "$DRY" = 1 ]; then
   read -r SMALL BIG <<<"${GPU_QUICK_MODELS:-tiny-opt tiny-llama}"
   LOADERS=${GPU_QUICK_LOADERS:-[native,safetensors,torch]}
   TRIALS=${GPU_QUICK_TRIALS:-1}; RESERVE=${GPU_QUICK_RESERVE_S:-10}; TRIAL_TIMEOUT=60
-  # the fadvise fallback (distinct copies) is harmless at this size; a small ceiling sample keeps it quick
-  RUN_ARGS=(cold_method=auto ceiling_max_bytes=1048576)
+  # the fadvise fallback (distinct copies) is harmless at this size; a small ceiling sample keeps it quick; a dry
+  # run measures nothing, so its trials fork from a zygote instead of starting an interpreter each (GPU runs: fresh)
+  RUN_ARGS=(cold_method=auto ceiling_max_bytes=1048576 "runtimes=${GPU_QUICK_DRYRUN_RUNTIMES:-[forkserver]}")
   ABLATION_SMOKE=--smoke ABLATION_STATES=${GPU_QUICK_ABLATION_STATES:-[cold,hot]}   # the two ends, to stay quick
 else
   DEVICE=cuda

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
 import os
@@ -43,13 +44,21 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def _figures(sweep: Path) -> list[Path]:
-    return sorted([*sweep.glob(f"{REPORT_DIR}/*.png"), *sweep.glob("*/*.png")])
+    """The sweep report's figures, then each job's (the report folder is not a job: its figures come once)."""
+    jobs = sorted(p for p in sweep.glob("*/*.png") if p.parent.name != REPORT_DIR)
+    return [*sorted(sweep.glob(f"{REPORT_DIR}/*.png")), *jobs]
+
+
+def _data_uri(path: Path) -> str:
+    """A PNG inlined (``data:image/png;base64,…``): the page shows it wherever it is copied or mailed."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def write_local(sweep: Path, title: str) -> tuple[Path, Path]:
-    """``<sweep>/report/wandb_report.md`` and ``.html``: the same panels as the W&B Report, from the files."""
+    """``<sweep>/report/wandb_report.md`` (figures linked) and ``.html`` (self-contained: figures inlined): the same
+    panels as the W&B Report, from the files."""
     out = sweep / REPORT_DIR
-    report = write_report([sweep], out)
+    report = write_report([sweep], out, allow_incomplete=True)
     jobs, keys = jobs_table(sweep)
     figures = _figures(sweep)
     rel = [os.path.relpath(f, out) for f in figures]
@@ -61,8 +70,9 @@ def write_local(sweep: Path, title: str) -> tuple[Path, Path]:
     md_path.write_text("\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>Sweep <code>{html.escape(str(sweep))}</code>: {len(jobs)} jobs.</p>",
             "<h2>Jobs</h2>", jobs.to_html(index=False), "<h2>Report</h2>", report.head(50).to_html(index=False),
-            "<h2>Figures</h2>", *[f'<figure><img src="{html.escape(r)}" style="max-width:100%">'
-                                  f"<figcaption>{html.escape(r)}</figcaption></figure>" for r in rel]]
+            "<h2>Figures</h2>", *[f'<figure><img src="{_data_uri(f)}" style="max-width:100%" alt="{html.escape(r)}">'
+                                  f"<figcaption>{html.escape(r)}</figcaption></figure>" for f, r in
+                                  zip(figures, rel, strict=True)]]
     html_path = out / "wandb_report.html"
     html_path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                          f"</head><body>{''.join(body)}</body></html>\n")

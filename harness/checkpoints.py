@@ -8,18 +8,18 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import xxhash
 from tqdm import tqdm
 
 from harness.synthetic import GENERATOR_VERSION, iter_chunks, synthetic_tensor
-from harness.zoo import ModelSpec, TensorSpec, check_dtype
+from harness.zoo import ModelSpec, TensorSpec
 from loaders.tensorizer import TENSORS_FILE
 
 MANIFEST = "coldstart_manifest.json"
@@ -30,7 +30,8 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 # safetensors header dtype codes (the format's spec)
 ST_DTYPES: dict[torch.dtype, str] = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8",
-    torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8",
+    torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.float64: "F64",
+    torch.int16: "I16",
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {d: str(d).removeprefix("torch.") for d in ST_DTYPES}
 
@@ -57,10 +58,18 @@ class CheckpointWriteError(CheckpointError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint directory on disk and its manifest (names, dtypes, shapes, checksums, file sizes)."""
+    """A checkpoint directory on disk and its manifest (names, dtypes, shapes, checksums, file sizes).
+
+    The manifest is the directory's own ``coldstart_manifest.json``, except for a real model's files read in place,
+    whose manifest lives in the checkpoint store (``manifest_file``): their directory is never written."""
 
     path: Path
     manifest: dict[str, Any]
+    manifest_file: Path | None = None  # None: path / MANIFEST
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.manifest_file or self.path / MANIFEST
 
     @property
     def format(self) -> str:
@@ -102,10 +111,10 @@ class Checkpoint:
                                              f"{self.path} to have it regenerated")
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint directory's manifest and check its files."""
+def open_checkpoint(path: Path, manifest_file: Path | str | None = None) -> Checkpoint:
+    """Read a checkpoint directory's manifest (its own, or ``manifest_file`` kept elsewhere) and check its files."""
     path = Path(path)
-    manifest_path = path / MANIFEST
+    manifest_path = Path(manifest_file) if manifest_file else path / MANIFEST
     if not manifest_path.exists():
         raise CheckpointMissingError(f"{manifest_path} not found: not a coldstart checkpoint directory")
     try:
@@ -115,7 +124,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     if manifest.get("version") != MANIFEST_VERSION:
         raise CheckpointCorruptError(f"{manifest_path}: manifest version {manifest.get('version')!r}, "
                                      f"this coldstart reads version {MANIFEST_VERSION}")
-    ckpt = Checkpoint(path, manifest)
+    ckpt = Checkpoint(path, manifest, Path(manifest_file) if manifest_file else None)
     ckpt.check_files()
     return ckpt
 
@@ -160,6 +169,47 @@ def verify_state_dict(ckpt: Checkpoint, state_dict: dict[str, torch.Tensor]) -> 
 # Writers: each streams tensors (chunk by chunk where the format allows) and returns the per-tensor manifest.
 
 
+class TensorValues(Protocol):
+    """Where a writer's tensor values come from: seeded synthetic values, or a real checkpoint's files."""
+
+    def chunks(self, ts: TensorSpec) -> Iterator[torch.Tensor]:
+        """The tensor's values in ``ts.dtype`` as consecutive pieces (C order): concatenated, the tensor."""
+        ...
+
+    def tensor(self, ts: TensorSpec) -> torch.Tensor:
+        """The whole tensor, shaped ``ts.shape``."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the values are (kept in the native index's metadata)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SyntheticValues:
+    """Seeded synthetic values: each tensor's bytes depend only on (seed, name)."""
+
+    seed: int
+
+    def chunks(self, ts: TensorSpec) -> Iterator[torch.Tensor]:
+        return iter_chunks(ts, self.seed)
+
+    def tensor(self, ts: TensorSpec) -> torch.Tensor:
+        return synthetic_tensor(ts, self.seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": "coldstart synthetic", "seed": self.seed}
+
+
+@runtime_checkable
+class OwnCheckpoints(Protocol):
+    """A model whose checkpoints are not synthetic (a real model): it says where each format of it is."""
+
+    def ensure_checkpoint(self, store: CheckpointStore, dtype: str, fmt: str, progress: bool) -> Checkpoint: ...
+
+    def checkpoint_path(self, store: CheckpointStore, dtype: str, fmt: str) -> Path: ...
+
+
 @dataclass
 class ManifestEntry:
     """One tensor of a written checkpoint: its spec, the file holding it and the xxh3 of its bytes."""
@@ -191,7 +241,7 @@ def _write_bytes(f: Any, chunk: torch.Tensor) -> None:
     f.write(_bytes_view(chunk))
 
 
-def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm, *,
+def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, values: TensorValues, bar: tqdm, *,
                        shard_bytes: int) -> tuple[list[ManifestEntry], list[str]]:
     shards = _plan_shards(specs, shard_bytes)
     names = _shard_names("model", "safetensors", len(shards))
@@ -210,7 +260,7 @@ def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar:
             f.write(raw)
             for ts in shard:
                 h = xxhash.xxh3_64()
-                for chunk in iter_chunks(ts, seed):
+                for chunk in values.chunks(ts):
                     h.update(_bytes_view(chunk))
                     _write_bytes(f, chunk)
                     bar.update(chunk.numel() * chunk.element_size())
@@ -223,7 +273,7 @@ def _write_safetensors(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar:
     return entries, names
 
 
-def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm, *, shard_bytes: int,
+def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, values: TensorValues, bar: tqdm, *, shard_bytes: int,
                  single: bool) -> tuple[list[ManifestEntry], list[str]]:
     total = sum(ts.nbytes for ts in specs)
     if single and total > shard_bytes:
@@ -236,7 +286,7 @@ def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm,
     for shard, fname in zip(shards, names, strict=True):
         tensors: dict[str, torch.Tensor] = {}
         for ts in shard:  # one shard in memory at a time: the bound on the writer's memory
-            t = synthetic_tensor(ts, seed)
+            t = values.tensor(ts)
             tensors[ts.name] = t
             entries.append(ManifestEntry(ts, fname, tensor_digest(t)))
             bar.update(ts.nbytes)
@@ -250,7 +300,7 @@ def _write_torch(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm,
     return entries, names
 
 
-def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm, *,
+def _write_native(specs: tuple[TensorSpec, ...], dst: Path, values: TensorValues, bar: tqdm, *,
                   partition_bytes: int) -> tuple[list[ManifestEntry], list[str]]:
     """The native format (loaders/native/format.py), streamed chunk by chunk through its partition writer."""
     from loaders.native.convert import PartitionWriter, TensorSource
@@ -261,14 +311,14 @@ def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm
         h = xxhash.xxh3_64()
 
         def hashed(ts: TensorSpec = ts, h: Any = h) -> Any:
-            for chunk in iter_chunks(ts, seed):
+            for chunk in values.chunks(ts):
                 h.update(_bytes_view(chunk))
                 yield chunk
 
         writer.add(TensorSource(ts.name, ts.dtype, ts.shape, ts.nbytes, chunks=hashed()))
         entries.append(ManifestEntry(ts, writer.tensors[-1].name))
         entries[-1].digest = h.hexdigest()
-    index = writer.finish({"source": "coldstart synthetic", "seed": seed})
+    index = writer.finish(values.describe())
     (dst / "index.json").write_text(json.dumps(index.to_json(), indent=1))
     names = [p.name for p in index.partitions]
     for e, t in zip(entries, index.tensors, strict=True):
@@ -276,7 +326,7 @@ def _write_native(specs: tuple[TensorSpec, ...], dst: Path, seed: int, bar: tqdm
     return entries, names
 
 
-def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, seed: int,
+def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, values: TensorValues,
                       bar: tqdm) -> tuple[list[ManifestEntry], list[str]]:
     """tensorizer's format: one ``model.tensors``, serialized with ``TensorSerializer.write_tensor`` one tensor at a
     time (memory bounded by the largest tensor; names are the plain state-dict keys). Needs ``coldstart[peers]``."""
@@ -290,7 +340,8 @@ def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, seed: int,
         serializer = TensorSerializer(f)
         try:
             for ts in specs:
-                t = torch.cat([c.reshape(-1) for c in iter_chunks(ts, seed)]).reshape(ts.shape)
+                pieces = [c.reshape(-1) for c in values.chunks(ts)]
+                t = torch.cat(pieces).reshape(ts.shape) if pieces else torch.empty(ts.shape, dtype=ts.dtype)
                 serializer.write_tensor(0, ts.name, TensorType.STATE_DICT, t)
                 entries.append(ManifestEntry(ts, TENSORS_FILE, tensor_digest(t)))
                 bar.update(ts.nbytes)
@@ -299,7 +350,7 @@ def _write_tensorizer(specs: tuple[TensorSpec, ...], dst: Path, seed: int,
     return entries, [TENSORS_FILE]
 
 
-Writer = Callable[[tuple[TensorSpec, ...], Path, int, tqdm], tuple[list[ManifestEntry], list[str]]]
+Writer = Callable[[tuple[TensorSpec, ...], Path, TensorValues, tqdm], tuple[list[ManifestEntry], list[str]]]
 
 # The checkpoint formats the zoo writes, each with its writer (given the store's shard sizes): the one list.
 FORMAT_WRITERS: dict[str, Callable[[CheckpointStore], Writer]] = {
@@ -330,7 +381,7 @@ class CheckpointStore:
     torch_pt_max_bytes: int
 
     def __init__(self, root: str | Path, safetensors_shard_bytes: int = 4 << 30,
-                 torch_shard_bytes: int = 1 << 30, torch_pt_max_bytes: int = 4 << 30,
+                 torch_shard_bytes: int = 256 << 20, torch_pt_max_bytes: int = 4 << 30,
                  remote_url: str | None = None) -> None:
         for key, value in (("safetensors_shard_bytes", safetensors_shard_bytes),
                            ("torch_shard_bytes", torch_shard_bytes), ("torch_pt_max_bytes", torch_pt_max_bytes)):
@@ -354,10 +405,18 @@ class CheckpointStore:
         return FORMAT_WRITERS[fmt](self)
 
     def path_for(self, spec: ModelSpec, dtype: str, fmt: str, seed: int) -> Path:
-        return self.root / f"{spec.name}-{check_dtype(dtype)}-{fmt}-seed{seed}"
+        """Where the store writes this checkpoint (a real model's: where its conversion goes, never its own
+        directory)."""
+        if isinstance(spec, OwnCheckpoints):
+            return spec.checkpoint_path(self, dtype, fmt)
+        return self.root / f"{spec.name}-{spec.resolve_dtype(dtype)}-{fmt}-seed{seed}"
 
     def ensure(self, spec: ModelSpec, dtype: str, fmt: str, seed: int = 0, progress: bool = True) -> Checkpoint:
-        """The cached checkpoint if it is intact, else a freshly written one."""
+        """The cached checkpoint if it is intact, else a freshly written one. A real model says where its own is
+        (its directory read in place, or a conversion in this store)."""
+        if isinstance(spec, OwnCheckpoints):
+            return spec.ensure_checkpoint(self, dtype, fmt, progress)
+        dtype = spec.resolve_dtype(dtype)  # auto: the zoo's fp16
         path = self.path_for(spec, dtype, fmt, seed)
         if path.exists():
             try:
@@ -371,28 +430,40 @@ class CheckpointStore:
                 shutil.rmtree(path)
         return self.write(spec, dtype, fmt, seed, path, progress=progress)
 
-    def write(self, spec: ModelSpec, dtype: str, fmt: str, seed: int, dst: Path,
-              progress: bool = True) -> Checkpoint:
-        """Write a checkpoint to ``dst`` through a temp directory, fsync and rename; nothing partial survives."""
+    def write(self, spec: ModelSpec, dtype: str, fmt: str, seed: int, dst: Path, progress: bool = True,
+              values: TensorValues | None = None, provenance: dict[str, Any] | None = None) -> Checkpoint:
+        """Write a checkpoint to ``dst`` through a temp directory, fsync and rename; nothing partial survives.
+
+        ``values``: where the tensors come from (default: synthetic with ``seed``); ``provenance``: what the manifest
+        says about them (default: the synthetic generator's version and the seed)."""
         writer = self._writer(fmt)
+        values = values if values is not None else SyntheticValues(seed)
+        provenance = provenance if provenance is not None else {"generator": GENERATOR_VERSION, "seed": seed}
         specs = spec.tensor_specs(dtype)
         total = sum(ts.nbytes for ts in specs)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dst.parent).free
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(dst.parent).free
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write checkpoints under {dst.parent} ({exc.strerror}); point "
+                                       "storage.root (COLDSTART_CACHE) at a writable directory") from None
         if free < total * 1.02 + (64 << 20):
             raise CheckpointWriteError(f"not enough disk space for {spec.name} {dtype} {fmt}: needs {total / 1e9:.2f} "
                                        f"GB, {free / 1e9:.2f} GB free under {dst.parent}; free space or point "
                                        "storage.root (COLDSTART_CACHE) elsewhere")
         tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write checkpoints under {dst.parent} ({exc.strerror}); point "
+                                       "storage.root (COLDSTART_CACHE) at a writable directory") from None
         try:
             with tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
                       desc=f"writing {spec.name} {dtype} {fmt}") as bar:
-                entries, files = writer(specs, tmp, seed, bar)
+                entries, files = writer(specs, tmp, values, bar)
             spec.config(dtype).to_json_file(str(tmp / "config.json"))
             manifest = {
-                "version": MANIFEST_VERSION, "generator": GENERATOR_VERSION, "model": spec.name, "dtype": dtype,
-                "format": fmt, "seed": seed,
+                "version": MANIFEST_VERSION, **provenance, "model": spec.name, "dtype": dtype, "format": fmt,
                 "total_bytes": total,
                 "files": {name: (tmp / name).stat().st_size for name in files},
                 "tensors": {e.spec.name: {"dtype": DTYPE_NAMES[e.spec.dtype], "shape": list(e.spec.shape),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 # an absolute path: Hydra resolves a relative one as a Python package when started from a console script
@@ -29,12 +30,62 @@ class ConfigError(ValueError):
     """A configuration that would not do what was typed: an unknown option or key, or an override nothing reads."""
 
 
+@dataclass
+class RunRecord:
+    """What the running experiment composed, for its run folder: the groups it reads as one composed option
+    (``check_args``' singles) and every option it listed, as it ran (``listed``: the YAML, the entry's args, the
+    run's ``<group>_args``, merged)."""
+
+    singles: set[str] | None = None
+    options: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, group: str, name: str, entry: dict[str, Any], config: DictConfig) -> None:
+        resolved = OmegaConf.to_container(config, resolve=True)
+        row = {"group": group, "name": name, "entry_args": entry, "config": resolved}
+        if row not in self.options:
+            self.options.append(row)
+
+
+_RECORDS: list[RunRecord] = []
+
+
+@contextmanager
+def recording() -> Iterator[RunRecord]:
+    """Record what the code inside composes (``listed`` options, ``check_args`` singles) into a :class:`RunRecord`."""
+    record = RunRecord()
+    _RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDS.remove(record)
+
+
+SLUG_MAX = 48
+
+
+def slug(text: str) -> str:
+    """A short, shell-safe folder name for a job's overrides (``hydra.sweep.subdir``): letters, digits and ``._=-``
+    only (no glob or quote characters), at most ``SLUG_MAX`` characters, the rest replaced by a hash of the whole.
+    The full overrides stay in the job's ``.hydra/overrides.yaml`` and ``config.yaml``."""
+    import hashlib
+    import re
+
+    bare = re.sub(r"[\[\]{}()'\" ]", "", str(text)).replace(",", "_")  # list brackets and quotes go
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "-", bare).strip("_-")
+    if len(safe) <= SLUG_MAX:
+        return safe
+    digest = hashlib.sha1(str(text).encode()).hexdigest()[:8]
+    return f"{safe[: SLUG_MAX - 9].rstrip('_')}_{digest}"
+
+
 def register_schema() -> None:
     """Put the open ``<group>_args`` nodes in Hydra's ConfigStore (``conf/config.yaml`` lists them as defaults).
 
     Hydra composes in struct mode, where ``loader_args.native.threads=8`` on an empty node needs a ``+``; these nodes
     are open so the documented syntax works as typed. What they may hold is checked by :func:`check_args`.
     """
+    if not OmegaConf.has_resolver("coldstart_slug"):
+        OmegaConf.register_new_resolver("coldstart_slug", slug)
     node = OmegaConf.create({f"{g}_args": {} for g in ARG_GROUPS})
     for g in ARG_GROUPS:
         OmegaConf.set_struct(node[f"{g}_args"], False)
@@ -61,10 +112,45 @@ def compose_config(overrides: Iterable[str] = (), *, hydra_node: bool = False) -
             raise ConfigError(str(exc)) from None
 
 
+def searchpath() -> list[str]:
+    """The running app's ``hydra.searchpath`` (a user's own config directory, e.g. real-model options). Hydra applies
+    it to the app's config only, so every option composed here passes it on (empty outside the app)."""
+    if not HydraConfig.initialized():
+        return []
+    return [str(p) for p in (HydraConfig.get().searchpath or [])]
+
+
+def _searchpath_options(group: str) -> set[str]:
+    """Option names of ``group`` in the search path's ``file://`` directories (``<dir>/<group>/<name>.yaml``) and
+    ``pkg://`` packages, as Hydra's file and package config sources name them."""
+    import importlib.resources
+
+    out: set[str] = set()
+    for entry in searchpath():
+        if entry.startswith("file://"):
+            folder = Path(entry.removeprefix("file://")) / group
+            out |= {p.stem for p in folder.glob("*.yaml")} if folder.is_dir() else set()
+        elif entry.startswith("pkg://"):
+            try:
+                folder_t = importlib.resources.files(entry.removeprefix("pkg://").replace("/", ".")) / group
+                out |= {p.name.removesuffix(".yaml") for p in folder_t.iterdir() if p.name.endswith(".yaml")}
+            except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+                continue
+    return out
+
+
 def options(group: str) -> list[str]:
-    """The option names of a config group, as Hydra sees them (files under ``conf/<group>/`` and stored configs)."""
+    """The option names of a config group, as Hydra sees them (files under ``conf/<group>/``, stored configs, and
+    the app's ``hydra.searchpath``)."""
     with _hydra():
-        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+        return sorted(set(GlobalHydra.instance().config_loader().get_group_options(group))
+                      | _searchpath_options(group))
+
+
+def groups() -> list[str]:
+    """The top-level config groups (``model``, ``loader``…, ``hydra``), as Hydra sees them."""
+    with _hydra():
+        return sorted(GlobalHydra.instance().config_loader().list_groups(""))
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:
@@ -80,12 +166,14 @@ def option(group: str, name: str, overrides: Mapping[str, Any] | DictConfig | No
     An unknown option lists the group's options; an override of a key the option does not have lists its keys.
     The result is a fresh, writable copy.
     """
+    known = options(group)
+    if name not in known:
+        raise ConfigError(f"{group}={name!r} is not an option; choose one of {known}")
+    paths = searchpath()
     with _hydra():
-        known = sorted(GlobalHydra.instance().config_loader().get_group_options(group))
-        if name not in known:
-            raise ConfigError(f"{group}={name!r} is not an option; choose one of {known}")
         try:
-            composed = compose(config_name=None, overrides=[f"+{group}={name}"])
+            composed = compose(config_name=None, overrides=[*([f"hydra.searchpath=[{','.join(paths)}]"] if paths
+                                                              else []), f"+{group}={name}"])
         except HydraException as exc:
             raise ConfigError(f"{group}={name!r}: {exc}") from None
     node = composed[group]
@@ -107,6 +195,19 @@ def option_dict(group: str, name: str, overrides: Mapping[str, Any] | DictConfig
     out = OmegaConf.to_container(option(group, name, overrides), resolve=True)
     assert isinstance(out, dict)
     return {str(k): v for k, v in out.items()}
+
+
+def name_list(cfg: DictConfig, key: str, default: Iterable[str] = ()) -> list[str]:
+    """A list key's entries as strings (``loaders``, ``runtimes``, ``cache_states``…): a bare word (``loaders=native``)
+    is a one-element list, never its characters; null or absent gives ``default``."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return [str(v) for v in default]
+    if isinstance(value, str | int | float):
+        return [str(value)]
+    if not isinstance(value, ListConfig | list | tuple):
+        raise ConfigError(f"{key}={value!r}: expected a list such as {key}=[a,b]")
+    return [str(v) for v in value]
 
 
 def run_args(cfg: DictConfig, group: str) -> dict[str, Any]:
@@ -136,7 +237,10 @@ def listed(cfg: DictConfig, group: str, name: str,
                           f"({theirs}); change the entries instead")
     merged = OmegaConf.merge(OmegaConf.create(theirs), OmegaConf.create(mine))
     assert isinstance(merged, DictConfig)
-    return option(group, name, merged)
+    node = option(group, name, merged)
+    for record in _RECORDS:
+        record.add(group, name, theirs, node)
+    return node
 
 
 def _typed_groups() -> list[tuple[str, str]]:
@@ -162,6 +266,8 @@ def check_args(cfg: DictConfig, lists: Mapping[str, Iterable[str]], singles: Ite
     """
     lists = {g: [str(n) for n in names] for g, names in lists.items()}
     singles = set(singles)
+    for record in _RECORDS:
+        record.singles = (record.singles or set()) | singles
     for group in ARG_GROUPS:
         for name, overrides in run_args(cfg, group).items():
             used = lists.get(group)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from harness.zoo import ModelSpec, dequantize
+from harness.zoo import ModelSpec, dequantize, fixed_prompt
 
 PAGE = 4096
 
@@ -37,10 +37,7 @@ def materialize(state_dict: dict[str, torch.Tensor], device: torch.device) -> in
 
 def import_model_class(spec: ModelSpec) -> type:
     """Import the architecture's modeling module (transformers loads it lazily on first use)."""
-    from transformers import AutoModelForCausalLM
-
-    cls: type = AutoModelForCausalLM._model_mapping[type(spec.config())]  # type: ignore[assignment]
-    return cls
+    return spec.model_class()
 
 
 class ModelBuildError(RuntimeError):
@@ -77,7 +74,7 @@ def build_model(spec: ModelSpec, dtype: str, state_dict: dict[str, torch.Tensor]
     rebuild non-persistent buffers."""
     skeleton = _SKELETONS.get((spec, dtype))
     model = copy.deepcopy(skeleton) if skeleton is not None else spec.meta_model(dtype)
-    weights = dequantize(state_dict) if dtype == "int8" else state_dict
+    weights = spec.model_names(dequantize(state_dict) if dtype == "int8" else state_dict, model)
     result = model.load_state_dict(weights, strict=False, assign=True)
     tie: Any = model.tie_weights
     if result.unexpected_keys:
@@ -111,15 +108,16 @@ def _rebuild_buffers(model: torch.nn.Module, device: torch.device) -> None:
 
 
 def prompt_ids(vocab_size: int, tokens: int) -> torch.Tensor:
-    """The fixed prompt: token ids 1..tokens (mod vocabulary), batch of one. No tokenizer needed."""
-    return (torch.arange(tokens) % (vocab_size - 1) + 1).unsqueeze(0)
+    """The fixed prompt (``harness.zoo.fixed_prompt``: ids 1..tokens mod the vocabulary), batch of one."""
+    return torch.tensor([fixed_prompt(vocab_size, tokens)])
 
 
 @torch.inference_mode()
-def first_token(model: torch.nn.Module, device: torch.device, tokens: int = 16) -> int:
-    """Prefill the fixed prompt and return the greedy next token (``.item()`` waits for the device)."""
+def first_token(model: torch.nn.Module, device: torch.device, tokens: int = 16,
+                ids: list[int] | None = None) -> int:
+    """Prefill the prompt (``ids``, else the fixed one of ``tokens`` ids) and return the greedy next token
+    (``.item()`` waits for the device)."""
     config: Any = model.config
-    vocab = int(config.vocab_size)
-    ids = prompt_ids(vocab, tokens).to(device)
-    logits = model(input_ids=ids).logits
+    prompt = torch.tensor([ids]) if ids else prompt_ids(int(config.vocab_size), tokens)
+    logits = model(input_ids=prompt.to(device)).logits
     return int(logits[0, -1].argmax().item())

@@ -65,40 +65,65 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+PORT_TRIES = 5   # a free port picked here can be taken by another process before nginx binds it: pick again
+
+
+def _start(binary: str, conf: Path, prefix: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    """Start nginx on ``host:port`` and wait until it is the one listening there; NginxError when it exits first."""
+    proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        # nginx writes its pid file once it has bound its listening socket: a connection that succeeds before then
+        # could be another process that holds the port
+        if proc.poll() is None and (prefix / "nginx.pid").exists():
+            try:
+                socket.create_connection((host, port), timeout=0.2).close()
+                return proc
+            except OSError:
+                pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            err = proc.stderr.read().decode().strip() if proc.stderr else ""
+            raise NginxError(f"nginx did not start on {host}:{port}: {err or 'timeout'} "
+                             f"(log: {prefix / 'error.log'})")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serve(root: Path, port: int | None = None, host: str = "127.0.0.1", workers: int = 2,
           locations: str = "") -> Iterator[str]:
     """nginx serving ``root`` at the yielded URL until the block ends (SIGQUIT, then SIGKILL).
 
-    ``port=None`` picks a free one; ``locations`` adds nginx ``location`` blocks (tests use it for misbehaviour).
+    ``port=None`` picks a free one (again, up to ``PORT_TRIES`` times, when another process takes it first);
+    ``locations`` adds nginx ``location`` blocks (tests use it for misbehaviour).
     """
     binary = nginx_binary()
-    port = free_port(host) if port is None else port
     prefix = Path(tempfile.mkdtemp(prefix="coldstart-nginx-"))
-    conf = prefix / "nginx.conf"
     user = "user root;" if os.geteuid() == 0 else ""  # workers must read root-owned 0700 directories
-    conf.write_text(CONF.format(prefix=prefix, root=Path(root).resolve(), port=port, host=host, user=user,
-                                workers=workers, locations=locations))
-    proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        for attempt in range(1 if port is not None else PORT_TRIES):
+            chosen = free_port(host) if port is None else port
+            conf = prefix / "nginx.conf"
+            conf.write_text(CONF.format(prefix=prefix, root=Path(root).resolve(), port=chosen, host=host, user=user,
+                                        workers=workers, locations=locations))
             try:
-                socket.create_connection((host, port), timeout=0.2).close()
+                proc = _start(binary, conf, prefix, host, chosen)
                 break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else "timeout"
-                    raise NginxError(f"nginx did not start on {host}:{port}: {err.strip()} "
-                                     f"(log: {prefix / 'error.log'})") from None
-                time.sleep(0.05)
-        yield f"http://{host}:{port}"
+            except NginxError as exc:
+                if port is not None or "in use" not in str(exc) or attempt == PORT_TRIES - 1:
+                    raise
+        assert proc is not None
+        yield f"http://{host}:{chosen}"
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         shutil.rmtree(prefix, ignore_errors=True)

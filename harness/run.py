@@ -11,13 +11,15 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import CONF_DIR, ConfigError, register_schema
+from harness.config import CONF_DIR, ConfigError, RunRecord, recording, register_schema
 from harness.experiment import ExperimentFailedError, ExperimentResult, PartialResult
 from harness.loggers.base import Logger
 from harness.results import write_json, write_result
+from harness.runfolder import write_description
 from harness.summary import console_table, objective
 
 log = logging.getLogger("coldstart")
@@ -41,6 +43,15 @@ class OnceFilter(logging.Filter):
         return sum(n - 1 for n in self.seen.values())
 
 
+def _user_errors(*extra: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """What a user's configuration or machine can cause and one line explains (no traceback): an unknown or unread
+    key, a bad value, a checkpoint directory that cannot be written. Imported here: harness.checkpoints needs torch,
+    which a command refused at its start never imports."""
+    from harness.checkpoints import CheckpointWriteError
+
+    return (ConfigError, ValueError, CheckpointWriteError, *extra)
+
+
 def _status(complete: bool, error: str, objective_value: float | None = None) -> dict[str, Any]:
     value = None if objective_value is None or math.isnan(objective_value) else objective_value
     return {"complete": complete, "error": error, "objective": value}
@@ -59,8 +70,10 @@ def _plot(cfg: DictConfig, out_dir: Path) -> list[Path]:
 
 
 def _finish(cfg: DictConfig, out_dir: Path, result: ExperimentResult, sink: Logger, complete: bool,
-            error: str) -> dict[str, Any]:
-    """Write what was measured (complete or not), its status and figures; log it; print the short table."""
+            error: str, record: RunRecord | None = None) -> dict[str, Any]:
+    """Write what was measured (complete or not), what ran (``config.yaml``: harness.runfolder), its status and
+    figures; log it; print the short table."""
+    write_description(out_dir / "config.yaml", cfg, record)
     write_result(out_dir, result)
     summary = result.tables.get("summary")
     value = math.nan
@@ -81,12 +94,23 @@ def _finish(cfg: DictConfig, out_dir: Path, result: ExperimentResult, sink: Logg
     return status
 
 
+def _check_typed(cfg: DictConfig) -> None:
+    """In the app (a run, or a job of a multirun that a sweeper plugin may have composed): what was typed must be
+    read by this experiment (``harness.overrides.check_reads``), whoever launched the job."""
+    if not HydraConfig.initialized():
+        return
+    from harness.overrides import check_reads, parse
+
+    check_reads(cfg, parse(list(HydraConfig.get().overrides.task)))
+
+
 def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Run ``cfg.experiment`` into ``out_dir``: tables and documents, ``status.json``, figures, the logger sink.
 
     An experiment that stops early (Ctrl-C, an exception) hands back what it measured as a ``PartialResult``: that is
     written with ``complete: false`` before the cause is raised again. Any other failure still leaves ``status.json``
-    with the error (and the traceback in ``run.log``).
+    with the error (and the traceback in ``run.log``). ``config.yaml`` is the composed config at the start and what
+    ran (the keys read, every listed option as it ran) once results are written.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -94,18 +118,20 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     sink.start(cfg, out_dir)
     exit_code = 1
     try:
+        _check_typed(cfg)
         experiment = instantiate(cfg.experiment.run)
-        try:
-            result: ExperimentResult = experiment(cfg, out_dir)
-        except PartialResult as partial:
-            log.error("stopped early (%r): writing what was measured", partial.cause)
-            _finish(cfg, out_dir, partial.result, sink, False, repr(partial.cause))
-            raise partial.cause from None
+        with recording() as record:
+            try:
+                result: ExperimentResult = experiment(cfg, out_dir)
+            except PartialResult as partial:
+                log.error("stopped early (%r): writing what was measured", partial.cause)
+                _finish(cfg, out_dir, partial.result, sink, False, repr(partial.cause), record)
+                raise partial.cause from None
         if result.failure:  # it ran but measured nothing (every cell infeasible): tables say why, exit non-zero
-            _finish(cfg, out_dir, result, sink, False, result.failure)
+            _finish(cfg, out_dir, result, sink, False, result.failure, record)
             raise ExperimentFailedError(f"experiment {cfg.experiment.name} produced no results: {result.failure} "
                                         f"(tables in {out_dir})")
-        status = _finish(cfg, out_dir, result, sink, True, "")
+        status = _finish(cfg, out_dir, result, sink, True, "", record)
         result.documents["status"] = status
         exit_code = 0
         return result
@@ -116,12 +142,20 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
         raise
     except BaseException as exc:
         if not (out_dir / "status.json").exists():
-            write_json(out_dir / "status.json", _status(False, repr(exc)))
-        if not isinstance(exc, ValueError | ExperimentFailedError):  # one line each (see _main); the rest in full
+            write_json(out_dir / "status.json", _status(False, repr(_user_error(exc))))
+        if not isinstance(_user_error(exc), (*_user_errors(), ExperimentFailedError)):  # one line each (_main)
             log.exception("run failed: %r", exc)
         raise
     finally:
         sink.finish(exit_code)
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """The error a user caused: a ``ValueError`` a class raised while Hydra instantiated it (Hydra wraps it in an
+    ``InstantiationException``), else ``exc`` itself."""
+    if isinstance(exc, InstantiationException) and isinstance(exc.__cause__, ValueError):
+        return exc.__cause__
+    return exc
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -133,8 +167,9 @@ def _main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_experiment(cfg, out_dir)
-    except (ConfigError, ValueError) as exc:  # what was typed cannot run: one line, no traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except _user_errors(InstantiationException) as raised:  # what was typed cannot run: one line
+        exc = _user_error(raised)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(exc, _user_errors()):
             raise
         log.error("%s: %s (HYDRA_FULL_ERROR=1 shows the traceback)", type(exc).__name__, exc)
         sys.exit(2)
@@ -151,8 +186,73 @@ def _main(cfg: DictConfig) -> float:
     return math.nan if value is None else float(value)
 
 
+def _argv_overrides(argv: list[str]) -> tuple[list[str], list[int]] | None:
+    """The overrides among Hydra's command-line arguments and their positions in ``argv``; None for a command that
+    composes nothing to check (``--help``, ``--info``, shell completion) or one Hydra will refuse itself."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return None
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun:
+        return None
+    if args.config_path or args.config_name or args.config_dir:
+        return None  # another primary config: Hydra composes it itself
+    positions = [i for i, word in enumerate(argv) if word in args.overrides]
+    return list(args.overrides), positions
+
+
+def _from_run(argv: list[str]) -> list[str]:
+    """``--from-run DIR [flags and overrides]`` → the overrides that compose DIR's run as it ran, then the rest."""
+    from harness.runfolder import repeat_overrides
+
+    first, rest = argv[0], argv[1:]
+    if "=" in first:
+        where = first.split("=", 1)[1]
+    elif rest:
+        where, rest = rest[0], rest[1:]
+    else:
+        print("coldstart: --from-run needs a run folder: coldstart --from-run results/runs/<experiment>/<time>",
+              file=sys.stderr)
+        sys.exit(2)
+    found = _argv_overrides(rest)
+    extra = found[0] if found else []
+    flags = [w for i, w in enumerate(rest) if not found or i not in found[1]]
+    try:
+        overrides = repeat_overrides(Path(where), extra)
+    except ConfigError as exc:
+        print(f"coldstart: {exc}", file=sys.stderr)
+        sys.exit(2)
+    log.info("repeating %s: %s", where, " ".join(overrides))
+    return [*flags, *overrides]
+
+
 def main() -> None:
-    """Console script ``coldstart``."""
+    """Console script ``coldstart``: what was typed is composed and checked first (one line and exit 2 on a
+    configuration error, whichever layer finds it), then Hydra runs it; Ctrl-C ends with one line (exit 130)."""
+    from harness.overrides import preflight
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(name)s] %(message)s")
     register_schema()
-    _main()
+    if len(sys.argv) > 1 and sys.argv[1].startswith("--from-run"):
+        sys.argv[1:] = _from_run(sys.argv[1:])
+    found = _argv_overrides(sys.argv[1:])
+    if found is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        words, positions = found
+        try:
+            checked = preflight(words)
+        except ConfigError as exc:
+            print(f"coldstart: {exc}", file=sys.stderr)
+            sys.exit(2)
+        for pos, word in zip(positions, checked, strict=True):  # bare words given to list keys, now lists
+            sys.argv[1 + pos] = word
+    try:
+        _main()
+    except ValueError as exc:  # Hydra's refusal of the command line itself (e.g. -m with --cfg)
+        print(f"coldstart: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("coldstart: stopped by Ctrl-C (what was measured is written; status.json says complete: false)",
+              file=sys.stderr)
+        sys.exit(130)

@@ -59,7 +59,7 @@ def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = 
     model = mb.build_model(spec_model, spec["dtype"], result.state_dict, device)
     marks["model_build"] = time.time()
 
-    token = mb.first_token(model, device, int(spec.get("prompt_tokens", 16)))
+    token = mb.first_token(model, device, int(spec.get("prompt_tokens", 16)), spec.get("prompt_ids"))
     marks["first_token"] = time.time()
 
     out: dict[str, Any] = {"marks": marks, "first_token_id": token, "loader_phases_s": result.phases_s,
@@ -68,8 +68,9 @@ def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = 
                            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if spec.get("verify", True):  # outside every timed phase
         t0 = time.time()
-        manifest_dir = Path(spec.get("manifest_dir") or spec["checkpoint"])
-        out["verified_bytes"] = verify_state_dict(open_checkpoint(manifest_dir), result.state_dict)
+        manifest_dir = Path(spec.get("manifest_dir") or spec["checkpoint"])  # a remote load: the store's copy
+        ckpt = open_checkpoint(manifest_dir, spec.get("manifest"))  # a real model's files: their manifest is kept apart
+        out["verified_bytes"] = verify_state_dict(ckpt, result.state_dict)
         out["verify_s"] = time.time() - t0
     return out
 

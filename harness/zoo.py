@@ -22,9 +22,14 @@ DTYPES: dict[str, tuple[torch.dtype, torch.dtype]] = {
 INT8_SCALE_SUFFIX = "_scale"
 
 
+AUTO_DTYPE = "auto"  # the model's own: fp16 for a zoo model, the checkpoint's dtype for a real one
+ZOO_DTYPE = "fp16"
+
+
 def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPES)} (or {AUTO_DTYPE}: the "
+                         "model's own)")
     return dtype
 
 
@@ -69,26 +74,53 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: arch={self.arch!r} must be a dotted class path")
         # Hydra hands in an OmegaConf DictConfig; keep a plain dict so the spec is hashable-by-name and
         # picklable.
-        object.__setattr__(self, "hf_config", _plain(self.hf_config))
+        object.__setattr__(self, "hf_config", plain_config(self.hf_config))
 
     def __hash__(self) -> int:
         return hash((self.name, self.arch, repr(sorted(self.hf_config.items()))))
+
+    def resolve_dtype(self, dtype: str) -> str:
+        """The dtype axis value a run with ``dtype`` uses for this model: ``auto`` is the zoo's fp16."""
+        return ZOO_DTYPE if dtype == AUTO_DTYPE else check_dtype(dtype)
+
+    def describe_source(self) -> dict[str, Any]:
+        """Where the weights come from (result columns): seeded synthetic values of this architecture."""
+        return {"model_source": "zoo", "model_path": "", "hf_id": "", "hf_revision": ""}
+
+    def auto_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for transformers' Auto classes (a real model may allow remote code)."""
+        return {}
+
+    def model_class(self) -> type:
+        """The transformers class that builds this architecture (importing its modeling module)."""
+        from transformers import AutoModelForCausalLM
+
+        cls: type = AutoModelForCausalLM._model_mapping[type(self.config())]  # type: ignore[assignment]
+        return cls
+
+    def variant(self, name: str, **hf_overrides: Any) -> ModelSpec:
+        """A zoo spec of this architecture with some hyperparameters replaced (a warm-up copy, a deeper chain)."""
+        return ModelSpec(name, self.arch, {**self.hf_config, **hf_overrides}, None, f"variant of {self.name}")
+
+    def model_names(self, state_dict: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+        """The loaded tensors under the names ``model`` has (a zoo checkpoint stores exactly those)."""
+        return state_dict
 
     def config(self, dtype: str = "fp16") -> Any:
         """The transformers config with the model's compute dtype."""
         module, _, cls = self.arch.rpartition(".")
         config_cls = getattr(importlib.import_module(module), cls)
         cfg = config_cls(**self.hf_config)
-        _set_dtype(cfg, compute_dtype(dtype))
+        set_config_dtype(cfg, compute_dtype(self.resolve_dtype(dtype)))
         return cfg
 
     def meta_model(self, dtype: str = "fp16") -> torch.nn.Module:
         """The model on the meta device: real names and shapes, no memory."""
-        return _build(self, compute_dtype(dtype), torch.device("meta"))
+        return _build(self, compute_dtype(self.resolve_dtype(dtype)), torch.device("meta"))
 
     def build(self, dtype: str, device: torch.device | str = "meta") -> torch.nn.Module:
         """The model on ``device`` (uninitialized storage on real devices)."""
-        return _build(self, compute_dtype(dtype), torch.device(device))
+        return _build(self, compute_dtype(self.resolve_dtype(dtype)), torch.device(device))
 
     def num_params(self) -> int:
         """Unique parameters (tied embeddings counted once), counted on the meta device."""
@@ -96,10 +128,28 @@ class ModelSpec:
 
     def tensor_specs(self, dtype: str = "fp16") -> tuple[TensorSpec, ...]:
         """The tensors a checkpoint of this model stores, in order (tied aliases dropped)."""
-        return _tensor_specs(self, check_dtype(dtype))
+        return _tensor_specs(self, self.resolve_dtype(dtype))
 
     def checkpoint_bytes(self, dtype: str = "fp16") -> int:
         return sum(t.nbytes for t in self.tensor_specs(dtype))
+
+    def prompt(self, text: str, tokens: int) -> tuple[list[int], str]:
+        """The prompt's token ids and text. A zoo model has no tokenizer: the fixed ids :func:`fixed_prompt` (and no
+        text); a real model with tokenizer files tokenizes ``text``."""
+        return fixed_prompt(int(self.config().vocab_size), tokens), ""
+
+    def decode(self, token_id: int) -> str:
+        """A token's text (empty without a tokenizer)."""
+        return ""
+
+    def dtype_info(self, dtype: str) -> dict[str, str]:
+        """The weights' stored dtype before the run's ``dtype`` and the cast between them (none: synthetic values are
+        generated in the run's dtype)."""
+        return {"source_dtype": self.resolve_dtype(dtype), "cast": ""}
+
+    def trial_config(self) -> dict[str, Any] | None:
+        """This option as a trial process should instantiate it; None: exactly as it was composed."""
+        return None
 
     @property
     def num_layers(self) -> int:
@@ -130,7 +180,12 @@ class ModelSpec:
         return 2 * self.num_layers * kv_heads * head_dim * elem
 
 
-def _set_dtype(cfg: Any, dtype: torch.dtype) -> None:
+def fixed_prompt(vocab_size: int, tokens: int) -> list[int]:
+    """The fixed prompt of a model without a tokenizer: token ids 1..tokens (mod the vocabulary)."""
+    return [i % (vocab_size - 1) + 1 for i in range(tokens)]
+
+
+def set_config_dtype(cfg: Any, dtype: torch.dtype) -> None:
     # transformers 5 names the attribute ``dtype``; 4.x ``torch_dtype``
     setattr(cfg, "dtype" if hasattr(cfg, "dtype") else "torch_dtype", dtype)
 
@@ -143,7 +198,7 @@ def _layer_prefix(name: str) -> str | None:
     return None
 
 
-def _plain(value: Any) -> Any:
+def plain_config(value: Any) -> Any:
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -158,12 +213,12 @@ def _build(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> torch.n
     from transformers import AutoModelForCausalLM
 
     cfg = spec.config()
-    _set_dtype(cfg, dtype)
+    set_config_dtype(cfg, dtype)
     previous = torch.get_default_dtype()
     try:
         torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float16)
         with device:
-            model = AutoModelForCausalLM.from_config(cfg)
+            model = AutoModelForCausalLM.from_config(cfg, **spec.auto_kwargs())
     finally:
         torch.set_default_dtype(previous)
     return model.eval()
@@ -175,17 +230,24 @@ def _num_params(spec: ModelSpec) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
 
 
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """Parameter names that are another parameter under a second name (tied weights: ``lm_head.weight`` when it is
+    the embedding): every name after the first of the same tensor, in ``named_parameters`` order."""
+    first: dict[int, str] = {}
+    aliases = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases.add(name)
+        else:
+            first[id(p)] = name
+    return aliases
+
+
 @lru_cache(maxsize=64)
 def _tensor_specs(spec: ModelSpec, dtype: str) -> tuple[TensorSpec, ...]:
     _stored, compute = DTYPES[dtype]
     model = _build(spec, compute, torch.device("meta"))
-    first_name: dict[int, str] = {}
-    aliases = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first_name:
-            aliases.add(name)
-        else:
-            first_name[id(p)] = name
+    aliases = tied_aliases(model)
     out: list[TensorSpec] = []
     for name, t in model.state_dict().items():
         if name in aliases:

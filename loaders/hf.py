@@ -39,5 +39,18 @@ class HfLoader(BaseLoader):
         t_read = time.perf_counter()
         if device.type != "cpu":
             cast(Any, model).to(device)  # in place (transformers' typing wraps .to)
-        state_dict = {k: v for k, v in model.state_dict().items() if k in stored}
+        state_dict = _as_stored(model, stored)
         return LoadResult(state_dict, {"read_s": t_read - t0, "h2d_s": time.perf_counter() - t_read})
+
+
+def _as_stored(model: Any, stored: set[str]) -> dict[str, torch.Tensor]:
+    """The model's tensors under the names the files give them: a checkpoint saved without the base model's prefix
+    (``decoder.…`` for ``model.decoder.…``) is mapped back, as ``from_pretrained`` mapped it on the way in."""
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    out = {}
+    for k, v in model.state_dict().items():
+        if k in stored:
+            out[k] = v
+        elif prefix and k.startswith(prefix + ".") and k[len(prefix) + 1 :] in stored:
+            out[k[len(prefix) + 1 :]] = v
+    return out

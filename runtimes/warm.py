@@ -71,7 +71,7 @@ def warm_forward(models: Iterable[dict[str, Any]], dtype: str, device: str, toke
     dev = torch.device(device)
     for cfg in models:
         spec = instantiate(cfg)
-        one_layer = type(spec)(f"{spec.name}-warmup", spec.arch, {**spec.hf_config, "num_hidden_layers": 1})
+        one_layer = spec.variant(f"{spec.name}-warmup", num_hidden_layers=1)
         model = one_layer.build(dtype, dev)
         mb.first_token(model, dev, tokens)
         del model

@@ -266,6 +266,20 @@ def startup_estimate_s(
 ) -> float:
     """ServerlessLLM's estimated startup on a server: q + n / b (paper §5.1; q: loading-queue wait,
     n: checkpoint bytes, b: bandwidth of the tier holding it), plus the model's build time and the runtime's
-    start-up (getting a ready process, ``ModelInfo.startup_s``)."""
+    start-up (getting a ready process, ``ModelInfo.startup_s``): q + ``load_slot_s`` + build. q is what the loads
+    queued before it reserved with ``load_slot_s`` (the one formula both engines reserve with)."""
     bw = gbps if gbps is not None else server.tier_gbps(tier)
     return server.queue_s(now_s) + model.size_bytes / (bw * 1e9) + model.build_s + model.startup_s
+
+
+def load_slot_s(model: ModelInfo, tier_gbps: float, loader_gbps: float | None = None, remote_gbps: float = 0.0,
+                download_then_load: bool = False) -> float:
+    """Seconds a load is expected to hold its server's loading slot, what it adds to q for the loads behind it:
+    the runtime's start-up (``ModelInfo.startup_s``), then the bytes at the tier's bandwidth capped by the loader's
+    (``loader_gbps``; KServe / Ray Serve download the whole checkpoint at ``remote_gbps`` first, then load it).
+    The model build comes after the slot (``startup_estimate_s`` adds it)."""
+    n = model.size_bytes
+    if download_then_load and loader_gbps:
+        return n / (remote_gbps * 1e9) + n / (loader_gbps * 1e9) + model.startup_s
+    bw = tier_gbps if loader_gbps is None else min(tier_gbps, loader_gbps)
+    return n / (bw * 1e9) + model.startup_s

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import simpy
+from schedulers.clock import SimClock
 
 EPS_BYTES = 1.0
 
@@ -29,8 +29,8 @@ class FairShareLink:
     version number stands for the next completion, so stale timers are ignored rather than cancelled.
     """
 
-    def __init__(self, env: simpy.Environment, capacity_bps: float) -> None:
-        self.env = env
+    def __init__(self, clock: SimClock, capacity_bps: float) -> None:
+        self.clock = clock
         self.capacity_bps = capacity_bps
         self.flows: list[Flow] = []
         self._last = 0.0
@@ -43,11 +43,12 @@ class FairShareLink:
         self._reschedule()
 
     def _advance(self) -> None:
-        dt = self.env.now - self._last
+        now = self.clock.now()
+        dt = now - self._last
         if dt > 0:
             for f in self.flows:
                 f.remaining -= f.rate_bps * dt
-        self._last = self.env.now
+        self._last = now
 
     def _rates(self) -> None:
         # Water-filling: flows whose cap is below the equal share keep their cap; the rest split what is left.
@@ -64,9 +65,7 @@ class FairShareLink:
             return
         self._rates()
         dt = min(max(f.remaining, 0.0) / f.rate_bps for f in self.flows)
-        version = self._version
-        ev = self.env.timeout(dt)
-        ev.callbacks.append(lambda _e: self._fire(version))
+        self.clock.after(dt, self._fire, self._version)
 
     def _fire(self, version: int) -> None:
         if version != self._version:

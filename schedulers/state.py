@@ -1,12 +1,11 @@
-"""Mutable simulator state: servers with GPUs, checkpoint tiers (LRU) and loading queues, and model
-instances."""
+"""The serverless cluster's mutable state, one data model for the simulator and the real controller: servers with
+GPUs, checkpoint tiers (LRU) and loading queues, and model instances (``schedulers/lifecycle.py`` changes them)."""
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from schedulers.base import InstanceView, ModelInfo, Placement, ServerView, Tier
 from schedulers.cluster import Cluster
@@ -14,8 +13,8 @@ from schedulers.errors import SimulatorInvariantError
 
 
 class Instance:
-    """One model instance on a server: pending (gathering GPUs), loading, busy (decoding a request) or
-    idle."""
+    """One model instance on a server: pending (gathering GPUs), loading, syncing (a migration destination
+    re-prefilling), busy (decoding a request), idle, or gone."""
 
     __slots__ = (
         "abort",
@@ -29,7 +28,6 @@ class Instance:
         "id",
         "idle_since",
         "info",
-        "loading_started",
         "migrating_to",
         "migration_src",
         "prewarm_keep_s",
@@ -61,7 +59,6 @@ class Instance:
         self.migrating_to: Instance | None = None
         self.migration_src: Instance | None = None
         self.abort = False  # migration target whose source finished first: become idle when loaded
-        self.loading_started = False
         self.prewarm_keep_s: float | None = None
 
 
@@ -79,6 +76,7 @@ class LoadJob:
     upgrade: bool = True  # may switch to a faster local copy when it starts (the policy's tier_upgrade)
     slot: int = 0  # the loading slot whose estimated free time ``est_s`` was added to
     startup_s: float = 0.0  # runtime start-up it paid once it had its slot (set when the load starts)
+    start_s: float = 0.0  # when it took its slot
 
 
 class TierStore:
@@ -101,12 +99,6 @@ class TierStore:
 
     def __contains__(self, model: object) -> bool:
         return model in self.items
-
-    def discard(self, model: str) -> None:
-        """Forget ``model`` if held (the real controller, when a load must not be served from this tier)."""
-        self.items.pop(model, None)
-        self.used_bytes = sum(self.items.values())
-        self._names = None
 
     def touch(self, model: str) -> None:
         if model in self.items:
@@ -140,85 +132,6 @@ class TierStore:
         return evicted
 
 
-class WorkerPoolClock:
-    """When a server's ``pool`` runtime has ready workers (``runtimes/workerpool.py`` in simulated time).
-
-    ``size`` workers are ready at t=0. One refill thread starts a worker (``worker_start_s``) whenever fewer than
-    ``size`` are ready and none is starting, one at a time; a handed-out worker's replacement is due at once,
-    or with ``refill_after_load`` once :meth:`loaded` says its cold start is over (the real pool's ``refill``).
-    ``acquire(now)`` hands out a ready worker, or waits for the one starting. ``give_back(now)`` is an instance
-    leaving its worker after unload (an eviction, a finished migration source): it is ready again if fewer than
-    ``size`` are
-    (``WorkerPool.release``; the simulator takes every worker as reusable, as the pool's RSS rule finds them on CPU),
-    else it is closed. A killed instance's worker (a preemption) never comes back.
-    """
-
-    __slots__ = ("_held", "_idle", "_starting_until", "refill_after_load", "size", "worker_start_s")
-
-    def __init__(self, size: int, worker_start_s: float, refill_after_load: bool = False) -> None:
-        if size < 1:
-            raise ValueError(f"cluster.runtime.pool_size={size!r} is not allowed; it must be ≥ 1")
-        self.size, self.worker_start_s, self.refill_after_load = size, worker_start_s, refill_after_load
-        self._idle = [0.0] * size  # when each ready worker became ready (a heap)
-        self._starting_until: float | None = None  # when the worker being started is ready
-        self._held = 0  # handed out, replacement deferred until loaded() (refill_after_load)
-
-    def _advance(self, now_s: float) -> None:
-        """Finish the starts that end by ``now_s``; each starts the next while fewer than ``size`` are ready."""
-        while self._starting_until is not None and self._starting_until <= now_s:
-            done = self._starting_until
-            heapq.heappush(self._idle, done)
-            self._starting_until = done + self.worker_start_s if self._short() else None
-
-    def _short(self) -> bool:
-        return len(self._idle) + self._held < self.size
-
-    def _refill_from(self, t: float) -> None:
-        if self._starting_until is None and self._short():
-            self._starting_until = t + self.worker_start_s
-
-    def ready_at(self) -> list[float]:
-        """When each of ``size`` workers is (or, if nothing is handed out meanwhile, will be) ready."""
-        out = sorted(self._idle)
-        t = self._starting_until
-        while t is not None and len(out) + self._held < self.size:
-            out.append(t)
-            t += self.worker_start_s
-        return out
-
-    def acquire(self, now_s: float) -> float:
-        """Take a worker for a cold start that asks at ``now_s``; returns when it has one (≥ ``now_s``)."""
-        self._advance(now_s)
-        got = now_s
-        if not self._idle:
-            if self._starting_until is None:  # every worker is held by a cold start still loading (only with
-                self._starting_until = now_s + self.worker_start_s  # several load slots): start one now
-            got = self._starting_until
-            self._advance(got)
-        heapq.heappop(self._idle)
-        if self.refill_after_load:
-            self._held += 1
-        else:
-            self._refill_from(got)
-        return got
-
-    def loaded(self, now_s: float) -> None:
-        """The cold start that took a worker is loaded at ``now_s``: with ``refill_after_load`` its replacement
-        starts now (one at a time)."""
-        if self.refill_after_load and self._held:
-            self._advance(now_s)
-            self._held -= 1
-            self._refill_from(now_s)
-
-    def give_back(self, now_s: float) -> bool:
-        """An instance left its worker at ``now_s``: True if the worker is ready again (fewer than ``size`` were)."""
-        self._advance(now_s)
-        if len(self._idle) >= self.size:
-            return False
-        heapq.heappush(self._idle, now_s)
-        return True
-
-
 class Server:
     """A server's mutable state; ``view()`` returns a cached read-only ``ServerView`` rebuilt after each
     change."""
@@ -239,10 +152,6 @@ class Server:
         self.queue: deque[LoadJob] = deque()
         self.active_loads = 0
         self.slot_free_at = [0.0] * cluster.load_slots  # estimated time each loading slot frees up
-        self.links: dict[str, Any] = {}
-        rt = cluster.runtime
-        self.pool = (WorkerPoolClock(rt.pool_size, rt.worker_start_s, refill_after_load=rt.refill == "after_load")
-                     if rt.kind == "pool" else None)
         self._view: ServerView | None = None
 
     def dirty(self) -> None:
@@ -260,6 +169,58 @@ class Server:
         if self.free_gpus > self.num_gpus:
             raise SimulatorInvariantError(f"server {self.id}: more GPUs freed than it has ({self.free_gpus})")
         self.dirty()
+
+    def store(self, tier: Tier) -> TierStore:
+        """The DRAM or SSD tier."""
+        return self.dram if tier == "dram" else self.ssd
+
+    def best_local_tier(self, model: str) -> Tier:
+        """The fastest tier holding ``model`` here (``remote`` when neither DRAM nor SSD does)."""
+        return "dram" if model in self.dram else "ssd" if model in self.ssd else "remote"
+
+    def pin(self, model: str, tier: Tier) -> None:
+        """A load reads ``model`` from ``tier``: the tier's LRU must not evict it meanwhile."""
+        if tier in ("dram", "ssd"):
+            store = self.store(tier)
+            store.pinned[model] = store.pinned.get(model, 0) + 1
+
+    def unpin(self, model: str, tier: Tier, touch: bool = False) -> None:
+        if tier in ("dram", "ssd"):
+            store = self.store(tier)
+            store.pinned[model] -= 1
+            if touch:
+                store.touch(model)
+
+    def store_checkpoint(self, model: str, tiers: tuple[Tier, ...], models: Mapping[str, ModelInfo],
+                         through: bool = False) -> list[tuple[str, str]]:
+        """Put ``model`` into the chain ``tiers`` (DRAM before SSD); returns (checkpoint, tier) for each copy kept.
+
+        ``through`` (after a load; a policy's ``cache_to``): write-through, every tier of the chain that accepts
+        ``model`` keeps a copy at once. Otherwise (a keep-alive demotion) the first tier that accepts it keeps it.
+        Either way a tier that refuses it (larger than the tier, no room beside pinned copies, a 0-byte tier)
+        passes it to the next tier, and each tier's LRU victims fall to the next tier of the chain.
+        """
+        stored: list[tuple[str, str]] = []
+        pending = [model]
+        changed = False
+        for tier in tiers:
+            store = self.store(tier)
+            spill: list[str] = []
+            carry = False
+            for name in pending:
+                new = name not in store
+                evicted = store.insert(name, models[name].size_bytes)
+                if evicted is None:
+                    carry = carry or name == model
+                    continue
+                stored.append((name, tier))
+                spill.extend(evicted)
+                changed = changed or new or bool(evicted)
+                carry = carry or (through and name == model)
+            pending = [*spill, model] if carry else spill
+        if changed:
+            self.dirty()
+        return stored
 
     def queue_free_at(self) -> float:
         """When the loading queue is expected to drain (estimates of the loads enqueued so far)."""

@@ -26,6 +26,12 @@ class RequestArrays:
     def __len__(self) -> int:
         return len(self.arrival_s)
 
+    @classmethod
+    def empty(cls, models: tuple[str, ...]) -> RequestArrays:
+        """No requests (for ``models``)."""
+        none = np.zeros(0)
+        return cls(none, none.astype(np.int64), models, none.astype(np.int64), none.astype(np.int64))
+
 
 def _check_positive(key: str, value: float) -> None:
     if not value > 0:

@@ -51,7 +51,7 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> DryRun:
     return _dry_run(tmp_path_factory.mktemp("gpu_quick"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=90)
 def test_dry_run_passes_with_the_reference_layout(dry_run: DryRun) -> None:
     proc, machine, seconds = dry_run
     print(f"dry run: {seconds:.1f} s\n{proc.stdout}")
@@ -79,7 +79,7 @@ def test_dry_run_passes_with_the_reference_layout(dry_run: DryRun) -> None:
     assert re.search(r"gpu tests: 0 passed, 0 failed, [1-9]\d* skipped", (machine / "summary.md").read_text())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=90)  # beside the dry run whose fixture it shares
 def test_dry_run_summary_ratios_come_from_the_runs(dry_run: DryRun) -> None:
     proc, machine, _ = dry_run
     text = (machine / "summary.md").read_text()

@@ -21,7 +21,7 @@ def _commands() -> list[tuple[str, str]]:
         text = doc.read_text().replace("\\\n", " ")
         for line in text.splitlines():
             m = re.match(r"\s*(?:coldstart|PYTHONPATH=\. python -m harness)\s+(.*)", line)
-            if not m or "<" in m.group(1):
+            if not m or "<" in m.group(1) or m.group(1).startswith("--from-run"):  # a run folder: tests/harness
                 continue
             out.append((f"{doc.name}: {line.strip()[:80]}", m.group(1).split(" #", 1)[0]))
     return out

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 
 from experiments.loading import experiment as loading
 from experiments.loading.suite import check_cells, copy_config, run_cells
-from harness.config import ConfigError
+from harness.config import ConfigError, name_list
 from harness.experiment import ExperimentResult
 
 # simulator tier ← the loading experiment's cache state that reads from it
@@ -140,13 +140,13 @@ def _merge_runtimes(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Real loads of each model from every tier this machine has; the calibration as ``calibration.yaml``."""
-    states = [s for s in cfg.cache_states if s in loading.STATES]
+    states = [s for s in name_list(cfg, "cache_states") if s in loading.STATES]
     if not (cfg.storage.get("remote_url") and "remote" in states) and not cfg.get("link_gbps") and not cfg.smoke:
         raise ConfigError("calibrate: the simulator needs the remote store's bandwidth, and this run cannot measure "
                           "it (storage has no remote_url, or cache_states lacks remote): measure it with "
                           "storage=remote, or state it with link_gbps=GB/s (e.g. link_gbps=1.25 for a 10 Gbps link)")
-    models: list[str | None] = [None] if cfg.smoke else [str(m) for m in cfg.models]
-    check_cells(cfg, None if cfg.smoke else [str(m) for m in cfg.models])
+    models: list[str | None] = [None] if cfg.smoke else list(name_list(cfg, "models"))
+    check_cells(cfg, None if cfg.smoke else name_list(cfg, "models"))
     sub = copy_config(cfg)
     with open_dict(sub):
         sub.cache_states = states
@@ -160,6 +160,6 @@ def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     result = run_cells(sub, out_dir, [(m, str(cfg.dtype)) for m in models], runner=cell)
     env = {**result.documents.get("environment", {}), "runtimes": _merge_runtimes(described)}
     result.documents["calibration"] = calibration_document(
-        result.tables["trials"], result.documents.get("ceilings", {}), env, str(cfg.loaders[0]),
+        result.tables["trials"], result.documents.get("ceilings", {}), env, name_list(cfg, "loaders")[0],
         float(cfg.link_gbps) if cfg.get("link_gbps") else None)
     return result

@@ -20,7 +20,7 @@ from experiments.loading.metrics import PHASES, summarize_trials
 from harness import environment
 from harness.ceilings import STATE_CEILING, bounding_ceiling, measure_ceilings
 from harness.checkpoints import Checkpoint, CheckpointError, CheckpointStore
-from harness.config import check_args, listed
+from harness.config import check_args, listed, name_list
 from harness.executors.base import TrialError
 from harness.experiment import ExperimentResult, PartialResult
 from loaders.base import PreparedLoader, RemoteTieredLoader, TieredLoader
@@ -125,10 +125,35 @@ class _ColdSource:
         shutil.rmtree(self.copies_root, ignore_errors=True)
 
 
-def _row_base(cfg: DictConfig, device: torch.device, cell: _LoaderCell, state: str, runtime: str,
+@dataclass(frozen=True)
+class _Model:
+    """The run's model as every row describes it: the spec, the dtype it runs at, where its weights come from
+    (``model_source``, ``model_path``, stored dtype and cast) and the prompt (ids; text when it has a tokenizer)."""
+
+    spec: Any
+    dtype: str
+    columns: dict[str, Any]
+    prompt_ids: list[int]
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> _Model:
+        spec = instantiate(cfg.model)
+        dtype = spec.resolve_dtype(str(cfg.dtype))
+        ids, text = spec.prompt(str(cfg.get("prompt_text") or ""), int(cfg.prompt_tokens))
+        src = spec.describe_source()
+        columns = {"model_source": src["model_source"], "model_path": src["model_path"], **spec.dtype_info(dtype),
+                   "prompt_text": text}
+        return cls(spec, dtype, columns, ids)
+
+    def trial_config(self, cfg: DictConfig) -> dict[str, Any]:
+        own = self.spec.trial_config()
+        return own if own is not None else cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
+
+
+def _row_base(model: _Model, device: torch.device, cell: _LoaderCell, state: str, runtime: str,
               trial: int) -> dict[str, Any]:
-    return {"model": cfg.model.name, "dtype": cfg.dtype, "device": device.type, "loader": cell.name,
-            "format": cell.fmt, "cache_state": state, "runtime": runtime, "trial": trial}
+    return {"model": model.spec.name, "dtype": model.dtype, "device": device.type, "loader": cell.name,
+            "format": cell.fmt, "cache_state": state, "runtime": runtime, "trial": trial, **model.columns}
 
 
 def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceiling: tuple[str, float | None],
@@ -144,6 +169,7 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
            "t_weights_s": load_s, "t_model_build_s": m["model_build"] - m["weights"],
            "t_first_token_s": m["first_token"] - m["model_build"], "cold_start_s": m["first_token"] - m["spawn"],
            "t_python_start_s": m["python"] - m["spawn"], "first_token_id": out["first_token_id"],
+           "first_token_text": out.get("first_token_text", ""),
            "verified_bytes": out.get("verified_bytes", np.nan), "peak_rss_bytes": out.get("peak_rss_bytes", np.nan)}
     row["ceiling_fraction"] = row["throughput_gbps"] / row["ceiling_gbps"] if row["ceiling_gbps"] else np.nan
     for k, v in out.get("loader_phases_s", {}).items():
@@ -165,7 +191,7 @@ def _failed_row(base: dict[str, Any], status: str, error: str) -> dict[str, Any]
 
 def listed_runtimes(cfg: DictConfig) -> list[str]:
     """The runtimes this run compares (``runtimes=[fresh,forkserver,pool]``; default ``[fresh]``)."""
-    names = [str(n) for n in (cfg.get("runtimes") or ["fresh"])]
+    names = name_list(cfg, "runtimes", ["fresh"])
     if len(set(names)) != len(names):
         raise ValueError(f"runtimes={names} lists a runtime twice")
     return names
@@ -198,7 +224,7 @@ def listed_loaders(cfg: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
     """The loader names this run measures (``smoke=true``: two of them) and the ablation variants, if any."""
     node = cfg.get("loader_variants")
     variants = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True)) if node else None
-    names = [str(n) for n in cfg.loaders]
+    names = name_list(cfg, "loaders")
     if cfg.smoke and not variants:
         names = smoke_loaders(names)
     return names, variants
@@ -217,33 +243,34 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     trials = 1 if cfg.smoke else int(cfg.trials)
     if trials < 1:
         raise ValueError(f"trials={trials}; need at least 1")
-    states = list(cfg.cache_states)
+    states = name_list(cfg, "cache_states")
     for s in states:
         if s not in STATES:
             raise ValueError(f"cache_states contains {s!r}; this experiment supports {', '.join(STATES)}")
-    spec = instantiate(cfg.model)
+    model = _Model.of(cfg)
     store: CheckpointStore = instantiate(cfg.storage)
     executor = instantiate(cfg.executor)
     names, variants = listed_loaders(cfg)
     cells = _loader_cells(cfg, names, variants)
     rng = random.Random(cfg.seed)
     runtime_names = listed_runtimes(cfg)
-    model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
+    model_cfg = model.trial_config(cfg)
     ctx = RuntimeContext(executor, str(device), [c.cfg for c in cells if not c.unavailable], [model_cfg],
-                         int(cfg.trial_threads) if cfg.get("trial_threads") else None, str(cfg.dtype))
+                         int(cfg.trial_threads) if cfg.get("trial_threads") else None, model.dtype)
     runtimes = start_runtimes(cfg, runtime_names, ctx)  # forkserver refuses CUDA here, before any work
     try:
-        return _run_trials(cfg, out_dir, device, trials, states, spec, store, cells, rng, runtimes, model_cfg)
+        return _run_trials(cfg, out_dir, device, trials, states, model, store, cells, rng, runtimes, model_cfg)
     finally:
         close_runtimes(runtimes)
 
 
-def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: int, states: list[str], spec: Any,
+def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: int, states: list[str], model: _Model,
                 store: CheckpointStore, cells: list[_LoaderCell], rng: random.Random, runtimes: dict[str, Runtime],
                 model_cfg: dict[str, Any]) -> ExperimentResult:
+    spec = model.spec
     ckpts: dict[str, Checkpoint] = {}
     for fmt in sorted({c.fmt for c in cells if c.fmt and not c.unavailable}):
-        ckpts[fmt] = store.ensure(spec, cfg.dtype, fmt, cfg.seed, progress=cfg.progress)
+        ckpts[fmt] = store.ensure(spec, model.dtype, fmt, cfg.seed, progress=cfg.progress)
     if not ckpts:
         raise ValueError(f"none of loaders={list(cfg.loaders)} is available: "
                          + "; ".join(f"{c.name}: {c.unavailable}" for c in cells))
@@ -276,9 +303,9 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
     rows: list[dict[str, Any]] = []
     stopped: BaseException | None = None
     try:
-        for trial, state, cell, rt_name in tqdm(plan, desc=f"loading {spec.name} {cfg.dtype}",
+        for trial, state, cell, rt_name in tqdm(plan, desc=f"loading {spec.name} {model.dtype}",
                                                 disable=not cfg.progress):
-            base = _row_base(cfg, device, cell, state, rt_name, trial)
+            base = _row_base(model, device, cell, state, rt_name, trial)
             if cell.unavailable or cell.fmt is None:
                 rows.append(_failed_row(base, "unavailable", cell.unavailable or "no checkpoint format"))
                 continue
@@ -289,6 +316,10 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
                 continue
             if state == "remote" and (remote_gap or not isinstance(cell.loader, RemoteTieredLoader)):
                 rows.append(_failed_row(base, "unavailable", remote_gap or f"loader {cell.name} has no remote tier"))
+                continue
+            if state == "remote" and not ckpt.path.is_relative_to(store.root):
+                rows.append(_failed_row(base, "unavailable", f"{ckpt.path} is read in place, and the remote store "
+                                                             f"serves only the checkpoint store ({store.root})"))
                 continue
             cold_method = None
             manifest_dir = None
@@ -311,9 +342,11 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
             if tiered and state != "hot":
                 cell.loader.unstage_from_dram(path)
             trial_spec = {"loader": cell.cfg, "model": model_cfg,
-                          "checkpoint": str(path), "dtype": cfg.dtype, "device": str(device),
-                          "prompt_tokens": int(cfg.prompt_tokens), "verify": bool(cfg.verify),
-                          "threads": cfg.get("trial_threads"), "manifest_dir": manifest_dir}
+                          "checkpoint": str(path), "dtype": model.dtype, "device": str(device),
+                          "prompt_tokens": int(cfg.prompt_tokens), "prompt_ids": model.prompt_ids,
+                          "verify": bool(cfg.verify), "threads": cfg.get("trial_threads"),
+                          "manifest_dir": manifest_dir,
+                          "manifest": str(ckpt.manifest_file) if ckpt.manifest_file else None}
             try:
                 for rt in runtimes.values():  # no refill or restart runs during the measured cold start
                     rt.settle(float(cfg.trial_timeout_s))
@@ -325,6 +358,7 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
             # where the bytes landed: a pool worker's pre-faulted arena (reused memory) or memory the load faulted in
             memory = "reused" if (out.get("loader_phases_s") or {}).get("arena") else "fresh"
             ceiling = bounding_ceiling(state, device, ceilings["gbps"], memory)
+            out["first_token_text"] = spec.decode(out["first_token_id"])  # here: the trial needs no tokenizer
             row = _trial_row(base, out, ckpt, ceiling, resident, cold_method)
             row["ceiling_memory"] = memory if state == "cold" else ""  # the ceiling depends on it only cold
             if state == "cold" and ceilings["gbps"].get("disk_read"):  # the disk's own limit, whatever the memory
@@ -351,6 +385,8 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
     env["state_ceilings"] = {s: STATE_CEILING[s] for s in states}
     env["loader_probes"] = probes
     env["runtimes"] = {name: rt.describe() for name, rt in runtimes.items()}
+    env["model"] = {"name": spec.name, "dtype": model.dtype, **spec.describe_source(), **model.columns,
+                    "prompt_ids": model.prompt_ids}
     result = ExperimentResult(tables={"trials": trials_df, "summary": summarize_trials(trials_df)},
                               documents={"ceilings": ceilings, "environment": env})
     if stopped is not None:

@@ -7,6 +7,8 @@ import pandas as pd
 
 CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state", "runtime"]
 PHASES = ["t_handoff_s", "t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]
+# Per-cell facts carried into the summary as they are (where the weights come from, the prompt and its first token).
+DESCRIPTIVE = ["model_source", "model_path", "source_dtype", "cast", "prompt_text", "first_token_text"]
 MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "disk_read_fraction", "cold_start_s",
                   "resident_fraction", *PHASES, "loader_alloc_s", "loader_fault_s"]
 # labels a cell's trials carry: which ceiling its fraction is against (and into which memory), how the native loader
@@ -36,6 +38,10 @@ def summarize_trials(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.
                     "load_s_min": ok["load_s"].min(), "load_s_max": ok["load_s"].max()})
         for col in MEDIAN_COLUMNS:
             row[f"{col}_median"] = ok[col].median() if col in ok else np.nan
+        for col in DESCRIPTIVE:
+            if col in group:
+                values = (ok if col == "first_token_text" else group)[col].dropna()
+                row[col] = values.mode().iloc[0] if len(values) else ""
         if "tier" in ok and len(ok):
             row["tier"] = ok["tier"].mode().iloc[0]
         for col in LABEL_COLUMNS:

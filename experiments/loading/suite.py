@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.loading import experiment as loading
 from harness.checkpoints import CheckpointStore
-from harness.config import check_args, listed
+from harness.config import ConfigError, check_args, listed, name_list
 from harness.experiment import ExperimentResult, PartialResult
 
 log = logging.getLogger("coldstart.loading_suite")
@@ -58,6 +58,24 @@ def check_cells(cfg: DictConfig, models: list[str] | None) -> None:
     check_args(cfg, lists, singles=() if models is not None else ("model",))
 
 
+def _check_distinct(cfg: DictConfig, cells: list[tuple[str | None, str]]) -> None:
+    """Two cells of one name and dtype would merge in every table, figure and report (a real model whose directory
+    is named like a zoo model, listed beside it): refused before anything runs, with the fix."""
+    seen: dict[tuple[str, str], tuple[str, bool]] = {}
+    for name, dtype in cells:
+        spec = instantiate(cell_config(cfg, name, dtype).model)
+        key = (str(spec.name), spec.resolve_dtype(dtype))
+        option_name = name or "model"
+        real = spec.describe_source()["model_source"] != "zoo"
+        if key in seen:
+            other, other_real = seen[key]
+            fix = option_name if real or not other_real else other
+            raise ConfigError(f"models {other!r} and {option_name!r} are both named {key[0]!r} at {key[1]}: their "
+                              f"rows would merge; give {fix!r} its own name (model_args.{fix}.name=..., or name: "
+                              "in its option file)")
+        seen[key] = (option_name, real)
+
+
 def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]],
               runner: CellRunner = loading.run_cell) -> ExperimentResult:
     """Run the loading experiment once per (model, dtype) cell and stack the tables (model ``None``: the composed
@@ -69,6 +87,7 @@ def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]
     """
     if not cells:
         raise ValueError("no cells to run: set models=[...] and dtypes=[...] (or dtype=)")
+    _check_distinct(cfg, cells)
     trials: list[pd.DataFrame] = []
     summaries: list[pd.DataFrame] = []
     ceilings: dict[str, Any] = {}
@@ -91,17 +110,17 @@ def run_cells(cfg: DictConfig, out_dir: Path, cells: list[tuple[str | None, str]
         log.info("cell %d/%d: %s %s", i + 1, len(cells), name or cfg.model.name, dtype)
         try:
             sub = cell_config(cfg, name, dtype)
-            model = str(sub.model.name)
             store: CheckpointStore = instantiate(sub.storage)
             spec = instantiate(sub.model)
+            model, dtype = str(spec.name), spec.resolve_dtype(dtype)  # auto: the model's own dtype
             paths = [store.path_for(spec, dtype, fmt, int(sub.seed)) for fmt in sorted(_formats(sub))]
             existed = {p for p in paths if p.exists()}
             try:
                 keep(model, dtype, runner(sub, out_dir / f"{model}_{dtype}"))
             finally:
                 if cfg.get("delete_checkpoints"):
-                    for p in paths:
-                        if p not in existed:  # never delete a checkpoint this run did not write
+                    for p in paths:  # never one this run did not write, never outside the store (a user's model)
+                        if p not in existed and p.is_relative_to(store.root):
                             shutil.rmtree(p, ignore_errors=True)
         except PartialResult as partial:  # the cell stopped early: keep its trials and the finished cells'
             keep(model, dtype, partial.result)
@@ -133,7 +152,7 @@ def speedups(summary: pd.DataFrame, baselines: tuple[str, ...] = SPEEDUP_BASELIN
 
 def _models(cfg: DictConfig) -> list[str] | None:
     """The model ladder; ``None`` when the run uses the composed model (``smoke=true``)."""
-    return None if cfg.smoke else [str(m) for m in cfg.models]
+    return None if cfg.smoke else name_list(cfg, "models")
 
 
 def run_sllm_loading(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
@@ -149,7 +168,7 @@ def run_sllm_loading(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
 
 def run_dtype_coldstart(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """``experiment=dtype_coldstart``: cold-start time and bytes per dtype for one model."""
-    dtypes = [str(d) for d in cfg.dtypes][: 2 if cfg.smoke else None]
+    dtypes = name_list(cfg, "dtypes")[: 2 if cfg.smoke else None]
     check_cells(cfg, None)
     result = run_cells(cfg, out_dir, [(None, d) for d in dtypes])  # the composed model
     summary = result.tables["summary"]

@@ -10,16 +10,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.placement.bprr import check_policies, option_name, policy_option
 from experiments.placement.scenario import auto_concurrency, block_counts_by_type
+from harness.config import ConfigError
 from harness.executors.base import Executor
 from harness.experiment import ExperimentResult, PartialResult
+from harness.realmodel import RealModel
 from harness.zoo import ModelSpec
 from placement.base import Network, Placement, Problem, Router
-from placement.real.blocks import ClientParts, build_synthetic, chain_spec, one_process_greedy
+from placement.real.blocks import ClientParts, build_full, chain_spec, one_process_greedy
 from placement.real.calibration import Calibration, calibrate, in_situ
 from placement.real.client import ChainClient
 from placement.real.deployment import (
@@ -62,8 +65,21 @@ def _settings(cfg: DictConfig) -> DictConfig:
 
 
 def _spec(cfg: DictConfig, p: DictConfig) -> ModelSpec:
-    spec = chain_spec(instantiate(cfg.model), p.get("num_layers"))
+    """The chain's model: a zoo model reshaped by ``pipeline.num_layers`` / ``hf_overrides``, or a real model as it
+    is (its blocks are its own decoder layers, its weights its files')."""
+    model = instantiate(cfg.model)
     overrides = dict(p.get("hf_overrides") or {})
+    if isinstance(model, RealModel):  # the reshape keys are the zoo model's; typed for a real one, they are an error
+        typed = [ov for ov in (HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
+                 if ov.lstrip("+~").startswith(("pipeline.num_layers", "pipeline.hf_overrides"))
+                 and not ov.endswith(("=null", "={}"))]
+        if typed:
+            raise ConfigError(f"{typed} reshape a zoo model; model {model.name} is a real checkpoint whose blocks are "
+                              f"its own {model.num_layers} decoder layers: drop them")
+        log.info("model %s is a real checkpoint: its own %d layers are the blocks (pipeline.num_layers and "
+                 "hf_overrides reshape zoo models only)", model.name, model.num_layers)
+        return model
+    spec = chain_spec(model, p.get("num_layers"))
     return replace(spec, hf_config={**spec.hf_config, **overrides}) if overrides else spec
 
 
@@ -175,7 +191,7 @@ def run_pipeline_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     spec = _spec(cfg, p)
     dtype = str(p.dtype)
     real = real_types(OmegaConf.to_container(p.server_types))  # type: ignore[arg-type]
-    parts = ClientParts(build_synthetic(spec, seed, dtype))
+    parts = ClientParts(build_full(spec, seed, dtype))
     executor: Executor | None = None if smoke else instantiate(cfg.executor)
     if executor is not None:
         executor.connect()  # here: ray.init must run in the main thread, servers start in a pool
@@ -209,7 +225,7 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
     arrivals = poisson_arrivals(np.random.default_rng([seed, 2]), rate, int(p.num_requests), clients)
     vocab = int(spec.config().vocab_size)
     prompts = seeded_prompts(np.random.default_rng([seed, 3]), len(arrivals), l_in, vocab)
-    reference_model = build_synthetic(spec, seed, dtype)
+    reference_model = build_full(spec, seed, dtype)
     references = [one_process_greedy(reference_model, pr, l_max) for pr in prompts]
     warm = int(p.warmup_requests)
     warm_arrivals = poisson_arrivals(np.random.default_rng([seed, 4]), rate, warm, clients) if warm else []
@@ -268,7 +284,8 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
             raise
         stopped = exc
     requests = pd.concat(frames, ignore_index=True)
-    summary = _summary(requests)
+    source = {k: spec.describe_source()[k] for k in ("model_source", "model_path")}
+    summary = _summary(requests).assign(model=spec.name, **source, **spec.dtype_info(dtype))
     all_hops = pd.concat(hop_frames, ignore_index=True)
     tables = {"requests": requests, "hops": all_hops, "summary": summary, "overlaps": overlaps(all_hops),
               "calibration": pd.DataFrame(cal.rows), "calibration_in_situ": pd.DataFrame(situ_cal),
@@ -276,7 +293,8 @@ def _run(cfg: DictConfig, p: DictConfig, spec: ModelSpec, real: dict[str, Any], 
               "faults": pd.DataFrame(faults)}
     if len(policies) >= 2 and stopped is None:  # a stopped run may lack the last policy's rows
         tables["advantage"] = _advantage(summary, str(policies[0].name), str(policies[-1].name))
-    docs = {"pipeline": OmegaConf.to_container(p, resolve=True), "model": {"name": spec.name, **spec.hf_config},
+    docs = {"pipeline": OmegaConf.to_container(p, resolve=True),
+            "model": {"name": spec.name, **spec.describe_source(), **spec.dtype_info(dtype), **spec.hf_config},
             "sim_contended": {"capacity": list(compute.capacity), "busy_share": list(compute.busy_share),
                               "fixed_busy_s": list(compute.fixed_busy_s),
                               "prefill_fixed_busy_s": list(compute.prefill_fixed_busy_s)}}

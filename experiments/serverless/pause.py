@@ -17,29 +17,57 @@ from typing import Any
 from harness.checkpoints import CheckpointStore
 from harness.config import option_dict
 from harness.executors.local import LocalExecutor
-from harness.executors.workers import WorkerHandle, start_worker
+from harness.executors.workers import start_worker
+from schedulers.clock import WallClock
 from schedulers.real.instance import prompt_tokens
-from schedulers.real.serving import Stream, begin, decode, live_migrate, restart
+from schedulers.real.serving import Calls, Serving
 
 LOADER = {"_target_": "loaders.native.loader.NativeLoader", "dram_dir": None, "threads": 1}
 
+def drive(src: Any, rid: int, prompt: list[int], output_tokens: int, chunk: int = 1, dest: Any = None,
+          switch_at: int = 0, how: str = "migrate", stop_tokens: int = 4, max_rounds: int = 8,
+          timeout_s: float = 60.0) -> Serving:
+    """Serve one request on ``src`` by itself (no controller), on a wall clock; once ``switch_at`` tokens are out,
+    live-migrate it to ``dest`` (``how="migrate"``) or restart it there (``"restart"``). For measurements and tests
+    of migration; raises ``RuntimeError`` with the reason if a call failed."""
+    clock = WallClock()
+    outcome: list[str] = []
+    moved = [dest is None]
 
-def _stream(src: WorkerHandle, dst: WorkerHandle | None, rid: int, prompt: list[int], out: int, switch_at: int,
-            how: str, chunk: int, stop_tokens: int) -> Stream:
-    s = Stream(prompt)
-    begin(src, rid, s, 60)
-    handle = src
-    while len(s.tokens) < out:
-        if dst is not None and handle is src and len(s.tokens) >= switch_at:
+    class Events:
+        def first_token(self, t: float) -> None:
+            pass
+
+        def done(self, t: float) -> None:
+            outcome.append("")
+
+        def failed(self, reason: str) -> None:
+            outcome.append(reason)
+
+        def stop_source(self, new_tokens: int) -> None:
+            serving.switch(dest)
+
+        def destination_failed(self, reason: str) -> None:
+            outcome.append(reason)
+
+    serving = Serving(Calls(clock, timeout_s), src, rid, prompt, output_tokens, chunk, Events())
+
+    def over() -> bool:
+        if not moved[0] and len(serving.tokens) >= switch_at and not serving.switching:
+            moved[0] = True
             if how == "migrate":
-                live_migrate(src, dst, rid, s, out, chunk, stop_tokens, 60)
+                serving.migrate(dest, stop_tokens, max_rounds)
             else:
-                restart(src, dst, rid, s, 60)
-            handle = dst
-            continue
-        decode(handle, rid, s, min(chunk, out - len(s.tokens)), 60)
-    handle.call("finish", rid)
-    return s
+                serving.switch(dest)
+        return bool(outcome)
+
+    clock.start()
+    serving.start()
+    clock.run(over, idle_s=0.01)
+    if outcome[0]:
+        raise RuntimeError(outcome[0])
+    return serving
+
 
 
 def measure(model: str = "tiny-llama", trials: int = 5, prompt_len: int = 64, out: int = 60, chunk: int = 1,
@@ -58,10 +86,10 @@ def measure(model: str = "tiny-llama", trials: int = 5, prompt_len: int = 64, ou
             equal = {"migrate": True, "restart": True}
             for t in range(trials):
                 prompt = prompt_tokens(t, prompt_len, 1000)
-                ref = _stream(ws[0], None, 3 * t, prompt, out, out, "", chunk, stop_tokens)
+                ref = drive(ws[0], 3 * t, prompt, out, chunk)
                 res["unmigrated"].append(ref.max_gap_s())
                 for k, how in enumerate(("migrate", "restart")):
-                    s = _stream(ws[0], ws[1], 3 * t + 1 + k, prompt, out, out // 3, how, chunk, stop_tokens)
+                    s = drive(ws[0], 3 * t + 1 + k, prompt, out, chunk, ws[1], out // 3, how, stop_tokens)
                     equal[how] = equal[how] and s.tokens == ref.tokens
                     res[how].append(s.max_gap_s())
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -17,18 +16,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.serverless.simulated import build_policy, check_policies, policies_of, workload_cfg
-from harness.config import listed, option_dict
+from harness.config import instantiate_option, listed, name_list, option_dict
 from harness.executors.base import Executor
 from harness.experiment import ExperimentResult, PartialResult
 from runtimes.base import Runtime, RuntimeContext
 from schedulers.base import Request
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import Cluster, ModelTimes
-from schedulers.metrics import REQUEST_COLUMNS, REQUEST_DTYPES, summarize, summary_frame
+from schedulers.lifecycle import LifecycleConfig
+from schedulers.metrics import summarize, summary_frame
+from schedulers.real.config import ProcessConfig, RealConfig
 from schedulers.real.controller import Controller
-from schedulers.real.records import RealConfig, Req
-from schedulers.real.slots import LiveServer
-from schedulers.real.tiers import TierOps
+from schedulers.real.processes import ProcessSources
+from schedulers.real.tiers import Site, TierOps
 from schedulers.workload import RequestArrays, Workload
 
 log = logging.getLogger("coldstart.schedulers.real")
@@ -52,14 +52,20 @@ def real_cluster(rc: DictConfig, model_times: dict[str, ModelTimes] | None = Non
 
 
 def real_config(cfg: DictConfig) -> RealConfig:
+    """The controller's option groups from ``real.*``: the lifecycle's knobs (the same the simulator has; sim_vs_real
+    simulates with exactly these) and the instance processes'."""
     rc = cfg.real
     device = "cpu" if str(cfg.device) == "auto" else str(cfg.device)
-    return RealConfig(timeout_s=float(rc.timeout_s), call_timeout_s=float(rc.call_timeout_s),
-                      decode_chunk=int(rc.decode_chunk), migration_stop_tokens=int(rc.migration_stop_tokens),
-                      max_request_retries=int(rc.max_request_retries), max_load_failures=int(rc.max_load_failures),
-                      slot_threads=int(rc.slot_threads), slot_memory_bytes=int(rc.slot_memory_bytes),
-                      drain_s=0.0 if bool(cfg.get("smoke", False)) else float(rc.get("drain_s", 30.0)),
-                      device=device, dtype=str(cfg.dtype))
+    lifecycle = LifecycleConfig(timeout_s=float(rc.timeout_s), migration_stop_tokens=int(rc.migration_stop_tokens),
+                                migration_max_rounds=int(rc.migration_max_rounds),
+                                retry_batch=int(rc.get("retry_batch", 8)))
+    process = ProcessConfig(call_timeout_s=float(rc.call_timeout_s), decode_chunk=int(rc.decode_chunk),
+                            max_request_retries=int(rc.max_request_retries),
+                            max_load_failures=int(rc.max_load_failures),
+                            slot_threads=int(rc.slot_threads), slot_memory_bytes=int(rc.slot_memory_bytes),
+                            device=device, dtype=str(cfg.dtype))
+    drain = 0.0 if bool(cfg.get("smoke", False)) else float(rc.get("drain_s", 30.0))
+    return RealConfig(lifecycle, process, drain)
 
 
 def scaled_requests(reqs: RequestArrays, time_scale: float) -> list[Request]:
@@ -77,51 +83,55 @@ def as_arrays(requests: list[Request], models: tuple[str, ...]) -> RequestArrays
                          np.array([r.output_tokens for r in requests], dtype=np.int64))
 
 
-def request_rows(reqs: list[Req], timeout_s: float) -> pd.DataFrame:
-    """The simulator's request columns (failed and timed-out requests count at the timeout), plus status,
-    error, measured prefill and the largest token gap."""
-    rows = []
-    for r in reqs:
-        ok = r.state == "done"
-        cold = r.cold_start and ok
-        queue_s = (r.serve_start_s - r.arrival_s - (r.load_s if cold else 0.0)) if ok else math.nan
-        rows.append({
-            "request_id": r.rid, "model": r.model, "arrival_s": r.arrival_s, "input_tokens": r.input_tokens,
-            "output_tokens": r.output_tokens, "server": r.server,
-            "tier_decided": r.tier or "none", "tier_loaded": r.tier or "none",  # real loads read the decided tier
-            "queue_s": max(queue_s, 0.0) if ok else math.nan, "load_s": r.load_s if cold else (0.0 if ok else math.nan),
-            "migration_s": 0.0, "ttft_s": r.first_token_s - r.arrival_s if ok else timeout_s,
-            "e2e_s": r.done_s - r.arrival_s if ok else timeout_s, "timed_out": not ok, "cold_start": cold,
-            "migrated": r.migrated, "preempted": r.preempted, "status": r.state, "error": r.error,
-            "retries": r.retries, "prefill_s": r.prefill_s, "max_gap_s": r.max_gap_s,
-            "decode_s": (r.done_s - r.first_token_s) if ok else math.nan,
-        })
-    df = pd.DataFrame(rows)
-    if df.empty:
-        df = pd.DataFrame(columns=[*REQUEST_COLUMNS, "status", "error"])
-    return df.astype(REQUEST_DTYPES)
+def model_config(name: str) -> dict[str, Any]:
+    """The ``conf/model`` option ``name`` as an instance process instantiates it: a real model's own trial config
+    (an absolute path, a hub snapshot pinned to its commit), else the option as composed."""
+    own = instantiate_option("model", name).trial_config()
+    return cast(dict[str, Any], own) if own is not None else option_dict("model", name)
 
 
-def setup_servers(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[str] | None = None
-                  ) -> list[LiveServer]:
-    """The servers, each pinned round-robin to one of ``nodes`` (Ray node resources) when there are any. Their
-    SSD directories are under ``real.ssd_root`` (a node-local disk on a cluster) or, when null, the run's."""
+def model_sources(models: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+    """Per model of a workload (``opt-1.3b#2`` → its option): where its weights come from (``model_source``
+    zoo | local | hf_cache, ``model_path``)."""
+    out = {}
+    for base in sorted({base_name(m) for m in models}):
+        src = instantiate_option("model", base).describe_source()
+        out[base] = {"model_source": src["model_source"], "model_path": src["model_path"]}
+    return {m: out[base_name(m)] for m in models}
+
+
+def with_sources(df: pd.DataFrame, sources: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """``df`` with ``model_source`` and ``model_path`` columns from its ``model`` column."""
+    if "model" not in df:
+        return df
+    for key in ("model_source", "model_path"):
+        df[key] = [sources.get(m, {}).get(key, "") for m in df["model"]]
+    return df
+
+
+def source_summary(sources: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The workload's sources as summary columns: each distinct value once, joined by ``;``."""
+    return {key: ";".join(sorted({str(v[key]) for v in sources.values() if v[key]})) for key in
+            ("model_source", "model_path")}
+
+
+def setup_sites(cfg: DictConfig, run_root: Path, dram_root: Path, nodes: list[str] | None = None) -> list[Site]:
+    """Where each server's tiers are, each server pinned round-robin to one of ``nodes`` (Ray node resources) when
+    there are any. SSD directories are under ``real.ssd_root`` (a node-local disk on a cluster) or, when null, the
+    run's."""
     rc = cfg.real
-    gbps = {k: float(v) for k, v in rc.gbps.items()}
     ssd_root = run_root if rc.get("ssd_root") is None else Path(str(rc.ssd_root)) / dram_root.name
-    return [LiveServer(s, int(rc.gpus_per_server), ssd_root / f"server{s}", dram_root / f"server{s}",
-                       int(float(rc.dram_gb) * 1e9), int(float(rc.ssd_gb) * 1e9), gbps,
-                       node=nodes[s % len(nodes)] if nodes else None)
+    return [Site(s, ssd_root / f"server{s}" / "ssd", dram_root / f"server{s}", int(float(rc.dram_gb) * 1e9),
+                 node=nodes[s % len(nodes)] if nodes else None)
             for s in range(int(rc.servers))]
 
 
 def runtimes_of(cfg: DictConfig) -> list[str | None]:
     """The runtimes a real run compares: ``runtimes=[fresh,pool]`` by name, or ``[None]`` for the composed
     ``runtime`` option (``runtime=pool``; default fresh)."""
-    node = cfg.get("runtimes")
-    if not node:
+    names = name_list(cfg, "runtimes")
+    if not names:
         return [None]
-    names = [str(n) for n in node]
     if len(set(names)) != len(names):
         raise ValueError(f"runtimes={names} lists a runtime twice")
     return list(names)
@@ -143,37 +153,32 @@ def build_runtime(cfg: DictConfig, name: str | None) -> Runtime:
 
 def build_controller(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...], run_root: Path,
                      executor: Executor, runtime: Runtime | None = None) -> tuple[Controller, Callable[[], None]]:
-    """Fresh servers (checkpoints in the store, initial SSD copies) and a controller for one policy on
-    ``runtime`` (default: the composed one); the second value removes the DRAM tiers."""
+    """Fresh servers (checkpoints in the store; the initial SSD copies are made when the run starts) and a
+    controller for one policy on ``runtime`` (default: the composed one); the second value removes the tiers."""
     rc, rcfg = cfg.real, real_config(cfg)
     cluster = real_cluster(rc)
     infos = model_infos(list(models), cluster, str(cfg.dtype))
     scheduler, keepalive = build_policy(cfg, entry)
     store = instantiate(cfg.storage)
-    model_cfgs = {base_name(m): option_dict("model", base_name(m)) for m in models}
+    model_cfgs = {base_name(m): model_config(base_name(m)) for m in models}
     loader_cfg = OmegaConf.to_container(cfg.loader, resolve=True)
-    sizes = {m: i.size_bytes for m, i in infos.items()}
     tiers = TierOps(store, cast(dict[str, dict[str, Any]], model_cfgs), list(models), str(cfg.dtype),
-                    str(rc.checkpoint_format), int(cfg.seed), cast(dict[str, Any], loader_cfg), sizes)
+                    str(rc.checkpoint_format), int(cfg.seed), cast(dict[str, Any], loader_cfg))
     dram_root = Path(tempfile.mkdtemp(prefix="coldstart-real-", dir=str(rc.dram_root)))
     nodes = list(rc.nodes) if rc.get("nodes") else executor.nodes()
-    servers = setup_servers(cfg, run_root, dram_root, [str(n) for n in nodes])
-    tiers.start_agents(servers, executor)
-    k = 0  # the simulator's preload: ssd_replicas copies of each checkpoint, round-robin over servers
-    for m in models:
-        for _ in range(min(int(rc.ssd_replicas), len(servers))):
-            tiers.preload_ssd(servers[k % len(servers)], m)
-            k += 1
+    sites = setup_sites(cfg, run_root, dram_root, [str(n) for n in nodes])
+    tiers.start_agents(sites, executor)
 
     def cleanup() -> None:
-        tiers.cleanup(servers)
+        tiers.cleanup(sites)
         shutil.rmtree(dram_root, ignore_errors=True)
 
     runtime = runtime if runtime is not None else build_runtime(cfg, None)
-    ctx = RuntimeContext(executor, rcfg.device, [cast(dict[str, Any], loader_cfg)],
-                         [model_cfgs[a] for a in sorted(model_cfgs)], rcfg.slot_threads, rcfg.dtype)
-    controller = Controller(servers, infos, scheduler, keepalive, executor, tiers, rcfg, runtime,
-                            runtime.host_kwargs(ctx))
+    p = rcfg.process
+    ctx = RuntimeContext(executor, p.device, [cast(dict[str, Any], loader_cfg)],
+                         [model_cfgs[a] for a in sorted(model_cfgs)], p.slot_threads, p.dtype)
+    processes = ProcessSources(runtime, executor, p, runtime.host_kwargs(ctx))
+    controller = Controller(cluster, infos, scheduler, keepalive, tiers, processes, rcfg)
     return controller, cleanup
 
 
@@ -186,13 +191,13 @@ def run_policy_real(cfg: DictConfig, entry: DictConfig, requests: list[Request],
         ctl, cleanup = build_controller(cfg, entry, models, run_root, executor, build_runtime(cfg, runtime))
         t0 = time.perf_counter()
         try:
-            reqs = ctl.run(requests)
+            requests_df = ctl.run(requests)
         finally:
             cleanup()
     finally:
         executor.close()
     stats = {**ctl.stats, "wall_s": time.perf_counter() - t0}
-    return request_rows(reqs, ctl.cfg.timeout_s), stats, pd.DataFrame(ctl.cold_starts)
+    return requests_df, stats, pd.DataFrame(ctl.cold_starts)
 
 
 def trace(cfg: DictConfig) -> tuple[list[Request], tuple[str, ...]]:
@@ -209,6 +214,7 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     trace, for real."""
     check_real(cfg)
     requests, models = trace(cfg)
+    sources = model_sources(models)
     frames, rows, colds = [], [], []
     workers: dict[str, Any] = {}
     interrupted = False
@@ -225,8 +231,8 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             if "runtime" not in cold:  # no cold start happened
                 cold.insert(0, "runtime", runtime)
             cold.insert(0, "policy", name)
-            frames.append(df)
-            colds.append(cold)
+            frames.append(with_sources(df, sources))
+            colds.append(with_sources(cold, sources))
             rows.append({"policy": name, "runtime": runtime, **summarize(df, stats, stats["wall_s"])})
             if stats.get("interrupted"):  # Ctrl-C: write what was measured, run no further policy
                 interrupted = True
@@ -237,7 +243,8 @@ def run_serverless_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
             "time_scale": float(cfg.real.time_scale), "executor": str(cfg.executor._target_),
             "seed": int(cfg.seed), "requests": len(requests), "runtimes": workers}
     result = ExperimentResult(tables={"requests": pd.concat(frames, ignore_index=True),
-                                      "summary": summary_frame(rows, ["policy", "runtime"]),
+                                      "summary": summary_frame(rows, ["policy", "runtime"]).assign(
+                                          **source_summary(sources)),
                                       "cold_starts": pd.concat(colds, ignore_index=True)},
                               documents={"serverless_real": meta})
     if interrupted:

@@ -16,8 +16,16 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.serverless.real import as_arrays, check_real, real_cluster, run_policy_real, runtimes_of, trace
-from experiments.serverless.simulated import build_policy, policies_of, sim_config
+from experiments.serverless.real import (
+    as_arrays,
+    check_real,
+    real_cluster,
+    real_config,
+    run_policy_real,
+    runtimes_of,
+    trace,
+)
+from experiments.serverless.simulated import build_policy, policies_of
 from harness.experiment import ExperimentResult, PartialResult
 from schedulers.catalog import base_name, model_infos
 from schedulers.cluster import RUNTIME_KINDS, ModelTimes, RuntimeTimes
@@ -174,6 +182,7 @@ def simulate_calibrated(cfg: DictConfig, entry: DictConfig, models: tuple[str, .
     gbps, times = calibrate(real_df, cold)
     runtime = calibrate_runtime(cold, stats)
     arrays = as_arrays(requests, models)
+    lifecycle = real_config(cfg).lifecycle  # the real run's timeout, migration rule and retries: one source
     dispatch = 0.0
     t0 = time.perf_counter()
     for _ in range(2):
@@ -182,7 +191,7 @@ def simulate_calibrated(cfg: DictConfig, entry: DictConfig, models: tuple[str, .
                                remote_gbps=gbps["remote"], runtime=runtime, name="calibrated-from-real")
         infos = model_infos(list(models), cluster, str(cfg.dtype))
         scheduler, keepalive = build_policy(cfg, entry)
-        sim = Simulator(cluster, infos, scheduler, keepalive, sim_config(cfg)).run(arrays)
+        sim = Simulator(cluster, infos, scheduler, keepalive, lifecycle).run(arrays)
         if dispatch > 0 or not len(real_df):
             break
         dispatch = dispatch_overhead(real_df, sim.requests)

@@ -29,15 +29,22 @@ def _sweep() -> tuple[str, Path] | None:
     return sweep_dir.name, sweep_dir
 
 
+def _name(value: object) -> str:
+    """A cell value in a metric name: 8.0 is 8; W&B's separator '/' never appears inside a value."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).replace("/", "_")
+
+
 def cell_metrics(summary: pd.DataFrame, cells: list[str]) -> dict[str, float]:
-    """One scalar per numeric summary column and cell: ``load_s_median/opt-125m/fp16/cpu/native/cold``; the cell
-    keys that are the same on every row are left out of the name."""
+    """One scalar per numeric summary column and cell, named by its keys: ``load_s_median/loader=native/
+    cache_state=cold``; the cell keys that are the same on every row are left out of the name."""
     keys = [k for k in cells if k in summary and summary[k].nunique(dropna=False) > 1]
     numeric = [c for c in summary.columns if c not in cells and pd.api.types.is_numeric_dtype(summary[c])
                and not pd.api.types.is_bool_dtype(summary[c])]
     out: dict[str, float] = {}
     for _, row in summary.iterrows():
-        cell = "/".join(str(row[k]) for k in keys)
+        cell = "/".join(f"{k}={_name(row[k])}" for k in keys)
         for col in numeric:
             value = float(row[col])
             if math.isfinite(value):

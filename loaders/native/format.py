@@ -363,23 +363,37 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+HUB_REPO_PREFIXES = ("models--", "datasets--", "spaces--")  # a Hugging Face cache repository's folder name
+
+
+def hub_blob(directory: Path, real: Path) -> bool:
+    """Whether ``real`` (a resolved path) is a blob of the Hugging Face cache repository whose snapshot ``directory``
+    is. The cache stores each file once, in ``<repo>/blobs/<hash>``, and links ``<repo>/snapshots/<rev>/<file>`` to
+    ``../../blobs/<hash>``; a link to another repository's blobs, or anywhere else, is not this."""
+    snap = Path(os.path.realpath(directory))
+    repo = snap.parent.parent
+    return (snap.parent.name == "snapshots" and repo.name.startswith(HUB_REPO_PREFIXES)
+            and real.parent == Path(os.path.realpath(repo / "blobs")))
+
+
 def member(directory: Path, name: str) -> tuple[Path, os.stat_result]:
     """The path to read for file ``name`` of a checkpoint directory, and its stat; nothing is opened.
 
     A symbolic link is followed only when its target lies inside the (resolved) directory, so a symlinked
     checkpoint directory, or a link from one file of it to another, is fine, and a link that leaves it is an
-    ``OutsideCheckpointError``. The file must be regular (``NotRegularFileError`` for a FIFO, a device, a socket:
-    reading one could block forever or never end); a missing file is a ``PartitionSizeError``."""
+    ``OutsideCheckpointError`` — except the Hugging Face cache's own layout: a link from ``snapshots/<rev>/`` to a
+    blob of the same repository (:func:`hub_blob`). The file must be regular (``NotRegularFileError`` for a FIFO, a
+    device, a socket: reading one could block forever or never end); a missing file is a ``PartitionSizeError``."""
     path = Path(directory) / name
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             real = Path(os.path.realpath(path))
             root = Path(os.path.realpath(directory))
-            if root not in real.parents:
+            if root not in real.parents and not hub_blob(directory, real):
                 raise OutsideCheckpointError(f"{path} is a symbolic link to {real}, outside the checkpoint directory "
-                                             f"{root}: refused (copy the file into the directory instead)",
-                                             path=path, entry=name)
+                                             f"{root} (and not a blob of its Hugging Face cache repository): refused "
+                                             "(copy the file into the directory instead)", path=path, entry=name)
             path, st = real, os.stat(real)
     except FileNotFoundError as exc:
         raise PartitionSizeError(f"{path} is missing (or a dangling link)", path=path, entry=name) from exc

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from harness.modelbuild import build_model
+from harness.realmodel import RealModel
 from harness.synthetic import synthetic_tensor
 from harness.zoo import ModelSpec
 
@@ -24,8 +26,7 @@ def chain_spec(spec: ModelSpec, num_layers: int | None = None) -> ModelSpec:
         return spec
     if num_layers < 1:
         raise ValueError(f"pipeline.num_layers={num_layers} is invalid; allowed: null or >= 1")
-    return replace(spec, name=f"{spec.name}-{num_layers}l", hf_config={**spec.hf_config,
-                                                                   "num_hidden_layers": num_layers})
+    return spec.variant(f"{spec.name}-{num_layers}l", num_hidden_layers=num_layers)
 
 
 def build_synthetic(spec: ModelSpec, seed: int, dtype: str = "fp32",
@@ -34,12 +35,26 @@ def build_synthetic(spec: ModelSpec, seed: int, dtype: str = "fp32",
 
     Every server and the client build the same weights from the same seed, so no checkpoint travels.
     """
+    return _build_full(spec, dtype, device, lambda: {t.name: synthetic_tensor(t, seed)
+                                                     for t in spec.tensor_specs(dtype)})
+
+
+def build_full(spec: ModelSpec, seed: int, dtype: str = "fp32", device: torch.device | str = "cpu"
+               ) -> torch.nn.Module:
+    """The whole model: a real model's own weights (read from its files, cast to ``dtype``; every server reads the
+    same files), else :func:`build_synthetic`'s seeded ones."""
+    if isinstance(spec, RealModel):
+        return _build_full(spec, dtype, device, lambda: spec.read_state_dict(dtype))
+    return build_synthetic(spec, seed, dtype, device)
+
+
+def _build_full(spec: ModelSpec, dtype: str, device: torch.device | str,
+                weights: Callable[[], dict[str, torch.Tensor]]) -> torch.nn.Module:
     model_type = spec.config().model_type
     if model_type not in SUPPORTED:
         raise UnsupportedArchitectureError(f"model {spec.name!r} ({model_type}) cannot be split into a chain; "
                                            f"allowed architectures: {list(SUPPORTED)}")
-    state = {t.name: synthetic_tensor(t, seed) for t in spec.tensor_specs(dtype)}
-    model = build_model(spec, dtype, state, torch.device(device))
+    model = build_model(spec, dtype, weights(), torch.device(device))
     config_of(model)._attn_implementation = "sdpa"  # mask None → causal prefill, full attention for one new token
     return model.eval()
 

@@ -12,7 +12,7 @@ import torch
 
 from harness.zoo import ModelSpec
 from placement.base import GB, BlockModel
-from placement.real.blocks import SpanRunner, build_synthetic
+from placement.real.blocks import SpanRunner, build_full
 
 DTYPE_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
 
@@ -86,7 +86,7 @@ class BlockServer:
                                     f"({config.mem_gb * GB:.0f} B); fix: fewer blocks or slots, or more memory")
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        full = build_synthetic(spec, config.seed, config.dtype)
+        full = build_full(spec, config.seed, config.dtype)
         self.runner = SpanRunner(full, config.start, config.count)
         self._lock = threading.Condition()
         self._free = config.cache_slots

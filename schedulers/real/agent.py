@@ -30,10 +30,19 @@ class TierAgent:
         target = Path(dst)
         if target.exists():
             return
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
         tmp.rename(target)
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename a copy into place (a download becoming the SSD tier's copy); an existing ``dst`` wins."""
+        if Path(dst).exists():
+            shutil.rmtree(src, ignore_errors=True)
+            return
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        Path(src).rename(dst)
 
     def remove(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)

@@ -44,16 +44,19 @@ def test_report_of_a_loading_sweep_keeps_a_non_cell_knob_apart(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_report_of_a_simulator_sweep_groups_by_seed(tmp_path: Path) -> None:
+def test_report_of_a_simulator_sweep_aggregates_the_seeds(tmp_path: Path) -> None:
+    """A seed sweep: the seeds are replicates; each report row is one cell with n = 2 seeds and their spread."""
     sweep = _sweep(tmp_path, "experiment=serverless", "smoke=true", "seed=0,1")
     table = pd.read_csv(sweep / "report" / "report.csv")
     per_job = [pd.read_csv(p) for p in sorted(sweep.glob("*/summary.csv"))]
     assert len(per_job) == 2
-    assert len(table) == sum(len(s) for s in per_job)
-    assert set(table.seed) == {0, 1}
-    plotted = pd.read_csv(sweep / "report" / "report.plotted.csv")  # the figure plots the objective per seed
-    assert plotted.set_index("seed")["median"].to_dict() == pytest.approx(
-        table.groupby("seed").ttft_s_p99.median().to_dict())
+    assert len(table) == len(per_job[0])  # one row per cell, the seeds aggregated
+    assert "seed" not in table.columns
+    assert (table.n == 2).all()
+    both = pd.concat(per_job)
+    assert table.ttft_s_p99_median.iloc[0] == pytest.approx(both.ttft_s_p99.median())
+    plotted = pd.read_csv(sweep / "report" / "report.plotted.csv")
+    assert (plotted.n == 2).all()
     for job in sorted(sweep.glob("*/status.json")):
         status = json.loads(job.read_text())
         summary = pd.read_csv(job.parent / "summary.csv")

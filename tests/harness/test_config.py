@@ -13,7 +13,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from harness.config import CONF_DIR, options
+from harness.config import CONF_DIR, compose_config, options
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 CASES = [(g, o) for g in GROUPS if g != "experiment" for o in options(g)]
@@ -24,8 +24,12 @@ def test_required_groups_exist() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
-def test_option_composes_and_instantiates(compose_cfg: Callable[..., Any], group: str, option: str) -> None:
-    cfg = compose_cfg([f"{group}={option}"])
+def test_option_composes_and_instantiates(compose_cfg: Callable[..., Any], group: str, option: str,
+                                          request: pytest.FixtureRequest) -> None:
+    # model=local names no files of its own: it instantiates with a real checkpoint directory
+    inputs = [f"model.path={request.getfixturevalue('real_models').opt_fp32_single}"] \
+        if (group, option) == ("model", "local") else []
+    cfg = compose_cfg([f"{group}={option}", *inputs])
     node = cfg[group]
     assert node is not None
     OmegaConf.resolve(node)
@@ -51,53 +55,64 @@ def test_unknown_option_lists_the_allowed_ones() -> None:
     assert "torch_mmap" in out.stderr
 
 
-# Rough smoke-run seconds of the experiments that start loading trials (2-core VM, 2026-12-02); others ≈ 10 s.
-SMOKE_COST_S = {"dtype_coldstart": 90, "sllm_loading": 60, "sllm_ablation": 60, "loading": 50, "calibrate": 40,
-                "sim_vs_real": 20, "serverless_real": 20}
 # Experiments that read the composed model (`model=...`): the smoke runs give them tiny-opt. Elsewhere `model=` would
-# be ignored, which is an error (harness.config.check_args), so their multirun goes without it.
+# be ignored, which is an error (harness.config.check_args).
 READS_MODEL = {"loading", "sllm_loading", "sllm_ablation", "dtype_coldstart", "calibrate", "pipeline_real"}
 # Experiments with the loading experiment's runtime axis: their smoke runs fork trials from a zygote (runtimes/
 # forkserver.py) instead of paying a fresh interpreter each; tests/experiments/loading measures the fresh runtime.
 FORKS = {"loading", "sllm_loading", "sllm_ablation", "dtype_coldstart", "calibrate"}
+# Keys of its own file an experiment does not read with smoke=true (one trial; the composed model, not the ladder).
+SMOKE_REPLACES = {"loading": {"trials"}, "sllm_ablation": {"trials"}, "dtype_coldstart": {"trials"},
+                  "sllm_loading": {"trials", "models"}, "calibrate": {"trials", "models"}}
+# The top-level keys of conf/config.yaml an experiment may declare in `experiment.reads` (the groups whose options it
+# may list are checked by check_args, the rest every run reads).
+DECLARABLE = {"seed", "device", "dtype", "storage", "executor", "cluster", "workload"}
 
 
-def _lane(names: list[str], k: int, tmp_path: Path) -> str:
-    """A shell line running ``names`` as at most three multiruns (loading family on the forkserver runtime, other
-    experiments with and without ``model=tiny-opt``), in order."""
-    env = f"COLDSTART_RESULTS={tmp_path / f'results{k}'} COLDSTART_CACHE={tmp_path / f'cache{k}'}"
-    lines = []
-    for extra, group in (("model=tiny-opt 'runtimes=[forkserver]'", [n for n in names if n in FORKS]),
-                         ("model=tiny-opt", [n for n in names if n in READS_MODEL - FORKS]),
-                         ("", [n for n in names if n not in READS_MODEL])):
-        if group:
-            lines.append(f"env {env} {sys.executable} -m harness -m experiment={','.join(group)} smoke=true "
-                         f"progress=false {extra}")
-    return " && ".join(lines)
+def smoke_overrides(name: str) -> list[str]:
+    extra = ["model=tiny-opt"] if name in READS_MODEL else []
+    return [f"experiment={name}", "smoke=true", "progress=false", *extra,
+            *(["runtimes=[forkserver]"] if name in FORKS else [])]
 
 
 @pytest.mark.slow
-def test_every_experiment_runs_in_smoke_mode(tmp_path: Path) -> None:
-    """Every experiment as a user starts it (a Hydra multirun, smoke=true); two lanes at once, half the
-    experiments each, since each is mostly one process waiting on its trials and the suite has two cores."""
-    parts: tuple[list[str], list[str]] = ([], [])
-    for name in sorted(options("experiment"), key=lambda n: -SMOKE_COST_S.get(n, 10)):  # longest first, to the
-        min(parts, key=lambda p: sum(SMOKE_COST_S.get(n, 10) for n in p)).append(name)  # lighter half
-    runs = []
-    for k, part in enumerate(parts):
-        log = tmp_path / f"run{k}.log"  # a file, not a pipe: neither run may block on output nobody reads yet
-        with log.open("w") as f:
-            runs.append((part, subprocess.Popen(["bash", "-c", _lane(part, k, tmp_path)], stdout=f,
-                                                stderr=subprocess.STDOUT), log, tmp_path / f"results{k}"))
-    try:
-        for _, proc, _, _ in runs:
-            proc.wait(timeout=1200)
-    finally:
-        for _, proc, _, _ in runs:
-            if proc.poll() is None:
-                proc.kill()
-    for part, proc, log, results in runs:
-        err = log.read_text()
-        assert proc.returncode == 0, err[-3000:]
-        summaries = list((results / "sweeps").rglob("summary.csv"))
-        assert len(summaries) == len(part), (part, err[-2000:])
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_runs_in_smoke_mode_reading_what_it_declares(experiment: str, tmp_path: Path) -> None:
+    """Each experiment runs with smoke=true (in this process, as the app's job would) and reads exactly the keys of
+    conf/config.yaml its file declares in ``experiment.reads``, and every key of its own file: a declared key it does
+    not read would let an override be silently ignored; a key it reads undeclared would refuse a valid override."""
+    from harness.overrides import own_keys
+    from harness.run import run_experiment
+    from tests.harness.readtracking import roots, tracking_reads
+
+    cfg = compose_config(smoke_overrides(experiment))
+    with tracking_reads(cfg) as reads:
+        result = run_experiment(cfg, tmp_path / "run")
+    assert result.documents["status"]["complete"] is True
+    assert (tmp_path / "run" / "summary.csv").exists() or any((tmp_path / "run").glob("*.parquet"))
+    read = roots(reads)
+    declared = {str(k) for k in cfg.experiment.reads}
+    assert declared <= DECLARABLE, declared - DECLARABLE
+    assert read & DECLARABLE == declared, {"read, undeclared": read & DECLARABLE - declared,
+                                           "declared, unread": declared - read}
+    unread_own = own_keys(compose_config([f"experiment={experiment}"])) - read - SMOKE_REPLACES.get(experiment, set())
+    assert not unread_own, f"experiment {experiment} never reads its own keys {sorted(unread_own)}"
+
+
+@pytest.mark.slow
+def test_experiments_run_from_the_command_line_as_a_multirun(tmp_path: Path) -> None:
+    """The app as a user starts it, one experiment of each kind in one multirun (smoke=true): every job writes its
+    tables and the sweep its report."""
+    env = {**os.environ, "COLDSTART_RESULTS": str(tmp_path / "results"), "COLDSTART_CACHE": str(tmp_path / "cache")}
+    names = ["bprr_optimality", "serverless", "loading"]
+    out = subprocess.run([sys.executable, "-m", "harness", "-m", f"experiment={','.join(names)}", "smoke=true",
+                          "progress=false", "runtimes=[forkserver]"], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode != 0  # runtimes is a key of the loading family only: refused for the others, at once
+    assert "no key 'runtimes'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "harness", "-m", f"experiment={','.join(names)}", "smoke=true",
+                          "progress=false"], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    jobs = [p.parent for p in (tmp_path / "results" / "sweeps").rglob("summary.csv") if "report" not in p.parts]
+    ran = {OmegaConf.load(j / "config.yaml").experiment.name for j in jobs}
+    assert ran == set(names)

@@ -65,8 +65,12 @@ def test_group_and_job_type_are_config_keys(compose_cfg: Callable[..., Any]) -> 
 def test_cell_metrics_name_each_cell_by_the_keys_that_vary() -> None:
     summary = pd.DataFrame({"model": ["m", "m"], "loader": ["native", "torch"], "cache_state": ["cold", "cold"],
                             "load_s_median": [0.5, 2.0], "status": ["ok", "ok"]})
-    assert cell_metrics(summary, ["model", "loader", "cache_state"]) == {"load_s_median/native": 0.5,
-                                                                        "load_s_median/torch": 2.0}
+    assert cell_metrics(summary, ["model", "loader", "cache_state"]) == {"load_s_median/loader=native": 0.5,
+                                                                        "load_s_median/loader=torch": 2.0}
+    rates = pd.DataFrame({"policy": ["serverless", "serverless"], "storage": ["ssd_only", "ssd_only"],
+                          "rps": [1.4, 0.5], "cv": [8.0, 8.0], "ttft_s_p99": [3.0, 1.0]})
+    assert cell_metrics(rates, ["policy", "storage", "rps", "cv"]) == {"ttft_s_p99/rps=1.4": 3.0,
+                                                                      "ttft_s_p99/rps=0.5": 1.0}
 
 
 @pytest.mark.slow
@@ -95,7 +99,9 @@ def test_an_offline_sweep_logs_config_group_scalars_figures_and_exit_codes(tmp_p
     text = md.read_text()
     assert "seed" in text
     assert "objective" in text
-    assert "<img" in page.read_text()
+    shown = page.read_text()
+    assert shown.count('src="data:image/png;base64,') == len(wandb_report._figures(sweep)) >= 2  # inlined
+    assert shown.count("<figcaption>report.png</figcaption>") == 1  # the sweep's figure once, not again as a job's
     report = wandb_report.build_report(sweep, "test sweep", "an-entity", "coldstart")  # online: built, not saved
     (grid,) = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
     (coords,) = [p for p in grid.panels if type(p).__name__ == "ParallelCoordinatesPlot"]
@@ -112,3 +118,23 @@ def test_a_failed_run_finishes_its_wandb_run_with_a_nonzero_exit_code(tmp_path: 
     (run,) = (tmp_path / "results" / "runs" / "bprr_clustered").glob("*/wandb/offline-run-*")
     exits = [r["exit"].get("exit_code", 0) for r in records(run) if r["type"] == "exit"]
     assert exits == [1]
+
+
+@pytest.mark.slow
+def test_wandb_scalar_names_carry_their_keys(tmp_path: Path) -> None:
+    """Read back from the offline run: ``ttft_s_p99/policy=serverlessllm/storage=…/…`` names every key that varies
+    between the summary's cells, each as key=value (never a bare, positional value)."""
+    env = _env(tmp_path)
+    cmd = [sys.executable, "-m", "harness", "experiment=sllm_scheduler", "smoke=true", "logger=wandb",
+           "logger.mode=offline", "progress=false"]
+    subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)
+    (run,) = (tmp_path / "results" / "runs" / "sllm_scheduler").glob("*/wandb/offline-run-*")
+    names = [k for k in summary_of(records(run)) if k.startswith("ttft_s_p99/")]
+    summary = pd.read_csv(next((tmp_path / "results" / "runs" / "sllm_scheduler").glob("*/summary.csv")))
+    assert len(names) == len(summary)  # one scalar per cell
+    for name in names:
+        parts = name.split("/")[1:]
+        assert parts
+        assert all("=" in p for p in parts), name
+        assert {p.split("=")[0] for p in parts} <= {"policy", "storage", "scenario", "tokens", "rps", "cv"}
+    assert any(n.startswith("ttft_s_p99/policy=serverlessllm/") for n in names)

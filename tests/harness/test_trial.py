@@ -40,6 +40,7 @@ def test_failed_trials_carry_their_stderr(shared_store: CheckpointStore, target:
         LocalExecutor().run_trial(_spec(shared_store, target), 300)
 
 
+@pytest.mark.slow
 def test_hanging_trial_is_killed_at_its_timeout(shared_store: CheckpointStore) -> None:
     t0 = time.monotonic()
     with pytest.raises(TrialError, match="timed out after 20 s"):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import options
+from harness.config import option, options
 from harness.zoo import DTYPES, INT8_SCALE_SUFFIX, check_dtype, dequantize
 from tests.conftest import model_spec
 
-PUBLISHED = [m for m in options("model") if not m.startswith("tiny-")]
+ZOO = [m for m in options("model") if option("model", m)._target_ == "harness.zoo.ModelSpec"]  # not model=local
+PUBLISHED = [m for m in ZOO if not m.startswith("tiny-")]
 
 
 def test_zoo_has_the_required_models() -> None:

@@ -16,7 +16,9 @@ from runtimes.base import RuntimeContext
 from tests.conftest import model_spec
 
 ZYGOTE = "runtimes.zygote"
-POOL_WORKER = "harness.executors.local_worker"
+# a pool worker's command line names its object; a serverless instance process (ModelInstance) or an executor test's
+# worker is not one
+POOL_WORKER = "runtimes.worker:TrialWorker"
 MARKS = ["spawn", "handoff", "imports", "device_init", "weights", "model_build", "first_token"]
 FORMAT = {"safetensors": "safetensors", "torch_mmap": "torch_bin", "native": "native"}
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from experiments.serverless.pause import drive
 from harness.checkpoints import CheckpointStore
 from harness.config import option_dict
 from harness.executors.local import LocalExecutor
 from harness.executors.workers import WorkerCallError, WorkerHandle, start_worker
 from schedulers.real.instance import prompt_tokens
-from schedulers.real.serving import Stream, begin, decode, live_migrate, restart
+from schedulers.real.serving import Serving
 
 MODEL = option_dict("model", "tiny-llama")
 LOADER = {"_target_": "loaders.native.loader.NativeLoader", "dram_dir": None, "threads": 1}
@@ -42,13 +43,8 @@ def pair(ckpt: Path) -> Iterator[tuple[WorkerHandle, WorkerHandle]]:
             w.close()
 
 
-def _unmigrated(w: WorkerHandle, rid: int, prompt: list[int]) -> Stream:
-    s = Stream(prompt)
-    begin(w, rid, s, 60)
-    while len(s.tokens) < OUT:
-        decode(w, rid, s, 4, 60)
-    w.call("finish", rid)
-    return s
+def _unmigrated(w: WorkerHandle, rid: int, prompt: list[int]) -> Serving:
+    return drive(w, rid, prompt, OUT, chunk=4)
 
 
 def test_migrated_stream_equals_unmigrated_tokens(pair: tuple[WorkerHandle, WorkerHandle]) -> None:
@@ -56,15 +52,10 @@ def test_migrated_stream_equals_unmigrated_tokens(pair: tuple[WorkerHandle, Work
     prompt = prompt_tokens(5, 24, 1000)
     ref = _unmigrated(src, 1, prompt)
     assert len(set(ref.tokens)) > 5  # a varied greedy stream, so equality means something
-    s = Stream(prompt)
-    begin(src, 2, s, 60)
-    decode(src, 2, s, 8, 60)
-    live_migrate(src, dst, 2, s, OUT, chunk=2, stop_tokens=4, timeout_s=60)
+    s = drive(src, 2, prompt, OUT, chunk=2, dest=dst, switch_at=9, how="migrate", stop_tokens=4)
     assert s.migrated == 1
     assert s.rounds >= 1
-    while len(s.tokens) < OUT:
-        decode(dst, 2, s, 4, 60)
-    assert s.tokens[:OUT] == ref.tokens[:OUT]
+    assert s.tokens == ref.tokens
     with pytest.raises(WorkerCallError, match="no session"):  # the source let go of the request
         src.call("step", 2, 1)
 
@@ -73,12 +64,9 @@ def test_restart_baseline_gives_the_same_tokens_and_a_pause(pair: tuple[WorkerHa
     src, dst = pair
     prompt = prompt_tokens(9, 30, 1000)
     ref = _unmigrated(src, 3, prompt)
-    s = Stream(prompt)
-    begin(src, 4, s, 60)
-    decode(src, 4, s, 20, 60)
-    restart(src, dst, 4, s, 60)
-    while len(s.tokens) < OUT:
-        decode(dst, 4, s, 4, 60)
+    s = drive(src, 4, prompt, OUT, chunk=4, dest=dst, switch_at=21, how="restart")
+    assert s.migrated == 1
+    assert s.rounds == 0
     assert s.tokens == ref.tokens
     assert s.max_gap_s() > 0
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from omegaconf import DictConfig
 
 from experiments.serverless.real import build_controller
@@ -35,26 +36,31 @@ def _run(compose_cfg: Callable[..., DictConfig], tmp_path: Path, requests: list[
     return ctl, reqs, executor
 
 
+def _states(reqs: Any) -> list[tuple[str, str]]:
+    return list(zip(reqs["status"], reqs["error"], strict=True))
+
+
 def test_shepherd_preempts_a_running_request_which_restarts_with_the_same_tokens(
         compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     slow = {"step": 0.02}  # 100 decode steps ≈ 2 s, so the second model's request arrives mid-decode
     long_req = Request(0, MODELS[0], 0.0, 8, 100)
-    _, alone, _ = _run(compose_cfg, tmp_path / "alone", [long_req], "scheduler=shepherd", delay_s=slow)
+    alone_ctl, _, _ = _run(compose_cfg, tmp_path / "alone", [long_req], "scheduler=shepherd", delay_s=slow)
     ctl, reqs, executor = _run(compose_cfg, tmp_path / "both", [long_req, Request(1, MODELS[1], 1.0, 8, 4)],
                                "scheduler=shepherd", delay_s=slow)
-    r0, r1 = reqs
-    assert [r.state for r in reqs] == ["done", "done"], [(r.state, r.error) for r in reqs]
+    r0, r1 = reqs.iloc[0], reqs.iloc[1]
+    assert list(reqs["status"]) == ["done", "done"], _states(reqs)
     assert ctl.stats["preemptions"] == 1
-    assert r0.preempted == 1
-    assert r1.preempted == 0
-    assert r1.done_s < r0.first_token_s  # the newcomer ran on the slot taken from the first request
-    assert r0.tokens == alone[0].tokens  # restarted from scratch: the same greedy stream, all 100 tokens
-    assert len(r0.tokens) == 100
+    assert r0["preempted"] == 1
+    assert r1["preempted"] == 0
+    assert r1["arrival_s"] + r1["e2e_s"] < r0["arrival_s"] + r0["ttft_s"]  # the newcomer ran on the slot taken
+    assert ctl.tokens[0] == alone_ctl.tokens[0]  # restarted from scratch: the same greedy stream, all 100 tokens
+    assert len(ctl.tokens[0]) == 100
     assert ctl.stats["loads"] == 3  # the first model, the second (in the freed slot), the first again
     killed = [w for name, _, w in executor.started if not w.alive()]
     assert len(killed) == len(executor.started)  # every instance was stopped at the end
 
 
+@pytest.mark.slow
 def test_hybrid_histogram_prewarms_an_unloaded_instance_before_the_next_request(
         compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     # Requests every 4 s: idle times ≈ 3.9 s fall in the 1-s bin 3 of 10, so after two of them the policy
@@ -63,8 +69,8 @@ def test_hybrid_histogram_prewarms_an_unloaded_instance_before_the_next_request(
           "keepalive.default_keep_alive_s=30"]
     requests = [Request(i, MODELS[0], 4.0 * i, 8, 4) for i in range(4)]
     ctl, reqs, executor = _run(compose_cfg, tmp_path, requests, *ka)
-    assert [r.state for r in reqs] == ["done"] * 4, [(r.state, r.error) for r in reqs]
-    assert [r.cold_start for r in reqs] == [True, False, False, False]
+    assert list(reqs["status"]) == ["done"] * 4, _states(reqs)
+    assert list(reqs["cold_start"]) == [True, False, False, False]
     assert ctl.stats["prewarms"] >= 1
     assert ctl.stats["loads"] == 1 + ctl.stats["prewarms"]  # every load after the first was a pre-warm
     assert len(executor.started) == ctl.stats["loads"]
@@ -78,8 +84,8 @@ def test_each_server_its_instances_and_its_tier_agent_are_pinned_to_one_node(
     nodes = ["node:10.0.0.1", "node:10.0.0.2"]
     requests = [Request(0, MODELS[0], 0.0, 8, 4), Request(1, MODELS[1], 0.1, 8, 4)]
     ctl, reqs, executor = _run(compose_cfg, tmp_path, requests, "real.servers=2", nodes=nodes)
-    assert [r.state for r in reqs] == ["done", "done"], [(r.state, r.error) for r in reqs]
-    assert [s.node for s in ctl.servers] == nodes  # round-robin over the executor's nodes
+    assert list(reqs["status"]) == ["done", "done"], _states(reqs)
+    assert [s.node for s in ctl.sites] == nodes  # round-robin over the executor's nodes
     assert executor.resources["tiers-server0"] == {nodes[0]: 0.001}  # file operations run on the node
     assert executor.resources["tiers-server1"] == {nodes[1]: 0.001}
     instances = {name: res for name, res in executor.resources.items() if not name.startswith("tiers-")}
@@ -110,10 +116,11 @@ def test_pool_workers_serve_cold_starts_and_one_killed_mid_load_is_replaced_and_
     def kill_first_loading() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not killed:
-            for inst in list(ctl.instances.values()):
-                if inst.state == "loading" and inst.handle is not None:
-                    killed.append(inst.handle.name)
-                    inst.handle.kill()
+            for inst in list(ctl.life.instances.values()):
+                handle = ctl.backend.handles.get(inst.id)
+                if inst.state == "loading" and handle is not None:
+                    killed.append(handle.name)
+                    handle.kill()
                     return
             time.sleep(0.01)
 
@@ -123,7 +130,7 @@ def test_pool_workers_serve_cold_starts_and_one_killed_mid_load_is_replaced_and_
     finally:
         cleanup()
         executor.close()
-    assert [r.state for r in reqs] == ["done"], [(r.state, r.error) for r in reqs]
+    assert list(reqs["status"]) == ["done"], _states(reqs)
     assert killed
     assert ctl.stats["load_retries"] == 1
     assert ctl.stats["workers_discarded"] == 1

@@ -36,33 +36,33 @@ def test_ray_instances_serve_and_a_dead_actor_is_retried(ray_local: Any, compose
     def kill_busy() -> None:
         deadline = time.monotonic() + 100
         while time.monotonic() < deadline:
-            for inst in list(ctl.instances.values()):
-                if inst.state == "busy" and inst.request == 0 and inst.handle is not None:
-                    pid = inst.handle.pid()
+            for inst in list(ctl.life.instances.values()):
+                handle = ctl.backend.handles.get(inst.id)
+                if inst.state == "busy" and inst.request == 0 and handle is not None:
+                    pid = handle.pid()
                     os.kill(pid, 9)
                     killed.append(pid)
                     return
             time.sleep(0.01)
 
     threading.Thread(target=kill_busy, daemon=True).start()
-    agents = list(ctl.servers)
+    agents = list(ctl.sites)
     agent_types = [type(srv.agent).__name__ for srv in agents]
     try:
         reqs = ctl.run(requests)
     finally:
         cleanup()
         executor.close()
-    pids = [h.pid() for h in ctl._handles]
+    pids = [h.pid() for h in ctl.processes.started]
     node = executor.nodes()
     assert len(node) == 1  # the loopback Ray: one node, which every server is pinned to
     assert node[0].startswith("node:")
-    assert [s.node for s in ctl.servers] == node * len(ctl.servers)
+    assert [s.node for s in ctl.sites] == node * len(ctl.sites)
     assert agent_types == ["RayWorker"] * len(agents)  # the tier agents were Ray actors on that node
     assert killed
-    assert reqs[1].state == "done"
-    assert reqs[0].retries == 1
-    assert reqs[0].state == "done"
-    assert "WorkerDiedError" in reqs[0].error  # the reason of the retry is kept
+    assert list(reqs["status"]) == ["done", "done"], reqs[["status", "error"]]
+    assert reqs.loc[0, "retries"] == 1
+    assert "WorkerDiedError" in reqs.loc[0, "error"]  # the reason of the retry is kept
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
         time.sleep(0.2)
@@ -90,17 +90,17 @@ def test_ray_pool_workers_are_prestarted_actors_on_the_server_node(ray_local: An
     finally:
         cleanup()
         executor.close()
-    assert [r.state for r in reqs] == ["done", "done"]
+    assert list(reqs["status"]) == ["done", "done"]
     cold = ctl.cold_starts
     assert cold
     assert all(c["runtime"] == "pool" for c in cold)
     assert all(c["imports_s"] < 0.5 for c in cold)  # the actor imported torch before the cold start
     assert ctl.stats["runtime"] == "pool"
-    assert ctl.stats["worker_starts"] >= len(ctl.servers)
-    assert {type(h).__name__ for h in ctl._handles} == {"RayWorker"}
+    assert ctl.stats["worker_starts"] >= len(ctl.sites)
+    assert {type(h).__name__ for h in ctl.processes.started} == {"RayWorker"}
     node = executor.nodes()
-    assert all(s.placement() == {node[0]: 0.001} for s in ctl.servers)  # what every pool actor asked for
-    pids = [h.pid() for h in ctl._handles]
+    assert all(s.placement() == {node[0]: 0.001} for s in ctl.sites)  # what every pool actor asked for
+    pids = [h.pid() for h in ctl.processes.started]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
         time.sleep(0.2)

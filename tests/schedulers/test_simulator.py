@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from schedulers.base import (
     ClusterView,
     Decision,
+    KeepAliveDecision,
     Placement,
     Request,
     Scheduler,
@@ -165,7 +166,7 @@ def test_estimate_equals_simulated_startup_on_idle_cluster(tier: str, startup_s:
             decisions.append(d)
             return d
 
-    sim.scheduler = Spy()
+    sim.life.scheduler = Spy()
     df = sim.run(requests_of([1.0], [0], ("m",), out=1)).requests
     d = decisions[0]
     assert isinstance(d, Placement)
@@ -490,3 +491,51 @@ def test_each_server_has_its_own_pool() -> None:
     res = sim.run(requests_of([0.0, 0.1], [0, 1], ("a", "b"), out=1))
     assert sorted(res.requests["server"]) == [0, 1]
     assert res.stats["pool_wait_s"] == 0.0
+
+
+class SpyKeepAlive:
+    """A fixed window that records every idle time it is taught."""
+
+    demote_to: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.idle: list[tuple[str, float]] = []
+
+    def observe_idle(self, model: str, idle_s: float) -> None:
+        self.idle.append((model, idle_s))
+
+    def decide(self, model: str) -> KeepAliveDecision:
+        return KeepAliveDecision(100.0)
+
+
+def test_a_model_with_a_request_still_loading_is_not_idle() -> None:
+    """Keep-alive policies learn idle times: a model is idle only when none of its requests is unfinished. A (done
+    at ~4 s) and B (arrived at 3 s, its cold start loading 3-5 s) overlap, so C at 4.5 s teaches nothing; D, after
+    every request of the model is over, teaches the real gap."""
+    m = {"a": fake_model("a", size_gb=10, decode_s=0.02, prefill_s=0.0, base_s=0.0)}
+    keep = SpyKeepAlive()
+    sim = Simulator(one_server(gpus_per_server=3, ssd_replicas=1, dram_gb=0), m,
+                    ServerlessLLMScheduler(cache_to=(), tier_upgrade=False), keep, SimConfig(record_events=True))
+    df = sim.run(requests_of([0.0, 3.0, 4.5, 30.0], [0, 0, 0, 0], ("a",), out=[101, 101, 1, 1])).requests
+    assert df["cold_start"].tolist() == [True, True, False, False]  # C: A's instance, idle since ~4 s
+    last_done = (df["arrival_s"] + df["e2e_s"]).iloc[:3].max()
+    assert keep.idle == [("a", pytest.approx(30.0 - last_done))]
+
+
+def test_a_prewarmed_instance_serves_the_request_that_waited_for_its_load() -> None:
+    """Requests 100 s apart teach a pre-warm 81 s after an idle start, but the load takes 40 s, so the next request
+    arrives while the only GPU is loading and waits. The instance that becomes free serves it (warm) instead of
+    idling while the scheduler, asked again, evicts it for a cold start of the same model (61 s instead of 21 s)."""
+    m = {"a": fake_model("a", size_gb=200)}
+    keep = HybridHistogramKeepAlive(bin_s=10, range_s=1000, min_samples=3, cv_threshold=0.0)
+    sim = Simulator(one_server(dram_gb=0, ssd_gb=400, ssd_replicas=1), m, ServerlessLLMScheduler(), keep,
+                    SimConfig(record_events=True))
+    times = [0.0] + [300.0 + 100.0 * k for k in range(7)]
+    df = sim.run(requests_of(times, [0] * 8, ("a",), out=1)).requests
+    prewarms = [e["t"] for e in sim.events if e["kind"] == "prewarm"]
+    assert prewarms, "the learned window never pre-warmed"
+    first = df[df["arrival_s"] > prewarms[0]].iloc[0]
+    assert first["queue_s"] > 0  # it came during the pre-warm's load and waited
+    assert not first["cold_start"]
+    assert first["tier_loaded"] == "gpu"
+    assert first["ttft_s"] < 40.0  # less than a load

@@ -1,11 +1,13 @@
-"""Simulator state helpers: the per-server pool clock of the ``pool`` runtime."""
+"""The per-server pool clock of the ``pool`` runtime in the simulator."""
 
 from __future__ import annotations
 
 import pytest
 
+from schedulers.clock import SimClock
 from schedulers.cluster import Cluster, RuntimeTimes
-from schedulers.state import Server, WorkerPoolClock
+from schedulers.poolclock import WorkerPoolClock
+from schedulers.simulator import SimBackend
 
 
 def test_a_ready_worker_is_handed_out_at_once_and_its_replacement_starts_then() -> None:
@@ -40,10 +42,12 @@ def test_a_replacement_starts_no_earlier_than_its_hand_out() -> None:
 
 
 def test_servers_get_a_pool_clock_only_under_the_pool_runtime() -> None:
-    assert Server(0, Cluster()).pool is None
-    pool = Server(0, Cluster(runtime=RuntimeTimes("pool", pool_size=2, worker_start_s=4.0))).pool
-    assert pool is not None
-    assert pool.ready_at() == [0.0, 0.0]
+    assert SimBackend(SimClock(), Cluster()).pools is None
+    pools = SimBackend(SimClock(), Cluster(servers=2, runtime=RuntimeTimes("pool", pool_size=2,
+                                                                           worker_start_s=4.0))).pools
+    assert pools is not None
+    assert len(pools) == 2
+    assert pools[0].ready_at() == [0.0, 0.0]
     with pytest.raises(ValueError, match="pool_size"):
         WorkerPoolClock(size=0, worker_start_s=1.0)
 

@@ -21,6 +21,7 @@ def fake_options(extra_options: Callable[[str, str, dict[str, Any]], None]) -> N
     extra_options("loader", "missing", {"_target_": "tests.harness.fakes.MissingPackageLoader"})
 
 
+@pytest.mark.slow
 def test_loading_experiment(compose_cfg: Callable[..., Any], tmp_path: Path, fake_options: None) -> None:
     cfg = compose_cfg(["model=tiny-opt", "trials=2", "loaders=[safetensors,torch_mmap,crashing,missing]",
                        f"storage.root={tmp_path / 'ckpts'}", "progress=false", "ceiling_max_bytes=1048576"])

@@ -12,6 +12,7 @@ import pytest
 import experiments.loading.reference as ref
 from experiments import report
 from experiments.loading.sllm_reference import SLLM_STORE_RESULTS
+from tests.experiments.runfolders import write_run
 
 FAKE_BYTES = {"qwen3-32b": 65.5e9, "llama-3.1-8b": 16.06e9}
 
@@ -91,10 +92,8 @@ def test_zoo_bytes_match_the_published_size() -> None:
 
 
 def test_report_writes_the_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
     trials = synthetic_trials()
-    trials[trials.run == "r1"].drop(columns="run").to_parquet(run / "trials.parquet")
+    run = write_run(tmp_path / "run", {}, trials[trials.run == "r1"].drop(columns="run"))
     monkeypatch.setattr(ref, "zoo_bytes", fake_bytes)
     assert report.main([str(run), "--out", str(tmp_path / "rep"), "--sllm-reference"]) == 0
     table = pd.read_csv(tmp_path / "rep" / "sllm_comparison.csv")

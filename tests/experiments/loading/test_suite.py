@@ -57,6 +57,7 @@ def small(tmp_path: Path) -> list[str]:
     return ["trials=1", "progress=false", "ceiling_max_bytes=1048576", f"storage.root={tmp_path / 'ckpts'}"]
 
 
+@pytest.mark.slow
 def test_sllm_loading_runs_a_ladder(compose_cfg: Callable[..., Any], tmp_path: Path, small: list[str]) -> None:
     cfg = compose_cfg(["experiment=sllm_loading", "models=[tiny-opt,tiny-llama]", "loaders=[torch,native]",
                        "cache_states=[warm]", "delete_checkpoints=true", *small])
@@ -72,6 +73,7 @@ def test_sllm_loading_runs_a_ladder(compose_cfg: Callable[..., Any], tmp_path: P
     assert not list((tmp_path / "ckpts").glob("tiny-*"))  # generated one model at a time, then deleted
 
 
+@pytest.mark.slow
 def test_ablation_runs_every_step(compose_cfg: Callable[..., Any], tmp_path: Path, small: list[str]) -> None:
     # smoke: the first step and all the others at once (the full ladder differs only in length)
     cfg = compose_cfg(["experiment=sllm_ablation", "model=tiny-opt", "cache_states=[cold,warm]", "smoke=true",
@@ -89,6 +91,7 @@ def test_ablation_runs_every_step(compose_cfg: Callable[..., Any], tmp_path: Pat
     assert (tmp_path / "run" / "sllm_ablation.png").exists()
 
 
+@pytest.mark.slow
 def test_dtype_coldstart_bytes_follow_the_dtype(compose_cfg: Callable[..., Any], tmp_path: Path,
                                                small: list[str]) -> None:
     cfg = compose_cfg(["experiment=dtype_coldstart", "model=tiny-opt", "loaders=[safetensors]",
@@ -102,6 +105,7 @@ def test_dtype_coldstart_bytes_follow_the_dtype(compose_cfg: Callable[..., Any],
     assert (tmp_path / "run" / "dtype_coldstart.png").exists()
 
 
+@pytest.mark.slow
 def test_calibration_file_feeds_the_simulator(compose_cfg: Callable[..., Any], tmp_path: Path,
                                               small: list[str]) -> None:
     cfg = compose_cfg(["experiment=calibrate", "models=[tiny-opt]", "link_gbps=1.25", *small])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +50,7 @@ def test_experiment_file_is_a_delta_with_its_command(experiment: str) -> None:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_in_smoke_mode(tmp_path: Path, experiment: str) -> None:
     cfg = _compose([f"experiment={experiment}", "smoke=true"])
-    t0 = time.perf_counter()
-    tables = _run(cfg, tmp_path)
-    assert time.perf_counter() - t0 < 30
+    tables = _run(cfg, tmp_path)  # how long it takes is the suite's --durations report, not a test (machine load)
     assert (tmp_path / "summary.csv").exists()
     if experiment != "bprr_optimality":
         requests = pd.read_parquet(tmp_path / "requests.parquet")
