@@ -46,8 +46,7 @@ def summarize_trials(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.
             row["tier"] = ok["tier"].mode().iloc[0]
         for col in LABEL_COLUMNS:
             if col in ok:
-                values = sorted({str(v) for v in ok[col].dropna()})
-                row[col] = "|".join(values)
+                row[col] = "|".join(sorted({str(v) for v in ok[col].dropna()}))
         for col in sorted(str(c) for c in group.columns if str(c).startswith("bytes_")):
             row[f"{col}_median"] = ok[col].median() if len(ok) else np.nan
         rows.append(row)
