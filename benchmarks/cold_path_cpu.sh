@@ -7,7 +7,7 @@
 #   2. make demo's defaults: experiment=loading, opt-125m fp16, the five default loaders, cold/warm/hot, fresh, 5 trials
 #      (targets: native cold no slower than the fastest baseline's cold; native hot <= native warm)
 #   3. benchmarks/remote_loading.py --arena: opt-1.3b from nginx on loopback into a pool worker's arena
-#      (target: >= 0.8 x the same repeat's download to nowhere)
+#      (target: median over 5 repeats >= 0.8 x the same repeat's download to nowhere)
 # Usage: OUT=results/reference/cold_path_cpu bash benchmarks/cold_path_cpu.sh [steps, default "1 2 3"]
 # (about 25 min on a 2-core VM; run nothing else meanwhile: wrap it in `flock -x /tmp/coldstart-heavy.lock` on a
 # shared machine). Each step writes $OUT/<step>/ (and a log); benchmarks/cold_path_summary.py prints the targets.
@@ -31,11 +31,11 @@ run() {  # name overrides...
 for s in $STEPS; do
   case $s in
     1) run opt-1.3b_cold experiment=loading model=opt-1.3b 'loaders=[native,native_direct]' \
-         '+loader_variants={native_direct:{base:native,overrides:{direct_io:"on"}}}' \
+         'loader_variants={native_direct:{base:native,overrides:{direct_io:"on"}}}' \
          'runtimes=[fresh,pool]' 'cache_states=[cold]' trials=5 ;;
     2) run demo experiment=loading device=cpu trials=5 ;;
     3) echo "[cold_path_cpu] $(date +%T) remote: benchmarks/remote_loading.py --arena"
-       PYTHONPATH=. "$PY" benchmarks/remote_loading.py --model opt-1.3b --repeats 3 --arena \
+       PYTHONPATH=. "$PY" benchmarks/remote_loading.py --model opt-1.3b --repeats 5 --arena \
          --root "$CACHE/checkpoints" --json "$OUT/remote.json" >"$OUT/remote.log" 2>&1 || FAILED=1
        tail -n 4 "$OUT/remote.log" ;;
     *) echo "unknown step $s"; exit 2 ;;
