@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
-from matplotlib.colors import to_hex
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -43,7 +43,7 @@ PALETTE: dict[str, str] = {
     "fresh": "#7F7F7F", "forkserver": "#DA8BC3", "pool": "#64B5CD",
     # phases of a loading cold start and of a serverless cold start
     "t_handoff_s": "#B7B7E0", "t_imports_s": "#8C8C8C", "t_device_init_s": "#CCB974", "t_weights_s": "#C44E52",
-    "t_model_build_s": "#4C72B0", "t_first_token_s": "#55A868",
+    "t_model_build_s": "#4C72B0", "t_first_token_s": "#55A868", "t_download_s": "#64B5CD", "t_other_s": "#DDDDDD",
     "queue_s": "#8C8C8C", "migration_s": "#CCB974", "load_s": "#C44E52", "prefill_s": "#55A868",
 }
 # The native loader's ablation ladder (conf/experiment/sllm_ablation.yaml): one hue, darker per step.
@@ -51,6 +51,8 @@ ABLATION_STEPS = ("per_tensor_reads", "+bulk_reads", "+direct_io", "+threads", "
                   "+all")
 PALETTE.update({step: to_hex(plt.get_cmap("Reds")(0.3 + 0.65 * k / (len(ABLATION_STEPS) - 1)))
                 for k, step in enumerate(ABLATION_STEPS)})
+# How much lighter a name's colour is on each runtime when several are compared ("serverlessllm · pool").
+VARIANT_SHADES: dict[str, float] = {"fresh": 0.0, "forkserver": 0.3, "pool": 0.5}
 # Unknown names draw from here by a hash of the name (crc32: the same colour in every process and run).
 FALLBACK = tuple(to_hex(plt.get_cmap(name)(k)) for name in ("tab20", "tab20b") for k in range(20))
 
@@ -61,6 +63,7 @@ LABELS: dict[str, str] = {
     "t_handoff_s": "hand-off: a ready process (s)", "t_imports_s": "imports (s)",
     "t_device_init_s": "device init (s)", "t_weights_s": "weights (s)",
     "t_model_build_s": "model build (s)", "t_first_token_s": "first token (s)",
+    "t_download_s": "download from remote (s)", "t_other_s": "RPCs and waits of the load call (s)",
     "speedup_vs_start": "speedup over the first step (×)",
     "ttft_s": "time to first token (s)", "e2e_s": "end-to-end latency (s)",
     "queue_s": "loading-queue wait (s)", "migration_s": "migration wait (s)",
@@ -100,6 +103,11 @@ def color(name: object) -> str:
     key = str(name)
     if key in PALETTE:
         return PALETTE[key]
+    if " · " in key:  # one name on one variant ("serverlessllm · pool"): the name's colour, lighter per variant
+        base, variant = key.split(" · ", 1)
+        lighter = VARIANT_SHADES.get(variant, 0.15 + 0.1 * (zlib.crc32(variant.encode()) % 5))
+        r, g, b = (c + (1 - c) * lighter for c in to_rgb(color(base)))
+        return to_hex((r, g, b))
     fixed = re.fullmatch(r"fixed_(\d+(?:\.\d+)?)s", key)  # keep-alive fixed_<N>s: darker blue for longer N
     if fixed:
         shade = min(np.log10(1 + float(fixed.group(1))) / np.log10(1 + 3600), 1.0)

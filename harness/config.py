@@ -197,6 +197,18 @@ def option_dict(group: str, name: str, overrides: Mapping[str, Any] | DictConfig
     return {str(k): v for k, v in out.items()}
 
 
+def composed_option(cfg: DictConfig, group: str) -> str:
+    """The option name a composed ``cfg[group]`` came from (``scheduler: serverlessllm``): Hydra's choice inside the
+    app, else the one option of the group with the same ``_target_``; the class name when none or several match."""
+    if HydraConfig.initialized():
+        chosen = HydraConfig.get().runtime.choices.get(group)
+        if chosen:
+            return str(chosen)
+    target = str(cfg[group].get("_target_", ""))
+    matches = [name for name in options(group) if str(option(group, name).get("_target_", "")) == target]
+    return matches[0] if len(matches) == 1 else target.rsplit(".", 1)[-1]
+
+
 def name_list(cfg: DictConfig, key: str, default: Iterable[str] = ()) -> list[str]:
     """A list key's entries as strings (``loaders``, ``runtimes``, ``cache_states``…): a bare word (``loaders=native``)
     is a one-element list, never its characters; null or absent gives ``default``."""

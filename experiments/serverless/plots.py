@@ -52,7 +52,8 @@ def by_runtime(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(policy=df["policy"].astype(str) + " · " + df["runtime"].astype(str))
 
 
-def latency_cdf(requests: pd.DataFrame, path: Path) -> list[Path]:
+def latency_cdf(requests: pd.DataFrame, path: Path,
+                heading: str = "Time to first token, every request of the panel's scenario and rate") -> list[Path]:
     """ECDF of time to first token per policy, one panel per scenario at its highest rate (shared x, log)."""
     panels = _panels(requests)
     fig, axes = style.figure(1, len(panels), width=1.8 + 3.4 * len(panels), height=3.3, sharex=True, sharey=True)
@@ -68,7 +69,7 @@ def latency_cdf(requests: pd.DataFrame, path: Path) -> list[Path]:
         ax.set_xlabel(f"{style.label('ttft_s')}, log")
     axes[0][0].set_ylabel("fraction of requests")
     table = pd.DataFrame(plotted)
-    fig.suptitle("Time to first token, every request of the panel's scenario and rate")
+    fig.suptitle(heading)
     style.legend_outside(fig, axes[0], title="policy",
                          notes=[f"n = {table['n'].min()}–{table['n'].max()} requests per line"
                                 if table["n"].nunique() > 1 else f"n = {table['n'].iloc[0]} requests per line",
@@ -104,7 +105,7 @@ def p99_vs_rps(summary: pd.DataFrame, path: Path) -> list[Path]:
     return style.save(fig, path, plotted[keep])
 
 
-def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> list[Path]:
+def cold_start_breakdown(requests: pd.DataFrame, path: Path, heading: str = "Cold-start breakdown") -> list[Path]:
     """Mean loading-queue wait, migration wait, loading and prefill of the cold starts that did not time out,
     stacked per policy, one panel per scenario at its highest rate (shared y)."""
     panels = _panels(requests)
@@ -130,7 +131,7 @@ def cold_start_breakdown(requests: pd.DataFrame, path: Path) -> list[Path]:
         ax.set_title(title)
         frames.append(means.assign(n=counts, panel=title).reset_index())
     axes[0][0].set_ylabel("mean time per cold start (s)")
-    fig.suptitle("Cold-start breakdown")
+    fig.suptitle(heading)
     style.legend_outside(fig, axes[0], notes=["rows: cold starts that did not time out; n per bar",
                                               "bars: means (they add up to the mean time to first token); "
                                               "no error bars on a stack"])
@@ -213,6 +214,87 @@ def plot_serverless(run_dir: Path) -> list[Path]:
         out += p99_vs_rps(summary, run_dir / "p99_vs_rps")
     if requests is not None and requests["cold_start"].any():
         out += cold_start_breakdown(requests, run_dir / "cold_start_breakdown")
+    return out
+
+
+# A real cold start's phases (``cold_starts.parquet``) under the loading experiment's names, so they share its colours
+# and labels; ``t_other_s`` is the rest of the load call (RPCs, waiting for the process, the tier's bookkeeping).
+REAL_PHASES = {"handoff_s": "t_handoff_s", "download_s": "t_download_s", "imports_s": "t_imports_s",
+               "device_init_s": "t_device_init_s", "weights_s": "t_weights_s", "model_build_s": "t_model_build_s"}
+TIER_ORDER = ("dram", "ssd", "remote")
+
+
+def cold_start_phases(cold: pd.DataFrame, path: Path, setting: str) -> list[Path]:
+    """Mean seconds of each phase of a real run's cold starts, stacked per policy (and runtime, when several ran),
+    one panel per tier the weights came from (shared y): the hand-off and imports are what a runtime changes, the
+    weights what the tier and loader change."""
+    df = by_runtime(cold).copy()
+    phases = [c for c in REAL_PHASES if c in df.columns]
+    df[phases] = df[phases].fillna(0.0)
+    df["other_s"] = (df["load_s"] - df[phases].sum(axis=1)).clip(lower=0)
+    columns = [*phases, "other_s"]
+    tiers = [t for t in TIER_ORDER if t in set(df["tier"])] + sorted(set(df["tier"]) - set(TIER_ORDER))
+    policies = list(dict.fromkeys(df["policy"]))
+    per_panel = max(2.4, 0.6 * len(policies) + 0.8)
+    fig, axes = style.figure(1, len(tiers), width=3.8 + per_panel * len(tiers), height=3.6, sharey=True)
+    frames = []
+    for ax, tier in zip(axes[0], tiers, strict=True):
+        part = df[df["tier"] == tier]
+        means = part.groupby("policy")[columns].mean().reindex(policies)
+        counts = part.groupby("policy").size().reindex(policies).fillna(0).astype(int)
+        bottom = np.zeros(len(policies))
+        for col in columns:
+            values = means[col].fillna(0).to_numpy()
+            name = REAL_PHASES.get(col, "t_other_s")
+            ax.bar(range(len(policies)), values, bottom=bottom, color=style.color(name), label=style.label(name),
+                   edgecolor="white", linewidth=0.5)
+            bottom += values
+        for i, count in enumerate(counts):
+            ax.annotate(f"{bottom[i]:.3g} s\nn={count}" if count else "n=0", (i, bottom[i]), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=style.NOTE_SIZE)
+        ax.set_xticks(range(len(policies)), policies, rotation=25, ha="right")
+        ax.set_title(f"weights from {tier}")
+        frames.append(means.rename(columns={c: REAL_PHASES.get(c, "t_other_s") for c in columns})
+                      .assign(n=counts, tier=tier).reset_index())
+    axes[0][0].set_ylabel("mean time per cold start (s)")
+    fig.suptitle(f"Cold-start phases, real run ({setting})")
+    style.legend_outside(fig, axes[0], title="phase",
+                         notes=["rows: every cold start of the run; n per bar",
+                                "bars: means (they add up to the mean load call); no error bars on a stack"])
+    return style.save(fig, path, pd.concat(frames, ignore_index=True))
+
+
+def real_setting(run_dir: Path, summary: pd.DataFrame) -> str:
+    """What every figure of a real serverless run shares: its runtime(s) and storage (the tiers of each server and
+    where checkpoints start), from the run's own ``config.yaml`` and summary."""
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").exists() else {}
+    runtimes = list(dict.fromkeys(summary["runtime"].astype(str))) if "runtime" in summary.columns else []
+    parts = [f"runtime{'s' if len(runtimes) > 1 else ''} {', '.join(runtimes)}"] if runtimes else []
+    real = cfg.get("real") if isinstance(cfg, dict) else None
+    if isinstance(real, dict) and "dram_gb" in real and "ssd_gb" in real:
+        replicas = int(real.get("ssd_replicas", 0))
+        parts.append(f"storage DRAM {float(real['dram_gb']):g} GB + SSD {float(real['ssd_gb']):g} GB per server, "
+                     f"{replicas} SSD cop{'y' if replicas == 1 else 'ies'} per model, the rest remote")
+    return "; ".join(parts) or "real run"
+
+
+def plot_serverless_real(run_dir: Path) -> list[Path]:
+    """A real run's figures (``experiment=serverless_real``): the latency CDF and the request breakdown titled with
+    the run's runtime and storage, and the cold-start phases per runtime from ``cold_starts.parquet``."""
+    run_dir = Path(run_dir)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    setting = real_setting(run_dir, summary)
+    requests = style.read_table(run_dir, "requests")
+    out: list[Path] = []
+    if requests is not None and len(requests):
+        requests = by_runtime(requests)
+        out += latency_cdf(requests, run_dir / "latency_cdf", f"Time to first token, real run ({setting})")
+        if requests["cold_start"].any():
+            out += cold_start_breakdown(requests, run_dir / "cold_start_breakdown",
+                                        f"Cold-start breakdown, real run ({setting})")
+    cold = style.read_table(run_dir, "cold_starts")
+    if cold is not None and len(cold) and "load_s" in cold.columns:
+        out += cold_start_phases(cold, run_dir / "cold_start_phases", setting)
     return out
 
 

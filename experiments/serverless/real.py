@@ -191,7 +191,7 @@ def run_policy_real(cfg: DictConfig, entry: DictConfig, requests: list[Request],
         ctl, cleanup = build_controller(cfg, entry, models, run_root, executor, build_runtime(cfg, runtime))
         t0 = time.perf_counter()
         try:
-            requests_df = ctl.run(requests)
+            requests_df = ctl.run(requests, progress=bool(cfg.progress))
         finally:
             cleanup()
     finally:

@@ -14,7 +14,7 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, check_args, listed, run_args
+from harness.config import ConfigError, check_args, composed_option, listed, run_args
 from harness.experiment import ExperimentResult, PartialResult
 from schedulers.base import policy_storage
 from schedulers.catalog import model_infos
@@ -35,8 +35,7 @@ def policies_of(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     entries = cfg.experiment.get("policies")
     if entries:
         return [(str(e.name), e) for e in entries]
-    name = str(cfg.scheduler._target_).rsplit(".", 1)[-1]
-    return [(name, OmegaConf.create({"inline": True}))]
+    return [(composed_option(cfg, "scheduler"), OmegaConf.create({"inline": True}))]
 
 
 def check_policies(cfg: DictConfig, singles: tuple[str, ...] = (),

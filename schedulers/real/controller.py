@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from harness.executors.workers import WorkerDiedError, WorkerError
 from runtimes.base import ProcessSource
@@ -250,9 +252,10 @@ class Controller:
     def cold_starts(self) -> list[dict[str, Any]]:
         return self.backend.cold_starts
 
-    def run(self, requests: list[Request]) -> pd.DataFrame:
+    def run(self, requests: list[Request], progress: bool = False) -> pd.DataFrame:
         """Replay ``requests`` (arrival times already in wall seconds) to completion; always stops every instance,
-        also on Ctrl-C (unfinished requests are recorded as failed with the reason). Returns the requests table."""
+        also on Ctrl-C (unfinished requests are recorded as failed with the reason). Returns the requests table.
+        ``progress``: a bar of finished requests and the replay's time on a wall clock."""
         models = tuple(self.life.models)
         idx = {m: k for k, m in enumerate(models)}
         arrays = RequestArrays(np.array([r.arrival_s for r in requests], dtype=float),
@@ -269,8 +272,11 @@ class Controller:
             raise
         if isinstance(self.clock, WallClock):
             self.clock.start()
+        shown = progress and isinstance(self.clock, WallClock)
+        bar = tqdm(total=len(requests), unit="req", desc="replay", disable=not shown, mininterval=1.0)
         try:
-            self.clock.run(self._over)
+            self.clock.run(self._over if not shown else self._showing(bar, max((r.arrival_s for r in requests),
+                                                                                default=0.0)))
         except KeyboardInterrupt:
             log.warning("interrupted: stopping instances and writing what was measured")
             for i in self.life.rec.unfinished():
@@ -280,8 +286,23 @@ class Controller:
             self.life.finish(strict=False)
             for i in self.life.rec.unfinished():  # still running when the run stopped (a hung process)
                 self.life.fail(i, "unfinished when the run stopped")
+            bar.update(sum(s in FINISHED for s in self.life.rec.state) - bar.n)
+            bar.close()
             self.shutdown()
         return self.requests()
+
+    def _showing(self, bar: tqdm, last_arrival_s: float) -> Callable[[], bool]:
+        """``_over``, updating ``bar`` (finished requests, replay time against the last arrival) once a second."""
+        shown_at = [0.0]
+
+        def until() -> bool:
+            if time.monotonic() - shown_at[0] >= 1.0:
+                shown_at[0] = time.monotonic()
+                bar.update(sum(s in FINISHED for s in self.life.rec.state) - bar.n)
+                bar.set_postfix_str(f"t={self.clock.now():.0f}/{last_arrival_s:.0f} s", refresh=False)
+            return self._over()
+
+        return until
 
     def _over(self) -> bool:
         """All requests are over and either no instance is left or the drain time (keep-alive windows still

@@ -20,7 +20,7 @@ MODELS = ("tiny-llama#0", "tiny-llama#1")
 
 
 def _run(compose_cfg: Callable[..., DictConfig], tmp_path: Path, requests: list[Request], *overrides: str,
-         delay_s: dict[str, float] | None = None, nodes: list[str] | None = None
+         delay_s: dict[str, float] | None = None, nodes: list[str] | None = None, progress: bool = False
          ) -> tuple[Any, list[Any], InProcessExecutor]:
     cfg = compose_cfg("experiment=serverless_real", f"storage.root={tmp_path / 'store'}", "progress=false",
                       "real.drain_s=0", "real.timeout_s=60", f"real.dram_root={tmp_path}", "real.servers=1",
@@ -29,7 +29,7 @@ def _run(compose_cfg: Callable[..., DictConfig], tmp_path: Path, requests: list[
     executor = InProcessExecutor(delay_s, nodes)
     ctl, cleanup = build_controller(cfg, entry, MODELS, tmp_path / "servers", executor)
     try:
-        reqs = ctl.run(requests)
+        reqs = ctl.run(requests, progress=progress)
     finally:
         cleanup()
         executor.close()
@@ -38,6 +38,18 @@ def _run(compose_cfg: Callable[..., DictConfig], tmp_path: Path, requests: list[
 
 def _states(reqs: Any) -> list[tuple[str, str]]:
     return list(zip(reqs["status"], reqs["error"], strict=True))
+
+
+def test_the_replay_shows_its_progress(compose_cfg: Callable[..., DictConfig], tmp_path: Path,
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+    requests = [Request(0, MODELS[0], 0.0, 8, 2), Request(1, MODELS[1], 1.5, 8, 2)]
+    _ctl, reqs, _ = _run(compose_cfg, tmp_path / "shown", requests, progress=True)
+    assert list(reqs["status"]) == ["done", "done"], _states(reqs)
+    bar = capfd.readouterr().err
+    assert "replay" in bar, bar
+    assert "2/2" in bar, bar
+    _run(compose_cfg, tmp_path / "quiet", requests)
+    assert "replay" not in capfd.readouterr().err
 
 
 def test_shepherd_preempts_a_running_request_which_restarts_with_the_same_tokens(
