@@ -12,8 +12,8 @@
    GB/s against that ceiling (target ≥ 0.5×) and the process's peak RSS growth over its RSS before the manifest
    (``VmHWM`` reset through ``/proc/self/clear_refs``; target ≤ 0.3 GB).
 3. Converts (each in a fresh process, same RSS measure): snapshot → native, ``.bin`` → native, ``.bin`` →
-   safetensors, snapshot → torch_bin (``torch.save`` holds one shard in memory: 1 GiB, the store's default, and
-   256 MiB).
+   safetensors, snapshot → torch_bin (``torch.save`` holds one shard in memory: 1 GiB shards, and 256 MiB,
+   the store's default).
 4. ``coldstart experiment=sllm_loading 'models=[<model>,local]' model_args.local.hf_id=...``: the native loader,
    cold and warm, zoo checkpoint and real one in the same run (target: real within 10 % of zoo).
 
@@ -196,8 +196,8 @@ def main() -> None:
             ("snapshot → native", str(hub), hf_id, "native", 0),
             ("bin → native", "path", str(bin_dir), "native", 0),
             ("bin → safetensors", "path", str(bin_dir), "safetensors", 0),
-            ("snapshot → torch_bin (1 GiB shards, the default)", str(hub), hf_id, "torch_bin", 0),
-            ("snapshot → torch_bin (storage.torch_shard_bytes=256 MiB)", str(hub), hf_id, "torch_bin", 256 << 20)):
+            ("snapshot → torch_bin (storage.torch_shard_bytes=1 GiB)", str(hub), hf_id, "torch_bin", 1 << 30),
+            ("snapshot → torch_bin (256 MiB shards, the store's default)", str(hub), hf_id, "torch_bin", 0)):
         store = root / "store-convert"
         shutil.rmtree(store, ignore_errors=True)
         r = _measure(root, "convert", kind, source, store, fmt, shard)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ _ISOLATED: pytest.StashKey[list[Path]] = pytest.StashKey()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started as a background job of a script (`make test &`, nohup) inherits SIGINT ignored: Python then
+    # installs no Ctrl-C handler, and the tests that interrupt a run wait for an interrupt that never comes. Restore
+    # it (a handled signal is reset to its default across exec, so the processes the tests start get it back too).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     worker = getattr(config, "workerinput", {}).get("workerid", "main")
     base = Path(tempfile.mkdtemp(prefix=f"coldstart-tests-{worker}-"))
     shm = Path("/dev/shm")

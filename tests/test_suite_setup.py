@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,17 +42,31 @@ def test_in_the_ray_group(i):
     _note("ray", i)
 '''
 
+CTRL_C = '''
+import signal
+import subprocess
+import sys
 
-def _run_inner(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
-    """A pytest session on a generated test file, with this suite's conftest; its output and, in the order they
-    ran, the (worker, kind, index) each test noted."""
+def test_ctrl_c_is_handled_here_and_in_what_a_test_starts():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    child = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    assert subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout.strip() == "True"
+'''
+
+
+def _run_inner(tmp_path: Path, *args: str, source: str = GROUPED, sigint_ignored: bool = False,
+               ) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """A pytest session on a generated test file, with this suite's conftest (started with SIGINT ignored, as a
+    background job of a script is, when asked); its output and, in the order they ran, the (worker, kind, index)
+    each test noted."""
     (tmp_path / "tests").mkdir(parents=True)
     (tmp_path / "tests" / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
-    (tmp_path / "tests" / "test_inner.py").write_text(GROUPED)
+    (tmp_path / "tests" / "test_inner.py").write_text(source)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "INNER_OUT": str(tmp_path)}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir",
                           str(tmp_path), str(tmp_path / "tests"), *args],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, preexec_fn=ignore)
     seen = tmp_path / "seen.txt"
     return out, [line.split() for line in seen.read_text().splitlines()] if seen.exists() else []
 
@@ -84,6 +99,14 @@ def test_a_shuffled_order_is_replayed_by_its_seed(tmp_path: Path) -> None:
     in_file_order = [f"{k}{i}" for k, n in (("shared", 6), ("alone", 6), ("ray", 4)) for i in range(n)]
     assert runs[0] != in_file_order
     assert sorted(runs[0]) == sorted(in_file_order)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_suite_started_with_ctrl_c_ignored_still_gets_it(tmp_path: Path, workers: str) -> None:
+    """``make test &`` in a script starts pytest with SIGINT ignored; the tests that interrupt a run (and the
+    processes they start) must still receive it, in this process and in every xdist worker."""
+    out, _ = _run_inner(tmp_path, "-n", workers, source=CTRL_C, sigint_ignored=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_each_test_process_writes_only_to_its_own_folders() -> None:
