@@ -9,8 +9,8 @@
 #   3. benchmarks/remote_loading.py --arena: opt-1.3b from nginx on loopback into a pool worker's arena
 #      (target: median over 5 repeats >= 0.8 x the same repeat's download to nowhere)
 # Usage: OUT=results/reference/cold_path_cpu bash benchmarks/cold_path_cpu.sh [steps, default "1 2 3"]
-# (about 10 min on a 2-core VM once the checkpoints exist; run nothing else meanwhile: wrap it in `flock -x /tmp/coldstart-heavy.lock` on a
-# shared machine). Each step writes $OUT/<step>/ (and a log); benchmarks/cold_path_summary.py prints the targets.
+# (about 10 min on a 2-core VM once the checkpoints exist; run nothing else meanwhile: wrap it in
+# `flock -x /tmp/coldstart-heavy.lock` on a shared machine). Each step writes $OUT/<step>/ (and a log); benchmarks/cold_path_summary.py prints the targets.
 # DRAM_DIR sets the native loader's DRAM tier (default /dev/shm/coldstart-dram).
 set -uo pipefail
 cd "$(dirname "$0")/.."
