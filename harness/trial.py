@@ -63,6 +63,7 @@ def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = 
     marks["first_token"] = time.time()
 
     out: dict[str, Any] = {"marks": marks, "first_token_id": token, "loader_phases_s": result.phases_s,
+                           "loader_info": dict(getattr(result, "info", {}) or {}),
                            "bytes_by_tier": result.bytes_by_tier,
                            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if spec.get("verify", True):  # outside every timed phase

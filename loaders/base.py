@@ -30,11 +30,13 @@ class LoadResult:
 
     ``phases_s``: the loader's own sub-phases (e.g. ``read_s``, ``h2d_s``, ``wait_s``), seconds.
     ``bytes_by_tier``: which storage tier served how many bytes (``ssd``, ``dram``, ``remote``, ``page_cache``).
+    ``info``: labels the loader reports about how it loaded (the native loader's ``path``, e.g. ``direct→arena``).
     """
 
     state_dict: dict[str, torch.Tensor]
     phases_s: dict[str, float] = field(default_factory=dict)
     bytes_by_tier: dict[str, int] = field(default_factory=dict)
+    info: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -55,6 +57,14 @@ class TieredLoader(Protocol):
     def stage_in_dram(self, checkpoint_dir: Path) -> Path: ...
 
     def unstage_from_dram(self, checkpoint_dir: Path) -> None: ...
+
+
+@runtime_checkable
+class PreparedLoader(Protocol):
+    """A loader that measures this machine before timed loads (the native loader's read-path probe): the loading
+    experiment calls ``prepare`` once per checkpoint before any trial and records what it returns."""
+
+    def prepare(self, checkpoint_dir: Path, device: torch.device) -> dict[str, object] | None: ...
 
 
 @runtime_checkable

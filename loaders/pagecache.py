@@ -90,6 +90,29 @@ def evict(paths: Iterable[Path]) -> float:
     return resident_fraction(paths)
 
 
+def evict_range(path: Path, offset: int, length: int) -> None:
+    """Drop the page-cache pages of ``length`` bytes of ``path`` from ``offset`` (see ``evict``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_range(path: Path, offset: int, length: int, block_bytes: int = 16 << 20) -> None:
+    """Read ``length`` bytes of ``path`` from ``offset`` once (into the page cache), into a reused buffer."""
+    buf = bytearray(min(block_bytes, max(length, 1)))
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < length and (n := os.preadv(fd, [view[: length - done]], offset + done)):
+            done += n
+    finally:
+        os.close(fd)
+
+
 def warm(paths: Iterable[Path], threads: int = 4, block_bytes: int = 16 << 20, fresh: bool = False) -> float:
     """Read the files fully so they sit in the page cache; return the resident fraction afterwards.
 

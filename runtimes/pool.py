@@ -11,7 +11,7 @@ from typing import Any
 from harness.executors.base import TrialError
 from harness.executors.workers import WorkerDiedError, WorkerError, WorkerTimeoutError, start_worker
 from runtimes.base import RuntimeContext
-from runtimes.warm import BASE_MODULES, modules_of
+from runtimes.warm import BASE_MODULES, arena_size, modules_of, ring_size
 from runtimes.workerpool import PoolError, WorkerPool
 
 RECYCLE = ("always", "rss", "never")
@@ -44,7 +44,7 @@ class PoolRuntime:
     def __init__(self, size: int = 1, recycle: str = "rss", rss_tolerance: float = 0.05, max_uses: int = 0,
                  preimport: list[str] | None = None, preimport_run: bool = True, retries: int = 1,
                  start_timeout_s: float = 300.0, wait_full: bool = True, warmup: bool = True,
-                 prebuild: bool = True, refill: str = "after_load") -> None:
+                 prebuild: bool = True, refill: str = "after_load", arena: bool = True) -> None:
         if int(size) < 1:
             raise ValueError(f"runtime.size={size}; a pool needs at least one worker")
         if recycle not in RECYCLE:
@@ -61,6 +61,7 @@ class PoolRuntime:
         if refill not in REFILL:
             raise ValueError(f"runtime.refill={refill!r}; choose one of {REFILL}")
         self.refill = refill
+        self.arena = bool(arena)
         self.pool: WorkerPool | None = None
         self.retried = 0
 
@@ -72,9 +73,13 @@ class PoolRuntime:
         if self.preimport_run:
             modules += [m for m in modules_of(ctx.loaders) if m not in modules]
             models = list(ctx.models)
-        return {"device": ctx.device, "modules": modules, "models": models, "threads": ctx.threads,
-                "warmup_dtype": ctx.dtype if self.warmup and models else None,
-                "prebuild_dtype": ctx.dtype if self.prebuild and models else None}
+        kwargs: dict[str, Any] = {"device": ctx.device, "modules": modules, "models": models, "threads": ctx.threads,
+                                  "warmup_dtype": ctx.dtype if self.warmup and models else None,
+                                  "prebuild_dtype": ctx.dtype if self.prebuild and models else None}
+        if self.arena:  # sized for the largest model the pool serves; faulted in (pinned) at each worker's start
+            kwargs["arena_bytes"] = arena_size(ctx.models, ctx.dtype)
+            kwargs["arena_ring_bytes"] = ring_size(ctx.loaders)
+        return kwargs
 
     def check(self, ctx: RuntimeContext) -> None:
         """Pre-started processes (not forks) serve every device."""
@@ -158,7 +163,7 @@ class PoolRuntime:
         stats = dict(self.pool.stats) if self.pool is not None else {}
         return {"name": self.name, "size": self.size, "recycle": self.recycle, "rss_tolerance": self.rss_tolerance,
                 "max_uses": self.max_uses, "preimport": self.preimport, "warmup": self.warmup,
-                "prebuild": self.prebuild, "refill": self.refill,
+                "prebuild": self.prebuild, "refill": self.refill, "arena": self.arena,
                 "retried": self.retried, **stats}
 
     def close(self) -> None:

@@ -87,6 +87,51 @@ def prebuild_models(models: Iterable[dict[str, Any]], dtype: str) -> float:
     return sum(mb.prebuild(instantiate(cfg), dtype) for cfg in models)
 
 
+def arena_size(models: Iterable[dict[str, Any]], dtype: str) -> int:
+    """Host-arena bytes for the largest of ``models`` in ``dtype`` (its tensors 4 KiB-aligned, plus slack)."""
+    from harness.trial import instantiate
+    from loaders.arena import arena_bytes
+
+    sizes = [arena_bytes(t.nbytes for t in instantiate(cfg).tensor_specs(dtype)) for cfg in models]
+    return max(sizes, default=0)
+
+
+def ring_size(loaders: Iterable[dict[str, Any]]) -> int:
+    """The largest staging ring the run's loaders ask for (their ``ring_bytes`` knob; 0 if none has one)."""
+    return max((int(cfg["ring_bytes"]) for cfg in loaders if cfg.get("ring_bytes")), default=0)
+
+
+def start_arena(nbytes: int, ring_bytes: int, device: str) -> Any:
+    """Install this process's host arena (``loaders.arena``): on CPU ``nbytes`` faulted in now, into which cold
+    loads read; on CUDA no host copy of the model, but a staging ring of ``ring_bytes`` pinned now and kept across
+    cold starts. Call before the idle RSS is taken, so the arena is part of it. None when there is nothing to keep."""
+    from loaders import arena
+
+    cuda = device.startswith("cuda")
+    host = 0 if cuda else int(nbytes)
+    if host == 0 and not (cuda and ring_bytes):
+        return None
+    # huge pages: physically contiguous 2 MiB, so an O_DIRECT request fills 4 MiB with a few DMA segments instead of
+    # 1 MiB of 4 KiB ones (virtio's 254-segment limit): 2.1–2.2 GB/s against 1.4–1.5 into a 4 KiB arena on the CI VM.
+    # Their slow first touch there (0.4 GB/s) is paid here, at the worker's start, off every cold start's path.
+    made = arena.HostArena(host, huge=True, pin_ring=cuda)
+    if cuda and ring_bytes:
+        made.ring(1, int(ring_bytes))  # pinned once, here; a load takes views of it
+        made.release_ring()
+    arena.install(made)
+    return made
+
+
+def stop_arena(made: Any) -> None:
+    """Uninstall and free the process's arena (a recycled worker's last act)."""
+    from loaders import arena
+
+    if made is not None:
+        if arena.current() is made:
+            arena.install(None)
+        made.close()
+
+
 def rss_bytes() -> int:
     """This process's resident set size now (``/proc/self/statm``)."""
     with open("/proc/self/statm") as f:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.loading import experiment as loading
 from experiments.loading.suite import copy_config
-from harness.config import check_args
+from harness.config import ConfigError, check_args
 from harness.experiment import ExperimentResult
 
 
@@ -52,6 +52,9 @@ def cumulative_gains(summary: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """Build the cumulative variants from ``ablation_steps`` and run them as the loaders of one loading run."""
+    if cfg.get("loader_variants"):  # the steps are the variants here: a second set would be silently dropped
+        raise ConfigError("sllm_ablation builds its loader variants from ablation_steps; "
+                          "drop loader_variants=... or run experiment=loading")
     steps = OmegaConf.to_container(cfg.ablation_steps, resolve=True)
     assert isinstance(steps, list)
     if cfg.smoke and len(steps) > 2:  # the first and the last step: every knob still changes once

@@ -23,7 +23,7 @@ from harness.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from harness.config import check_args, listed, name_list
 from harness.executors.base import TrialError
 from harness.experiment import ExperimentResult, PartialResult
-from loaders.base import RemoteTieredLoader, TieredLoader
+from loaders.base import PreparedLoader, RemoteTieredLoader, TieredLoader
 from loaders.pagecache import evict, make_copies, resident_fraction, warm
 from runtimes.base import Runtime, RuntimeContext
 
@@ -174,6 +174,8 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
     row["ceiling_fraction"] = row["throughput_gbps"] / row["ceiling_gbps"] if row["ceiling_gbps"] else np.nan
     for k, v in out.get("loader_phases_s", {}).items():
         row[f"loader_{k}"] = v
+    for k, v in (out.get("loader_info") or {}).items():  # labels: the native loader's read path and why
+        row[f"loader_{k}"] = v
     for k, v in out.get("bytes_by_tier", {}).items():
         row[f"bytes_{k}"] = v
     for k, v in (out.get("worker") or {}).items():  # a pool worker's memory before and after, its uses
@@ -286,6 +288,10 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
                                                       int(cfg.ceiling_threads), max_bytes=int(cfg.ceiling_max_bytes))
         ceilings["gbps"]["remote_download"] = ceilings["remote_download"]["gbps"]
     log.info("ceilings (GB/s): %s", {k: round(v, 2) if v else v for k, v in ceilings["gbps"].items()})
+    probes: dict[str, Any] = {}
+    for cell in cells:  # loaders that measure this machine first (the native loader's read paths), before any trial
+        if isinstance(cell.loader, PreparedLoader) and not cell.unavailable and cell.fmt in ckpts:
+            probes[cell.name] = cell.loader.prepare(ckpts[cell.fmt].path, device)
 
     cold = _ColdSource(cfg.cold_method, float(cfg.max_resident_fraction), store.root / "copies" / out_dir.name)
     # distinct copies per checkpoint format: one per cold trial of the loaders reading that format
@@ -349,9 +355,14 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
                 rows.append(_failed_row(base, "failed", str(exc)))
                 log.error("%s %s %s trial %d failed: %s", cell.name, state, rt_name, trial, str(exc).splitlines()[-1])
                 continue
-            ceiling = bounding_ceiling(state, device, ceilings["gbps"])
+            # where the bytes landed: a pool worker's pre-faulted arena (reused memory) or memory the load faulted in
+            memory = "reused" if (out.get("loader_phases_s") or {}).get("arena") else "fresh"
+            ceiling = bounding_ceiling(state, device, ceilings["gbps"], memory)
             out["first_token_text"] = spec.decode(out["first_token_id"])  # here: the trial needs no tokenizer
             row = _trial_row(base, out, ckpt, ceiling, resident, cold_method)
+            row["ceiling_memory"] = memory if state == "cold" else ""  # the ceiling depends on it only cold
+            if state == "cold" and ceilings["gbps"].get("disk_read"):  # the disk's own limit, whatever the memory
+                row["disk_read_fraction"] = row["throughput_gbps"] / ceilings["gbps"]["disk_read"]
             by_tier: dict[str, int] = out.get("bytes_by_tier") or {}
             row["tier"] = max(by_tier, key=lambda k: by_tier[k]) if by_tier else DEFAULT_TIER[state]
             rows.append(row)
@@ -372,6 +383,7 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
     env = environment.collect(store.root)
     env["cold_method_fallback"] = cold.fallback_reason
     env["state_ceilings"] = {s: STATE_CEILING[s] for s in states}
+    env["loader_probes"] = probes
     env["runtimes"] = {name: rt.describe() for name, rt in runtimes.items()}
     env["model"] = {"name": spec.name, "dtype": model.dtype, **spec.describe_source(), **model.columns,
                     "prompt_ids": model.prompt_ids}

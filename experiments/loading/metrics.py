@@ -9,7 +9,11 @@ CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state", "runtime"]
 PHASES = ["t_handoff_s", "t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]
 # Per-cell facts carried into the summary as they are (where the weights come from, the prompt and its first token).
 DESCRIPTIVE = ["model_source", "model_path", "source_dtype", "cast", "prompt_text", "first_token_text"]
-MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "cold_start_s", "resident_fraction", *PHASES]
+MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "disk_read_fraction", "cold_start_s",
+                  "resident_fraction", *PHASES, "loader_alloc_s", "loader_fault_s"]
+# labels a cell's trials carry: which ceiling its fraction is against (and into which memory), how the native loader
+# read (its path and whether a probe chose it); a cell whose trials differ shows every value, joined by "|"
+LABEL_COLUMNS = ["ceiling_name", "ceiling_memory", "loader_path", "loader_path_source"]
 
 
 def _iqr(s: pd.Series) -> float:
@@ -40,6 +44,9 @@ def summarize_trials(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.
                 row[col] = values.mode().iloc[0] if len(values) else ""
         if "tier" in ok and len(ok):
             row["tier"] = ok["tier"].mode().iloc[0]
+        for col in LABEL_COLUMNS:
+            if col in ok:
+                row[col] = "|".join(sorted({str(v) for v in ok[col].dropna()}))
         for col in sorted(str(c) for c in group.columns if str(c).startswith("bytes_")):
             row[f"{col}_median"] = ok[col].median() if len(ok) else np.nan
         rows.append(row)

@@ -8,15 +8,24 @@ Mounting needs root, so it is an explicit step (``make dram-tier``), never done 
 
     python -m loaders.native.hugetmpfs mount [--path /dev/shm/coldstart-dram] [--size 16G]
     python -m loaders.native.hugetmpfs status|unmount [--path ...]
+
+Without root the tier still gets huge pages where the kernel allows it: ``collapse`` asks for them file by file with
+``madvise(MADV_COLLAPSE)`` (Linux ≥ 6.1), which copies a tmpfs file's 4 KiB pages into 2 MiB folios whatever the
+mount's ``huge=`` option, unless ``shmem_enabled`` is ``deny`` (or THP is compiled out). The tier does it when it
+stages an entry (``DramTier.insert``), so every later hot load maps the entry 2 MiB at a time: on the CI VM that made
+a hot opt-125m 1.3–2 ms of faults against 2.6–2.9 ms for the same bytes warm in the page cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+MADV_COLLAPSE = 25  # Linux ≥ 6.1 uapi value; Python 3.11's mmap lacks the name
 
 DEFAULT_PATH = "/dev/shm/coldstart-dram"
 HUGE_OPTIONS = ("always", "within_size")  # "advise" needs madvise on a mapping; the tier writes with write(2)
@@ -71,6 +80,21 @@ def huge_pages(path: str | Path, mounts: str | None = None, shmem_enabled: str |
         return forced == "force"
     huge = next((o.split("=", 1)[1] for o in options if o.startswith("huge=")), "never")
     return huge in HUGE_OPTIONS
+
+
+def collapse(path: str | Path) -> int:
+    """Move a tmpfs file's pages into 2 MiB folios (``MADV_COLLAPSE``, no root needed); the bytes now on huge pages
+    (measured: how much of a fresh mapping of the file is mapped 2 MiB at a time). Best effort: 0 where the kernel
+    refuses (older than 6.1, THP off, ``shmem_enabled`` = ``deny``) or memory is too fragmented for 2 MiB pages."""
+    from loaders.native.mapping import HUGE, map_file, pmd_mapped_bytes
+
+    fm, tensor = map_file(Path(path), shared=True)
+    if fm is None or len(fm) < HUGE:
+        return 0
+    with contextlib.suppress(OSError):  # EINVAL: not allowed here; EAGAIN/ENOMEM: some ranges stayed small
+        fm.madvise(MADV_COLLAPSE, 0, len(fm) - len(fm) % HUGE)
+    int(tensor[::HUGE].sum())  # map each 2 MiB range once, so smaps can tell how it is mapped
+    return pmd_mapped_bytes(fm)  # the mapping goes with ``fm`` and ``tensor``
 
 
 def mount(path: str | Path = DEFAULT_PATH, size: str = "16G") -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import mmap
 import os
 import shutil
 import time
@@ -19,7 +18,9 @@ from typing import ClassVar
 import torch
 import xxhash
 
+from loaders import arena as host_arena
 from loaders.base import BaseLoader, LoadResult, UnsupportedCheckpointError
+from loaders.native import probe as path_probe
 from loaders.native import remote_tier
 from loaders.native.convert import read_safetensors_header
 from loaders.native.format import (
@@ -51,7 +52,7 @@ from loaders.native.integrity import (
     verified_record,
     write_chunk_sums,
 )
-from loaders.native.mapping import map_file, populate
+from loaders.native.mapping import FileMap, map_file, populate
 from loaders.native.pipeline import CudaCopyEngine, Segment, ThreadCopyEngine, aligned_empty, run_pipeline
 from loaders.native.remote import RemoteDirectory, is_url, url_key
 from loaders.native.remote_tier import make_skeleton, publish, receive_into_files, sync_then
@@ -140,6 +141,35 @@ class _Plan:
     fingerprint: Fingerprint = field(default_factory=dict)
     sampled: int = 0  # chunks an aged verify=auto load checks
     cursor: int = 0  # where the next sample starts
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How ``direct_io: auto`` / ``staging: auto`` find the fastest path (``loaders/native/probe.py``): the bytes each
+    candidate reads (``bytes``; 0 turns measuring off: the default order then), the JSON file measurements are kept
+    in across processes (``cache``; None keeps none), and the bytes of the quick probe a load runs itself when no
+    measurement is cached (``quick_bytes``)."""
+
+    bytes: int = 512 << 20
+    cache: str | None = None
+    quick_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if self.bytes < 0 or self.quick_bytes < 0:
+            raise ValueError(f"loader.probe.bytes={self.bytes} and loader.probe.quick_bytes={self.quick_bytes} must "
+                             "be ≥ 0")
+
+
+def _probe_options(value: ProbeOptions | dict[str, object] | None) -> ProbeOptions:
+    if isinstance(value, ProbeOptions):
+        return value
+    raw = dict(value or {})
+    allowed = {"bytes", "cache", "quick_bytes"}
+    if set(raw) - allowed:
+        raise ValueError(f"loader.probe has unknown keys {sorted(set(raw) - allowed)}; allowed: {sorted(allowed)}")
+    cache = os.environ.get("COLDSTART_CACHE", os.path.expanduser("~/.cache/coldstart"))
+    raw.setdefault("cache", str(Path(cache) / "native-probe.json"))
+    return ProbeOptions(**raw)  # type: ignore[arg-type]
 
 
 def detect_format(directory: Path) -> str:
@@ -253,7 +283,8 @@ class NativeLoader(BaseLoader):
                  staging: str = "auto", ring_bytes: int = 256 << 20, copy_streams: int = 4, verify: str = "auto",
                  dram_dir: str | None = None, dram_capacity_bytes: int = 8 << 30, ssd_dir: str | None = None,
                  remote_retries: int = 3, remote_timeout_s: float = 30.0, remote_to_dram: bool = False,
-                 max_index_bytes: int = MAX_INDEX_BYTES, verify_max_age_s: float = 86400.0) -> None:
+                 max_index_bytes: int = MAX_INDEX_BYTES, verify_max_age_s: float = 86400.0,
+                 probe: ProbeOptions | dict[str, object] | None = None) -> None:
         for key, value, allowed in (("format", format, FORMATS), ("direct_io", direct_io, DIRECT_IO),
                                     ("staging", staging, STAGING), ("verify", verify, VERIFY)):
             if value not in allowed:
@@ -280,6 +311,8 @@ class NativeLoader(BaseLoader):
         self.max_index_bytes, self.verify_max_age_s = int(max_index_bytes), float(verify_max_age_s)
         if self.ssd_root.is_dir():
             clean_dead_temps(self.ssd_root)  # what a killed fetch left behind
+        self.probe = _probe_options(probe)
+        self.probes = path_probe.ProbeCache(self.probe.cache)
         self._warned_small_pages = False
 
     # -- tiers -----------------------------------------------------------------------------------------------
@@ -322,11 +355,6 @@ class NativeLoader(BaseLoader):
         """Put a checkpoint in the DRAM tier (the ``hot`` state)."""
         if self.dram is None:
             raise UnsupportedCheckpointError("the DRAM tier is off: set loader.dram_dir")
-        if not self.dram.huge_pages and not self._warned_small_pages:
-            self._warned_small_pages = True
-            log.warning("DRAM tier %s has 4 KiB pages: a hot load populates 512× more page-table entries than on a "
-                        "huge-page tmpfs (`make dram-tier`, root: python -m loaders.native.hugetmpfs mount)",
-                        self.dram.root)
         src = Path(checkpoint_dir)
         key = self.tier_key(src)
         with self.dram.reading(key) as hot:
@@ -334,7 +362,15 @@ class NativeLoader(BaseLoader):
                 return hot
         # a stale entry (its source changed since staging), if any; never one another process staged meanwhile
         self.dram.remove(key, keep=lambda entry: self._fresh(entry, src))
-        return self._stage(key, src)
+        entry = self._stage(key, src)
+        huge = self.dram.huge_fraction(entry)
+        if not self.dram.huge_pages and huge is not None and huge < 0.5 and not self._warned_small_pages:
+            self._warned_small_pages = True
+            log.warning("DRAM tier %s: %s of %s is on 2 MiB pages (the kernel refused MADV_COLLAPSE or had no free "
+                        "huge pages): a hot load populates up to 512× more page-table entries (`make dram-tier`, "
+                        "root: python -m loaders.native.hugetmpfs mount)", self.dram.root, f"{huge:.0%}",
+                        src.name)
+        return entry
 
     def _stage(self, key: str, src: Path) -> Path:
         """Copy exactly the files a load of ``src`` reads into the DRAM tier as ``key``, with ``src``'s fingerprint."""
@@ -349,20 +385,20 @@ class NativeLoader(BaseLoader):
                     mark_verified(held, self._plan(held, verify="never").fingerprint)  # no second hashing pass
         return copy
 
-    def _map(self, plan: _Plan, tier: str, t0: float, cold: bool | None = None) -> LoadResult:
-        """CPU: tensors are views of private mappings, populated in parallel (and, for files read from the disk now,
-        touched inside the pipeline: ``populate``). ``cold=None`` asks the page cache."""
-        maps: dict[Path, mmap.mmap] = {}
+    def _map(self, plan: _Plan, tier: str, t0: float, cold: bool) -> LoadResult:
+        """CPU: tensors are views of private mappings on 2 MiB boundaries. Cold files are populated in parallel with
+        the kernel's readahead and touched inside the pipeline (``populate``); resident ones (page cache, DRAM tier)
+        are faulted in by touching one byte per page, so 2 MiB folios map 2 MiB at a time."""
+        maps: dict[Path, FileMap | None] = {}
         bases: dict[Path, int] = {}
         tensors: dict[Path, torch.Tensor] = {}
         for path in plan.files:
             maps[path], tensors[path] = map_file(path)
         for seg in plan.segments:  # each file's place in the plan's address space
             bases.setdefault(seg.path, seg.dest_offset - seg.file_offset)
-        if cold is None:
-            cold = resident_fraction(plan.files, windows=64) < 0.5
         t_map = time.perf_counter()
-        stats = populate(maps, plan.segments, self.threads, touch=tensors if cold else None)
+        stats = populate(maps, plan.segments, self.threads, touch=tensors if cold else None,
+                         resident=None if cold else tensors)
         t_read = time.perf_counter()
         ordered = sorted(bases.items(), key=lambda kv: kv[1])
         state_dict = {}
@@ -374,10 +410,10 @@ class NativeLoader(BaseLoader):
                 later = [tensors[p][: end - b] for p, b in ordered if v.offset < b < end]
                 flat = torch.cat([flat, *later])
             state_dict[v.name] = _tensor(flat, v)
-        phases = {"plan_alloc_s": t_map - t0, "pipeline_s": t_read - t_map, "read_s": stats.read_s,
-                  "copy_s": 0.0, "wait_s": 0.0, "verify_s": stats.verify_s, "direct_io": 0.0,
-                  "max_in_flight": 0.0, "mapped": 1.0, "touched": float(cold)}
-        return LoadResult(state_dict, phases, {tier: stats.bytes_read})
+        phases = {"plan_alloc_s": t_map - t0, "alloc_s": 0.0, "pipeline_s": t_read - t_map, "read_s": stats.read_s,
+                  "fault_s": stats.fault_s, "copy_s": 0.0, "wait_s": 0.0, "verify_s": stats.verify_s,
+                  "direct_io": 0.0, "max_in_flight": 0.0, "mapped": 1.0, "touched": float(cold), "arena": 0.0}
+        return LoadResult(state_dict, phases, {tier: stats.bytes_read}, {"path": "map"})
 
     def unstage_from_dram(self, checkpoint_dir: Path) -> None:
         """Make sure the checkpoint is not served from the DRAM tier (for the cold and warm states)."""
@@ -409,6 +445,7 @@ class NativeLoader(BaseLoader):
                         checked = time.perf_counter() - t0
                         result = self._load_from(hot, device, "dram", direct=False)
                         result.phases_s["dram_huge_pages"] = float(self.dram.huge_pages)
+                        result.phases_s["dram_huge_fraction"] = self.dram.huge_fraction(hot) or 0.0
                         result.phases_s["source_check_s"] = checked
                         return result
                     stale = True
@@ -462,7 +499,9 @@ class NativeLoader(BaseLoader):
 
                 checksummed = plan.verifying or record
                 ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
-                if device.type == "cpu" and not ring:
+                arena = host_arena.current() if device.type == "cpu" and not ring else None
+                lease = arena.lease(plan.total_bytes) if arena is not None else None
+                if device.type == "cpu" and not ring and lease is None:
                     # The SSD-tier files' pages, mapped privately, are the tensors: no model-sized buffer besides them.
                     t_plan = time.perf_counter()
                     stats = receive_into_files(plan.segments, fetch, self.threads)
@@ -483,13 +522,23 @@ class NativeLoader(BaseLoader):
                               pipeline_s=t_fetch - t_plan + ph["pipeline_s"], fetch_s=stats.read_s,
                               verify_s=stats.verify_s, write_s=stats.copy_s)
                 else:
+                    # Into the pinned ring (CUDA) or a pool worker's arena (CPU), written through beside. From the
+                    # arena the SSD-tier copy is written with O_DIRECT where aligned: no fresh page-cache page is
+                    # filled for a copy the next load reads from the disk anyway (on the 2-core VM those pages, not
+                    # the network, were what held a remote load to half the download's speed).
                     fds.update({f.name: os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in files})
+                    if lease is not None:
+                        with contextlib.suppress(OSError):  # a file system without O_DIRECT: buffered writes
+                            fds.update({f"{f.name}\0direct": os.open(f, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+                                        for f in files})
 
                     def write_through(seg: Segment, view: memoryview) -> None:
-                        remote_tier.pwrite_all(fds[seg.path.name], view, seg.file_offset)
+                        direct = fds.get(f"{seg.path.name}\0direct")
+                        remote_tier.write_through(fds[seg.path.name], direct, view, seg.file_offset)
 
                     result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch,
-                                        on_segment=write_through)
+                                        on_segment=write_through, dest=lease)
+                    del lease
                     for fd in fds.values():
                         os.close(fd)
                     fds.clear()
@@ -518,22 +567,48 @@ class NativeLoader(BaseLoader):
                 result.phases_s["dram_insert_failed"] = 1.0
         return result
 
+    def prepare(self, checkpoint_dir: Path | str, device: torch.device) -> dict[str, object] | None:
+        """Before any timed load (the loading experiment's set-up): measure which read path is fastest for this
+        checkpoint's disk and ``device`` unless a full measurement is cached; the record (also what trials read)."""
+        if is_url(checkpoint_dir) or self.probe.bytes == 0:
+            return None
+        allowed = path_probe.candidates(device.type, self.staging, self.direct_io)
+        if len(allowed) < 2:
+            return None
+        plan = self._plan(Path(checkpoint_dir), verify="never")
+        return self._probe_record(plan, device, self.probe.bytes, use_quick=False)
+
+    def _probe_record(self, plan: _Plan, device: torch.device, nbytes: int,
+                      use_quick: bool = True) -> dict[str, object] | None:
+        """The cached measurement for this plan's disk and device, else measure ``nbytes`` now and cache it."""
+        files = [p for p in plan.files if p.stat().st_size]
+        if not files or nbytes == 0:
+            return None
+        biggest = max(files, key=lambda p: p.stat().st_size)
+        chunk = max(s.length for s in plan.segments)
+        key = path_probe.probe_key(biggest, device.type, self.threads, chunk)
+        record = self.probes.get(key)
+        if record is not None and (use_quick or not record.get("quick")):
+            return record
+        if min(nbytes, biggest.stat().st_size) < path_probe.MIN_PROBE_BYTES:
+            return None  # too small a file to tell the paths apart: the default order
+        record = path_probe.measure(biggest, device, self.threads, chunk, nbytes, repeats=1 if use_quick else 3,
+                                    fresh_processes=not use_quick)
+        record["quick"] = use_quick
+        self.probes.put(key, record)
+        log.info("native loader: measured read paths on %s (%s): %s", biggest.parent, device.type, record["choice"])
+        return record
+
     def _load_from(self, directory: Path, device: torch.device, tier: str, direct: bool | None) -> LoadResult:
         t0 = time.perf_counter()
         plan = self._plan(directory)
-        ring = self.staging == "ring" or (self.staging == "auto" and device.type == "cuda")
-        # CPU: the tensors are private mappings of the files, populated by parallel MADV_POPULATE_READ (which reads
-        # cold pages with the kernel's readahead). On the 2-core VM a cold opt-1.3b loaded that way in 0.88–1.09 s
-        # against 2.9–7.1 s with O_DIRECT preads into a fresh buffer and 2.1–2.5 s for safetensors
-        # (benchmarks/cold_inprocess.py): a fresh model-sized buffer costs more than the page cache it avoids.
+        ring = self.staging == "ring" or device.type == "cuda"
         try:
-            if device.type == "cpu" and (self.staging == "map" or (self.staging == "auto" and self.direct_io != "on")):
-                result = self._map(plan, tier, t0, cold=False if tier == "dram" else None)
+            if device.type == "cpu" and tier == "dram" and self.staging in ("auto", "map"):
+                result = self._map(plan, tier, t0, cold=False)  # tmpfs: no O_DIRECT, and a copy only costs
+                result.info["path_source"] = "dram tier"
             else:
-                if direct is None:  # O_DIRECT only when reading cold from the SSD tier
-                    direct = self.direct_io == "on" or (
-                        self.direct_io == "auto" and resident_fraction(plan.files, windows=64) < 0.5)
-                result = self._read(plan, tier, t0, device, direct, ring)
+                result = self._chosen(plan, tier, t0, device, ring, direct)
         except ChunkChecksumError:
             forget_verified(directory)  # whatever was trusted before: the next load verifies every chunk
             raise
@@ -542,25 +617,73 @@ class NativeLoader(BaseLoader):
         result.phases_s["verify_sampled_chunks"] = float(plan.sampled)
         return result
 
+    def _chosen(self, plan: _Plan, tier: str, t0: float, device: torch.device, ring: bool,
+                direct: bool | None) -> LoadResult:
+        """Take the path the knobs allow, or the fastest one measured for this disk, device, cache state and
+        destination (a pool worker's arena when one is free, else fresh memory)."""
+        cold = resident_fraction(plan.files, windows=64) < 0.5
+        allowed = path_probe.candidates(device.type, self.staging, self.direct_io)
+        if direct is False:  # a tier without O_DIRECT (tmpfs)
+            allowed = tuple(p for p in allowed if p != "direct") or ("buffered",)
+        arena = host_arena.current() if device.type == "cpu" and not ring else None
+        lease = arena.lease(plan.total_bytes) if arena is not None else None
+        dest = "ring" if ring else ("arena" if lease is not None else "fresh")
+        record, t_probe = None, time.perf_counter()
+        if len(allowed) > 1:
+            record = self._probe_record(plan, device, self.probe.quick_bytes)
+        probe_s = time.perf_counter() - t_probe if record is not None and record.get("quick") else 0.0
+        choice = path_probe.choose(allowed, record, device.type, "cold" if cold else "warm",
+                                   "fresh" if dest == "ring" and device.type == "cpu" else dest)
+        if choice.path == "map":
+            del lease
+            result = self._map(plan, tier, t0, cold=cold)
+        else:
+            result = self._read(plan, tier, t0, device, choice.path == "direct", ring, dest=lease, huge=choice.huge)
+        result.phases_s["probe_s"] = probe_s
+        result.phases_s["path_probed"] = float(choice.source == "probe")
+        result.info.update(path=choice.label(dest), path_source=choice.source)
+        return result
+
     def _read(self, plan: _Plan, tier: str, t0: float, device: torch.device, direct: bool, ring: bool,
               fetch: Callable[[Segment, memoryview], None] | None = None,
-              on_segment: Callable[[Segment, memoryview], None] | None = None) -> LoadResult:
-        """pread into one destination buffer (CPU), or through the staging ring (CUDA, or staging=ring)."""
+              on_segment: Callable[[Segment, memoryview], None] | None = None, dest: torch.Tensor | None = None,
+              huge: bool = False) -> LoadResult:
+        """pread into one destination buffer (CPU: ``dest`` — a leased arena — else fresh memory, faulted in ahead of
+        the readers), or through the staging ring (CUDA, or staging=ring), kept in the arena where there is one."""
+        t_start = time.perf_counter()
+        engine: CudaCopyEngine | ThreadCopyEngine | None = None
+        leased = dest is not None and device.type == "cpu"
         if device.type == "cuda":
             dest = torch.empty(plan.total_bytes, dtype=torch.uint8, device=device)
-            engine: CudaCopyEngine | ThreadCopyEngine | None = CudaCopyEngine(device, self.copy_streams)
-        else:
-            dest = aligned_empty(plan.total_bytes)
-            engine = ThreadCopyEngine(self.copy_streams) if ring else None
+            engine = CudaCopyEngine(device, self.copy_streams)
+        elif dest is None:
+            dest = aligned_empty(plan.total_bytes, huge=huge)
+        if ring and device.type == "cpu":
+            engine = ThreadCopyEngine(self.copy_streams)
         t_alloc = time.perf_counter()
         seg_max = max((s.length for s in plan.segments), default=1)
-        stats = run_pipeline(plan.segments, dest, self.threads, direct, engine if ring else None,
-                             ring_buffers=max(1, self.ring_bytes // seg_max), on_segment=on_segment, fetch=fetch)
+        count = max(1, self.ring_bytes // seg_max)
+        arena = host_arena.current() if ring else None
+        buffers = arena.ring(count, -(-seg_max // ALIGNMENT) * ALIGNMENT) if arena is not None else None
+        fresh = not ring and not leased
+        try:
+            stats = run_pipeline(plan.segments, dest, self.threads, direct, engine if ring else None,
+                                 ring_buffers=count, on_segment=on_segment, fetch=fetch, prefault=fresh,
+                                 buffers=buffers)
+        finally:
+            if buffers is not None and arena is not None:
+                arena.release_ring()
         t_read = time.perf_counter()
         state_dict = {}
         for v in plan.views:
             state_dict[v.name] = _tensor(dest[v.offset :], v)
-        phases = {"plan_alloc_s": t_alloc - t0, "pipeline_s": t_read - t_alloc, "read_s": stats.read_s,
-                  "copy_s": stats.copy_s, "wait_s": stats.wait_s, "verify_s": stats.verify_s,
-                  "direct_io": float(stats.direct_io), "max_in_flight": float(stats.max_in_flight)}
-        return LoadResult(state_dict, phases, {tier: stats.bytes_read})
+        phases = {"plan_alloc_s": t_alloc - t0, "alloc_s": t_alloc - t_start, "pipeline_s": t_read - t_alloc,
+                  "read_s": stats.read_s, "fault_s": stats.fault_s, "faulted_fraction":
+                  stats.faulted_bytes / plan.total_bytes if plan.total_bytes else 0.0, "copy_s": stats.copy_s,
+                  "wait_s": stats.wait_s, "verify_s": stats.verify_s, "direct_io": float(stats.direct_io),
+                  "max_in_flight": float(stats.max_in_flight), "mapped": 0.0,
+                  "arena": float(leased), "ring_kept": float(buffers is not None),
+                  "fresh_huge": float(fresh and huge)}
+        how = "fetch" if fetch is not None else "direct" if direct else "buffered"
+        label = how + ("→ring" if ring else ("→fresh" if fresh else "→arena"))
+        return LoadResult(state_dict, phases, {tier: stats.bytes_read}, {"path": label})

@@ -1,6 +1,10 @@
 """The read pipeline: reader threads pread large chunks into one destination buffer, directly or through a ring.
 
 ``direct`` mode (CPU): each chunk is read straight into its place in the destination (one copy, kernel → user).
+A destination of fresh memory is faulted in by a prefault thread that runs ahead of the readers (``prefault``): on
+the 2-core CI VM a fresh page's first touch costs about as much as reading it from the disk (0.6–1.0 s per 2.6 GB
+of 4 KiB pages, 2.3–6.7 s of 2 MiB ones), and paid inside each reader's ``pread`` it stalls that reader's next
+request; paid by a thread of its own it overlaps the disk.
 ``ring`` mode (CUDA, and CPU tests of the same logic): each reader owns a few staging buffers; it reads a chunk
 into one, starts an asynchronous copy to the destination on its own stream, and reuses the buffer only after that
 copy's event completed, so memory stays bounded by the ring however large the model.
@@ -9,6 +13,8 @@ copy's event completed, so memory stays bounded by the ring however large the mo
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import mmap
 import os
 import threading
@@ -25,6 +31,11 @@ import xxhash
 from loaders.native.format import ALIGNMENT, ChunkChecksumError, open_regular
 
 S = TypeVar("S")
+
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux ≥ 5.14 uapi value; Python 3.11 lacks the name
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PAGE = mmap.PAGESIZE
 
 
 def parallel_for(count: int, threads: int, work: Callable[[int, S], None], state: Callable[[], S],
@@ -74,6 +85,8 @@ class PipelineStats:
     copy_s: float = 0.0  # summed over threads: time issuing/doing staging → destination copies
     wait_s: float = 0.0  # summed over threads: time waiting for a staging buffer to come back
     verify_s: float = 0.0
+    fault_s: float = 0.0  # the prefault thread's time faulting in destination pages (first touch of fresh memory)
+    faulted_bytes: int = 0  # destination bytes the prefault thread faulted in before a reader reached them
     bytes_read: int = 0
     max_in_flight: int = 0
     direct_io: bool = False
@@ -142,15 +155,31 @@ class ThreadCopyEngine:
         self.pool.shutdown(wait=True)
 
 
-def aligned_empty(nbytes: int) -> torch.Tensor:
-    """A page-aligned uint8 CPU tensor backed by an anonymous mapping (huge pages when the kernel allows)."""
+def aligned_empty(nbytes: int, huge: bool = False) -> torch.Tensor:
+    """A page-aligned uint8 CPU tensor backed by a fresh anonymous mapping; ``huge`` asks for transparent huge pages.
+
+    Huge pages are not the default: their first touch zeroes 2 MiB at a time, which on the 2-core CI VM (a nested
+    guest whose host backs never-touched memory lazily) ran at 0.4–1.2 GB/s against 2.5–4.3 GB/s for 4 KiB pages,
+    and made O_DIRECT loads into a fresh buffer 0.14 of the disk's ceiling. ``loaders.native.probe`` measures
+    which kind is faster on the machine at hand."""
     if nbytes == 0:
         return torch.empty(0, dtype=torch.uint8)
     mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
-        with contextlib.suppress(OSError):  # fewer page faults when transparent huge pages are enabled
-            mm.madvise(mmap.MADV_HUGEPAGE)
+        with contextlib.suppress(OSError):
+            mm.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
     return torch.frombuffer(mm, dtype=torch.uint8)  # the tensor keeps the mapping alive
+
+
+def populate_write(t: torch.Tensor, start: int = 0, length: int | None = None) -> bool:
+    """Fault in ``t``'s bytes [start, start + length) for writing (``MADV_POPULATE_WRITE``; CPU tensors only);
+    False where the kernel has no such advice (before 5.14): the caller's first writes fault them instead."""
+    length = t.numel() * t.element_size() - start if length is None else length
+    addr = t.data_ptr() + start
+    begin = addr - addr % PAGE
+    if length <= 0:
+        return True
+    return _libc.madvise(ctypes.c_void_p(begin), length + (addr - begin), MADV_POPULATE_WRITE) == 0
 
 
 def as_memoryview(t: torch.Tensor) -> memoryview:
@@ -192,11 +221,15 @@ def verify_segment(view: memoryview, seg: Segment) -> None:
 def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, direct: bool,
                  engine: CopyEngine | None = None, ring_buffers: int = 0,
                  on_segment: Callable[[Segment, memoryview], None] | None = None,
-                 fetch: Callable[[Segment, memoryview], None] | None = None) -> PipelineStats:
+                 fetch: Callable[[Segment, memoryview], None] | None = None, prefault: bool = False,
+                 buffers: Sequence[torch.Tensor] | None = None) -> PipelineStats:
     """Fill ``dest`` (a flat uint8 tensor) from the segments with ``threads`` readers.
 
-    Without ``engine`` the readers pread straight into ``dest`` (which must be a CPU tensor). With an engine,
-    ``ring_buffers`` staging buffers (≥ 1 per reader) of the largest segment size are reused round-robin.
+    Without ``engine`` the readers pread straight into ``dest`` (which must be a CPU tensor); ``prefault`` (fresh
+    memory) adds a thread that faults the destination in ahead of them, segment by segment in their order,
+    skipping to the readers' position whenever they catch up. With an engine, ``ring_buffers`` staging buffers
+    (≥ 1 per reader) of the largest segment size are reused round-robin; ``buffers`` hands in ones kept from an
+    earlier load (a pool worker's arena: pinned once, never again).
     ``on_segment`` sees each segment's verified bytes (used to write a tier through while loading).
     ``fetch`` replaces the local pread: it fills the view with the segment's bytes (the remote tier's range reads).
     """
@@ -208,19 +241,27 @@ def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, 
     errors: list[BaseException] = []
     seg_max = max((s.length for s in segments), default=0)
     per_thread = max(1, ring_buffers // threads) if engine is not None else 0
+    if buffers is not None:
+        per_thread = max(1, len(buffers) // threads)
     in_flight = [0]
+    claimed = [0]  # segments the readers have taken (the prefault thread stays ahead of this)
 
     def reader(worker: int) -> None:
         bufs: list[torch.Tensor] = []
         pending: list[Any] = []
         if engine is not None:
-            bufs = [engine.make_buffer(-(-seg_max // ALIGNMENT) * ALIGNMENT) for _ in range(per_thread)]
+            if buffers is not None:
+                bufs = list(buffers[worker * per_thread : (worker + 1) * per_thread])
+            else:
+                bufs = [engine.make_buffer(-(-seg_max // ALIGNMENT) * ALIGNMENT) for _ in range(per_thread)]
             pending = [None] * per_thread
         k = 0
         try:
             while not errors:
                 with lock:
                     i = next(next_item, None)
+                    if i is not None:
+                        claimed[0] = i + 1
                 if i is None:
                     break
                 seg = segments[i]
@@ -263,8 +304,28 @@ def run_pipeline(segments: Sequence[Segment], dest: torch.Tensor, threads: int, 
         except BaseException as exc:
             errors.append(exc)
 
+    def prefaulter() -> None:
+        """Fault the destination in ahead of the readers (their first touch of fresh memory is then not theirs)."""
+        j = 0
+        try:
+            while not errors:
+                with lock:
+                    j = max(j, claimed[0])
+                if j >= len(segments):
+                    return
+                seg = segments[j]
+                t0 = time.perf_counter()
+                if not populate_write(dest, seg.dest_offset, seg.length):
+                    return  # no MADV_POPULATE_WRITE: the readers fault their pages themselves
+                stats.add(fault_s=time.perf_counter() - t0, faulted_bytes=seg.length)
+                j += 1
+        except BaseException as exc:
+            errors.append(exc)
+
     try:
         workers = [threading.Thread(target=reader, args=(w,), name=f"coldstart-read-{w}") for w in range(threads)]
+        if prefault and engine is None and dest.device.type == "cpu" and segments:
+            workers.append(threading.Thread(target=prefaulter, name="coldstart-prefault"))
         for w in workers:
             w.start()
         for w in workers:

@@ -13,6 +13,7 @@ every byte arrived and was verified, so no partial entry is ever visible.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -84,6 +85,19 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
+
+
+def write_through(fd: int, direct_fd: int | None, data: memoryview, offset: int) -> None:
+    """Write a chunk into its SSD-tier file: with O_DIRECT (``direct_fd``) the 4 KiB-aligned part when the chunk's
+    memory, offset and length allow it, bypassing the page cache; the rest (a file's tail) through ``fd``."""
+    aligned = len(data) - len(data) % 4096
+    address = ctypes.addressof(ctypes.c_char.from_buffer(data)) if direct_fd is not None and aligned else 0
+    if direct_fd is not None and aligned and address % 4096 == 0 and offset % 4096 == 0:
+        pwrite_all(direct_fd, data[:aligned], offset)
+        if aligned < len(data):
+            pwrite_all(fd, data[aligned:], offset + aligned)
+        return
+    pwrite_all(fd, data, offset)
 
 
 def _reserve(fd: int, size: int) -> bool:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtimes.warm import init_device, prebuild_models, preimport, release_memory, rss_bytes, warm_forward
+from runtimes.warm import init_device, prebuild_models, preimport, release_memory, rss_bytes, start_arena, warm_forward
 
 
 class InstanceLoadError(RuntimeError):
@@ -30,7 +30,7 @@ class ModelInstance:
     def __init__(self, model: dict[str, Any] | None = None, dtype: str = "fp32", device: str = "cpu",
                  modules: list[str] | None = None, models: list[dict[str, Any]] | None = None,
                  warmup_dtype: str | None = None, prebuild_dtype: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, arena_bytes: int = 0, arena_ring_bytes: int = 0) -> None:
         self.model_cfg = dict(model) if model else None
         self.dtype, self.device_name = dtype, device
         self.model: Any = None
@@ -48,6 +48,7 @@ class ModelInstance:
                 warm_forward(models or [], warmup_dtype, device)
             if prebuild_dtype:
                 prebuild_models(models or [], prebuild_dtype)
+            start_arena(arena_bytes, arena_ring_bytes, device)  # a pool's host arena (runtimes/warm.py)
             release_memory(device)
             self.idle_rss_bytes = rss_bytes()
 

@@ -55,12 +55,10 @@ def test_a_loading_run_folder_describes_what_ran_and_repeats_it(tmp_path: Path) 
     # repeated elsewhere: the cache and DRAM tier the environment names now differ; the repeat pins the recorded ones
     moved = {**env, "COLDSTART_CACHE": str(tmp_path / "other-cache"), "COLDSTART_DRAM_DIR": str(tmp_path / "d2"),
              "COLDSTART_RESULTS": str(tmp_path / "again")}
-    os.environ.update(moved)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # this process's own folders come back afterwards, not the run's
+        for key, value in moved.items():
+            mp.setenv(key, value)
         words = repeat_overrides(run)
-    finally:
-        for key, value in env.items():
-            os.environ[key] = value
     assert f"storage.root='{tmp_path / 'cache' / 'checkpoints'}'" in words
     assert f"loader_args.native.dram_dir='{tmp_path / 'dram'}'" in words
     again = _app(moved, "--from-run", str(run))

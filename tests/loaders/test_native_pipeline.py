@@ -102,7 +102,7 @@ def test_cold_cpu_load_touches_its_pages_inside_the_pipeline(shared_store: Check
     from loaders.pagecache import evict, warm
 
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
-    loader = NativeLoader(dram_dir=None)
+    loader = NativeLoader(dram_dir=None, staging="map")
     assert evict(ckpt.files) < 0.5
     cold = loader.load(ckpt.path, CPU)
     assert cold.phases_s["touched"] == 1.0

@@ -69,7 +69,7 @@ def test_remote_load_writes_through_then_ssd_serves(nginx: Nginx, shared_store: 
     assert set(first.bytes_by_tier) == {"remote"}
     assert first.bytes_by_tier["remote"] >= ckpt.total_bytes
     assert verify_state_dict(ckpt, first.state_dict) == ckpt.total_bytes
-    assert ("mapped" in first.phases_s) == mapped
+    assert first.phases_s.get("mapped", 0.0) == float(mapped)
     local = tmp_path / "ssd" / url_key(url)
     assert _visible(tmp_path / "ssd") == [local.name]  # nothing else, no temp left
     for t in first.state_dict.values():  # the tensors are the caller's: writing them leaves the SSD copy intact
@@ -267,3 +267,39 @@ def test_a_killed_fetch_leaves_only_a_hidden_temp_that_the_next_fetch_removes(ng
     assert _visible(tmp_path / "ssd") == [stale.name]  # hidden: no loader takes it for an entry
     _loader(tmp_path).load(url, CPU)
     assert _visible(tmp_path / "ssd") == [url_key(url)]
+
+
+@pytest.mark.parametrize("fmt", ["native", "safetensors", "sllm"])
+def test_a_remote_load_into_an_arena_writes_the_ssd_copy_through(nginx: Nginx, shared_store: CheckpointStore,
+                                                                 tmp_path: Path, fmt: str) -> None:
+    """With a pool worker's arena the chunks land in it (no fresh memory) and go to the SSD tier's files with
+    O_DIRECT where aligned; the SSD copy then serves the next load, byte for byte."""
+    from loaders import arena
+
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native" if fmt == "native" else "safetensors",
+                               progress=False)
+    src = ckpt.path
+    if fmt == "sllm":
+        src = tmp_path / "sllm-src"
+        write_sllm(NativeLoader(dram_dir=None, format="safetensors").load(ckpt.path, CPU).state_dict, src)
+    served = _publish(src, nginx.root, f"arena-{fmt}")
+    made = arena.HostArena(4 << 20)
+    previous = arena.install(made)
+    try:
+        loader = _loader(tmp_path, threads=2)
+        first = loader.load(f"{nginx.url}/{served.name}", CPU)
+        assert first.phases_s["arena"] == 1.0
+        assert first.info["path"] == "fetch→arena"
+        assert verify_state_dict(ckpt, first.state_dict) == ckpt.total_bytes
+        del first
+        second = loader.load(f"{nginx.url}/{served.name}", CPU)
+        assert set(second.bytes_by_tier) == {"ssd"}
+        assert verify_state_dict(ckpt, second.state_dict) == ckpt.total_bytes
+        for f in served.iterdir():  # the SSD-tier copy is the server's bytes (tails written buffered)
+            if f.is_file() and not f.name.startswith("."):
+                copy = tmp_path / "ssd" / url_key(f"{nginx.url}/{served.name}") / f.name
+                assert copy.read_bytes() == f.read_bytes(), f.name
+        del second
+    finally:
+        arena.install(previous)
+        made.close()

@@ -20,7 +20,7 @@ ZYGOTE = "runtimes.zygote"
 # worker is not one
 POOL_WORKER = "runtimes.worker:TrialWorker"
 MARKS = ["spawn", "handoff", "imports", "device_init", "weights", "model_build", "first_token"]
-FORMAT = {"safetensors": "safetensors", "torch_mmap": "torch_bin"}
+FORMAT = {"safetensors": "safetensors", "torch_mmap": "torch_bin", "native": "native"}
 
 
 def checkpoint(store: CheckpointStore, model: str, loader: str = "safetensors") -> Checkpoint:
