@@ -44,7 +44,7 @@ class PoolRuntime:
     def __init__(self, size: int = 1, recycle: str = "rss", rss_tolerance: float = 0.05, max_uses: int = 0,
                  preimport: list[str] | None = None, preimport_run: bool = True, retries: int = 1,
                  start_timeout_s: float = 300.0, wait_full: bool = True, warmup: bool = True,
-                 prebuild: bool = True, refill: str = "after_load") -> None:
+                 prebuild: bool = True, refill: str = "after_load", prepare_engines: bool = False) -> None:
         if int(size) < 1:
             raise ValueError(f"runtime.size={size}; a pool needs at least one worker")
         if recycle not in RECYCLE:
@@ -58,6 +58,10 @@ class PoolRuntime:
         self.preimport = list(BASE_MODULES if preimport is None else preimport)
         self.preimport_run, self.wait_full, self.warmup = preimport_run, bool(wait_full), bool(warmup)
         self.prebuild = bool(prebuild)
+        self.prepare_engines = bool(prepare_engines)
+        if self.prepare_engines and not self.prebuild:
+            raise ValueError("runtime.prepare_engines=true needs runtime.prebuild=true (an engine is prepared for a "
+                             "built architecture)")
         if refill not in REFILL:
             raise ValueError(f"runtime.refill={refill!r}; choose one of {REFILL}")
         self.refill = refill
@@ -72,9 +76,13 @@ class PoolRuntime:
         if self.preimport_run:
             modules += [m for m in modules_of(ctx.loaders) if m not in modules]
             models = list(ctx.models)
-        return {"device": ctx.device, "modules": modules, "models": models, "threads": ctx.threads,
-                "warmup_dtype": ctx.dtype if self.warmup and models else None,
-                "prebuild_dtype": ctx.dtype if self.prebuild and models else None}
+        out: dict[str, Any] = {"device": ctx.device, "modules": modules, "models": models, "threads": ctx.threads,
+                               "warmup_dtype": ctx.dtype if self.warmup and models else None,
+                               "prebuild_dtype": ctx.dtype if self.prebuild and models else None}
+        if self.prepare_engines and models:
+            out.update({"engines": list(ctx.engines), "prompt_ids": list(ctx.prompt_ids),
+                        "decode_tokens": ctx.decode_tokens})
+        return out
 
     def check(self, ctx: RuntimeContext) -> None:
         """Pre-started processes (not forks) serve every device."""
@@ -158,7 +166,7 @@ class PoolRuntime:
         stats = dict(self.pool.stats) if self.pool is not None else {}
         return {"name": self.name, "size": self.size, "recycle": self.recycle, "rss_tolerance": self.rss_tolerance,
                 "max_uses": self.max_uses, "preimport": self.preimport, "warmup": self.warmup,
-                "prebuild": self.prebuild, "refill": self.refill,
+                "prebuild": self.prebuild, "refill": self.refill, "prepare_engines": self.prepare_engines,
                 "retried": self.retried, **stats}
 
     def close(self) -> None:
