@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.executors.base import TrialError
 from harness.executors.workers import WorkerDiedError, WorkerError, WorkerTimeoutError, start_worker
-from runtimes.base import RuntimeContext
+from runtimes.base import RuntimeContext, RuntimeUnsupportedError
 from runtimes.warm import BASE_MODULES, modules_of
 from runtimes.workerpool import PoolError, WorkerPool
 
@@ -79,6 +79,9 @@ class PoolRuntime:
         out: dict[str, Any] = {"device": ctx.device, "modules": modules, "models": models, "threads": ctx.threads,
                                "warmup_dtype": ctx.dtype if self.warmup and models else None,
                                "prebuild_dtype": ctx.dtype if self.prebuild and models else None}
+        if self.prepare_engines and not ctx.engines:
+            raise RuntimeUnsupportedError("runtime.prepare_engines=true: this run lists no engines to prepare (the "
+                                          "loading experiment's engines=[...]); set it false here")
         if self.prepare_engines and models:
             out.update({"engines": list(ctx.engines), "prompt_ids": list(ctx.prompt_ids),
                         "decode_tokens": ctx.decode_tokens})

@@ -319,14 +319,14 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     runtimes = start_runtimes(cfg, runtime_names, ctx)  # forkserver refuses CUDA here, before any work
     try:
         return _run_trials(cfg, out_dir, device, trials, states, model, store, cells, rng, runtimes, model_cfg,
-                           (engines, compile_caches))
+                           (engines, compile_caches, executor))
     finally:
         close_runtimes(runtimes)
 
 
 def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: int, states: list[str], model: _Model,
                 store: CheckpointStore, cells: list[_LoaderCell], rng: random.Random, runtimes: dict[str, Runtime],
-                model_cfg: dict[str, Any], engine_axis: tuple[list[_EngineCell], list[str]]) -> ExperimentResult:
+                model_cfg: dict[str, Any], engine_axis: tuple[list[_EngineCell], list[str], Any]) -> ExperimentResult:
     spec = model.spec
     ckpts: dict[str, Checkpoint] = {}
     for fmt in sorted({c.fmt for c in cells if c.fmt and not c.unavailable}):
@@ -351,7 +351,7 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
 
     cold = _ColdSource(cfg.cold_method, float(cfg.max_resident_fraction), store.root / "copies" / out_dir.name)
     # distinct copies per checkpoint format: one per cold trial of the loaders reading that format
-    engines, compile_caches = engine_axis
+    engines, compile_caches, executor = engine_axis
     engine_by_name = {e.name: e for e in engines}
     variants = [(e.name, cc) for e in engines for cc in e.states(compile_caches)]
     copies_needed = {fmt: trials * len(runtimes) * len(variants)
@@ -360,7 +360,7 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
     plan = [(t, s, c, r, v) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))
             for r in rng.sample(names, len(names)) for v in rng.sample(variants, len(variants))]
     compile_root = store.root / "compile"  # compile artifacts beside the checkpoints (engines.compilecache)
-    primed = _prime_compile_caches(cfg, runtimes, engines, compile_caches, model, model_cfg, ckpts, cells, device,
+    primed = _prime_compile_caches(cfg, executor, engines, compile_caches, model, model_cfg, ckpts, cells, device,
                                    compile_root)
     rows: list[dict[str, Any]] = []
     stopped: BaseException | None = None
@@ -465,12 +465,13 @@ def _engine_spec(cfg: DictConfig, engine: _EngineCell, compile_cache: str, model
     return out
 
 
-def _prime_compile_caches(cfg: DictConfig, runtimes: dict[str, Runtime], engines: list[_EngineCell],
+def _prime_compile_caches(cfg: DictConfig, executor: Any, engines: list[_EngineCell],
                           compile_caches: list[str], model: _Model, model_cfg: dict[str, Any],
                           ckpts: dict[str, Checkpoint], cells: list[_LoaderCell], device: torch.device,
                           compile_root: Path) -> list[str]:
-    """Before a run that measures warm compile caches: one untimed cold start per compiling engine (its row is not
-    kept), so the first warm trial restores an artifact this machine and torch made; the engines primed."""
+    """Before a run that measures warm compile caches: one untimed cold start per compiling engine in a fresh process
+    (its row is not kept; a pool's prepared engine would compile nothing), so the first warm trial restores an
+    artifact this machine and torch made; the engines primed."""
     if "warm" not in compile_caches:
         return []
     cell = next((c for c in cells if c.fmt in ckpts and not c.unavailable), None)
@@ -488,8 +489,6 @@ def _prime_compile_caches(cfg: DictConfig, runtimes: dict[str, Runtime], engines
                 "manifest": str(ckpt.manifest_file) if ckpt.manifest_file else None,
                 **_engine_spec(cfg, engine, "cold", model, compile_root)}
         spec["decode_tokens"] = 0
-        rt = runtimes[next(iter(runtimes))]
-        rt.settle(float(cfg.trial_timeout_s))
-        rt.run_trial(spec, float(cfg.trial_timeout_s))
+        executor.run_trial(spec, float(cfg.trial_timeout_s))
         primed.append(engine.name)
     return primed
