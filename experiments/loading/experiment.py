@@ -185,6 +185,8 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
         row[f"worker_{k}"] = v
     if "retried" in out:
         row["retried"] = out["retried"]
+    if "swap_verified_bytes" in out:  # a prepared engine's parameters, checked equal to the verified tensors
+        row["swap_verified_bytes"] = out["swap_verified_bytes"]
     steps = out.get("decode_s") or []
     row["decode_tokens"] = len(steps)
     row["tpot_s"] = float(np.median(steps)) if steps else np.nan  # median time per output token
