@@ -43,7 +43,10 @@ PALETTE: dict[str, str] = {
     "fresh": "#7F7F7F", "forkserver": "#DA8BC3", "pool": "#64B5CD",
     # phases of a loading cold start and of a serverless cold start
     "t_handoff_s": "#B7B7E0", "t_imports_s": "#8C8C8C", "t_device_init_s": "#CCB974", "t_weights_s": "#C44E52",
-    "t_model_build_s": "#4C72B0", "t_first_token_s": "#55A868", "t_download_s": "#64B5CD", "t_other_s": "#DDDDDD",
+    "t_model_build_s": "#4C72B0", "t_kv_alloc_s": "#DA8BC3", "t_compile_s": "#DD8452",
+    "t_graph_capture_s": "#8172B3", "t_first_token_s": "#55A868", "t_download_s": "#64B5CD", "t_other_s": "#DDDDDD",
+    # engines (conf/engine) and compile-cache states
+    "eager": "#7F7F7F", "compiled": "#DD8452", "graphs": "#8172B3",
     "queue_s": "#8C8C8C", "migration_s": "#CCB974", "load_s": "#C44E52", "prefill_s": "#55A868",
 }
 # The native loader's ablation ladder (conf/experiment/sllm_ablation.yaml): one hue, darker per step.
@@ -62,7 +65,9 @@ LABELS: dict[str, str] = {
     "throughput_gbps": "throughput (GB/s)", "ceiling_gbps": "ceiling (GB/s)", "bytes": "checkpoint size (GB)",
     "t_handoff_s": "hand-off: a ready process (s)", "t_imports_s": "imports (s)",
     "t_device_init_s": "device init (s)", "t_weights_s": "weights (s)",
-    "t_model_build_s": "model build (s)", "t_first_token_s": "first token (s)",
+    "t_model_build_s": "model build (s)", "t_kv_alloc_s": "KV-cache allocation (s)",
+    "t_compile_s": "compile (s)", "t_graph_capture_s": "CUDA-graph capture (s)", "t_first_token_s": "first token (s)",
+    "tpot_s": "time per output token, median (s)", "engine": "engine", "compile_cache": "compile cache",
     "t_download_s": "download from remote (s)", "t_other_s": "RPCs and waits of the load call (s)",
     "speedup_vs_start": "speedup over the first step (×)",
     "ttft_s": "time to first token (s)", "e2e_s": "end-to-end latency (s)",

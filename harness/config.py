@@ -23,7 +23,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Groups whose options an experiment may list (``loaders=[...]``, policy lists, ``models=[...]``): each has an open
 # ``<group>_args`` node, so ``<group>_args.<option>.<key>=value`` overrides one listed option on the command line.
-ARG_GROUPS = ("model", "loader", "runtime", "scheduler", "keepalive", "placement", "routing", "topology")
+ARG_GROUPS = ("model", "loader", "runtime", "engine", "scheduler", "keepalive", "placement", "routing", "topology")
 
 
 class ConfigError(ValueError):

@@ -22,6 +22,9 @@ class RuntimeContext:
     models: list[dict[str, Any]] = field(default_factory=list)
     threads: int | None = None
     dtype: str = "fp16"
+    engines: list[dict[str, Any]] = field(default_factory=list)  # the run's engine options (a pool may prepare them)
+    prompt_ids: list[int] = field(default_factory=list)  # the fixed prompt (a prepared engine compiles at its length)
+    decode_tokens: int = 0
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.executors.base import TrialError
 from harness.executors.workers import WorkerDiedError, WorkerError, WorkerTimeoutError, start_worker
-from runtimes.base import RuntimeContext
+from runtimes.base import RuntimeContext, RuntimeUnsupportedError
 from runtimes.warm import BASE_MODULES, arena_size, modules_of, ring_size
 from runtimes.workerpool import PoolError, WorkerPool
 
@@ -44,7 +44,8 @@ class PoolRuntime:
     def __init__(self, size: int = 1, recycle: str = "rss", rss_tolerance: float = 0.05, max_uses: int = 0,
                  preimport: list[str] | None = None, preimport_run: bool = True, retries: int = 1,
                  start_timeout_s: float = 300.0, wait_full: bool = True, warmup: bool = True,
-                 prebuild: bool = True, refill: str = "after_load", arena: bool = True) -> None:
+                 prebuild: bool = True, refill: str = "after_load", arena: bool = True,
+                 prepare_engines: bool = False) -> None:
         if int(size) < 1:
             raise ValueError(f"runtime.size={size}; a pool needs at least one worker")
         if recycle not in RECYCLE:
@@ -58,6 +59,10 @@ class PoolRuntime:
         self.preimport = list(BASE_MODULES if preimport is None else preimport)
         self.preimport_run, self.wait_full, self.warmup = preimport_run, bool(wait_full), bool(warmup)
         self.prebuild = bool(prebuild)
+        self.prepare_engines = bool(prepare_engines)
+        if self.prepare_engines and not self.prebuild:
+            raise ValueError("runtime.prepare_engines=true needs runtime.prebuild=true (an engine is prepared for a "
+                             "built architecture)")
         if refill not in REFILL:
             raise ValueError(f"runtime.refill={refill!r}; choose one of {REFILL}")
         self.refill = refill
@@ -79,6 +84,12 @@ class PoolRuntime:
         if self.arena:  # sized for the largest model the pool serves; faulted in (pinned) at each worker's start
             kwargs["arena_bytes"] = arena_size(ctx.models, ctx.dtype)
             kwargs["arena_ring_bytes"] = ring_size(ctx.loaders)
+        if self.prepare_engines and not ctx.engines:
+            raise RuntimeUnsupportedError("runtime.prepare_engines=true: this run lists no engines to prepare (the "
+                                          "loading experiment's engines=[...]); set it false here")
+        if self.prepare_engines and models:
+            kwargs.update({"engines": list(ctx.engines), "prompt_ids": list(ctx.prompt_ids),
+                           "decode_tokens": ctx.decode_tokens})
         return kwargs
 
     def check(self, ctx: RuntimeContext) -> None:
@@ -164,6 +175,7 @@ class PoolRuntime:
         return {"name": self.name, "size": self.size, "recycle": self.recycle, "rss_tolerance": self.rss_tolerance,
                 "max_uses": self.max_uses, "preimport": self.preimport, "warmup": self.warmup,
                 "prebuild": self.prebuild, "refill": self.refill, "arena": self.arena,
+                "prepare_engines": self.prepare_engines,
                 "retried": self.retried, **stats}
 
     def close(self) -> None:

@@ -132,6 +132,40 @@ def stop_arena(made: Any) -> None:
         made.close()
 
 
+def prepare_engines(models: Iterable[dict[str, Any]], engines: Iterable[dict[str, Any]], dtype: str, device: str,
+                    prompt_ids: list[int], decode_tokens: int) -> tuple[dict[str, tuple[Any, Any]], float]:
+    """For each architecture × engine: the model built on the device (its weights are placeholders a cold start
+    overwrites), then the engine's set-up (KV cache, compile, graph capture) done now, before any cold start. The
+    prepared engines by ``harness.trial.engine_key`` and the seconds it took."""
+    import tempfile
+
+    import torch
+
+    from harness.trial import engine_key, instantiate
+
+    t0 = time.time()
+    dev = torch.device(device)
+    prepared: dict[str, tuple[Any, Any]] = {}
+    scratch = tempfile.mkdtemp(prefix="coldstart-pool-compile-")
+    for cfg in models:
+        spec = instantiate(cfg)
+        for engine_cfg in engines:
+            engine = instantiate(engine_cfg)
+            model = spec.build(dtype, dev)
+            with torch.no_grad():
+                for p in model.parameters():  # defined values (uninitialized memory may hold NaNs)
+                    p.zero_()
+            cache = {"state": "cold", "root": scratch, "dtype": dtype, "save": False,
+                     "architecture": {"name": spec.name, "arch": spec.arch, "hf_config": spec.hf_config}}
+            run = engine.prepare(model, dev, len(prompt_ids), decode_tokens, cache)
+            run.alloc_kv()
+            run.compile()
+            run.capture()
+            run.persist()
+            prepared[engine_key(cfg, dtype, engine_cfg, len(prompt_ids), str(dev))] = (model, run)
+    return prepared, time.time() - t0
+
+
 def rss_bytes() -> int:
     """This process's resident set size now (``/proc/self/statm``)."""
     with open("/proc/self/statm") as f:

@@ -51,7 +51,8 @@ def model_info(model: str, cluster: Cluster, dtype: str = "fp16") -> ModelInfo:
     2 · params / (GPUs · FLOP/s · eff) (the 2·N FLOPs per token of a dense transformer, Kaplan et al. 2020).
     Calibrated times (``cluster.model_times``, e.g. from a calibration file) replace parts of it:
     ``first_token_s`` the prefill base time, ``prefill_s_per_token`` / ``decode_s_per_token`` the slopes.
-    ``startup_s`` is what the cluster's runtime charges a cold start of the model (``Cluster.startup_s``).
+    ``startup_s`` is what the cluster's runtime charges a cold start of the model (``Cluster.startup_s``);
+    ``build_s`` includes the engine's set-up unless the runtime holds prepared engines (``Cluster.engine_s``).
     """
     facts = arch_facts(base_name(model), dtype)
     gpus = math.ceil(facts.size_bytes / (WEIGHT_FRACTION * cluster.gpu_mem_bytes))
@@ -76,7 +77,7 @@ def model_info(model: str, cluster: Cluster, dtype: str = "fp16") -> ModelInfo:
         prefill_s_per_token=prefill,
         prefill_base_s=float(base),
         decode_s_per_token=decode,
-        build_s=times.build_s,
+        build_s=times.build_s + cluster.engine_s(model),  # the engine's set-up follows the build
         startup_s=cluster.startup_s(model),
     )
 

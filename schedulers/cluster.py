@@ -21,13 +21,16 @@ def _positive(name: str, value: float, allowed: str = "> 0") -> None:
 class ModelTimes:
     """Measured per-model times from a calibration file (or a cluster's ``model_times``): model build after
     loading, first-token (prefill base) time, and optionally a measured per-token profile that replaces the
-    default roofline one (``schedulers.catalog.model_info``)."""
+    default roofline one (``schedulers.catalog.model_info``). ``engine_s``: what the calibrated engine's set-up
+    (``kv_alloc`` + ``compile`` + ``graph_capture``) adds to every cold start whose runtime does not hold a prepared
+    engine (``RuntimeTimes.prepared_engines``)."""
 
     build_s: float = 0.0
     first_token_s: float | None = None
     prefill_s_per_token: float | None = None
     decode_s_per_token: float | None = None
     startup_s: float = 0.0  # the fresh runtime's process start + imports for this architecture
+    engine_s: float = 0.0  # the engine's set-up after the build (KV cache, compile, graph capture; 0 for eager)
 
 
 RuntimeKind = Literal["fresh", "forkserver", "pool"]
@@ -51,6 +54,7 @@ class RuntimeTimes:
     pool_size: int = 0
     worker_start_s: float = 0.0
     refill: str = "after_load"  # pool: a replacement starts when the cold start it replaces is loaded | on_acquire
+    prepared_engines: bool = False  # pool: workers hold each model's engine set up; a cold start swaps weights in
 
     def __post_init__(self) -> None:
         if self.refill not in ("after_load", "on_acquire"):
@@ -69,6 +73,9 @@ class RuntimeTimes:
         if self.kind != "pool" and (self.pool_size or self.worker_start_s):
             raise ValueError(f"cluster.runtime.pool_size={self.pool_size!r}, worker_start_s={self.worker_start_s!r} "
                              f"are not allowed with kind={self.kind}; they must be 0 (only kind=pool has workers)")
+        if self.prepared_engines and self.kind != "pool":
+            raise ValueError(f"cluster.runtime.prepared_engines=true is not allowed with kind={self.kind}; only a "
+                             "pool's workers hold prepared engines")
         if self.kind == "fresh" and self.handoff_s:
             raise ValueError(f"cluster.runtime.handoff_s={self.handoff_s!r} is not allowed with kind=fresh; it must "
                              "be 0 (a fresh process's start-up is per model: model_times.<model>.startup_s)")
@@ -159,6 +166,11 @@ class Cluster:
     def times_for(self, model: str) -> ModelTimes:
         """Calibrated times for ``model`` (replica suffix ``#k`` ignored), or the defaults."""
         return self.model_times.get(model.split("#")[0], ModelTimes())
+
+    def engine_s(self, model: str) -> float:
+        """Seconds the engine's set-up adds to a cold start of ``model``: the calibrated ``engine_s``, or 0 when the
+        runtime's workers hold prepared engines (the weights are copied into one, inside the build)."""
+        return 0.0 if self.runtime.prepared_engines else self.times_for(model).engine_s
 
     def startup_s(self, model: str) -> float:
         """Seconds a cold start of ``model`` spends getting a ready process, besides waiting for a pool worker:
@@ -275,7 +287,11 @@ def _runtime_entry(doc: Mapping[str, Any], source: str, name: str) -> tuple[Runt
     if isinstance(size, bool) or not isinstance(size, int | float) or size != int(size) or int(size) < 1:
         raise CalibrationError(f"{source}: {key}.size={size!r} must be an integer ≥ 1")
     worker = _seconds(source, f"{key}.worker_start_s", entry["worker_start_s"])
-    return RuntimeTimes("pool", handoff_s=handoff, pool_size=int(size), worker_start_s=worker), {}
+    prepared = entry.get("prepared_engines", False)
+    if not isinstance(prepared, bool):
+        raise CalibrationError(f"{source}: {key}.prepared_engines={prepared!r} must be true or false")
+    return RuntimeTimes("pool", handoff_s=handoff, pool_size=int(size), worker_start_s=worker,
+                        prepared_engines=prepared), {}
 
 
 def _model_times(source: str, name: str, entry: Any) -> ModelTimes:
@@ -283,7 +299,7 @@ def _model_times(source: str, name: str, entry: Any) -> ModelTimes:
     if not isinstance(entry, Mapping):
         raise CalibrationError(f"{source}: models.{name} must be a mapping, got {entry!r}")
     values: dict[str, float] = {}
-    for key in ("build_s", "first_token_s", "prefill_s_per_token", "decode_s_per_token"):
+    for key in ("build_s", "first_token_s", "prefill_s_per_token", "decode_s_per_token", "engine_s"):
         value = entry.get(key)
         if value is None:
             continue

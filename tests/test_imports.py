@@ -11,10 +11,11 @@ from pathlib import Path
 from harness.paths import repo_root
 
 ROOT = repo_root()
-PACKAGES = ("loaders", "harness", "runtimes", "schedulers", "placement", "experiments")
-# what each layer may not import: loaders < harness < runtimes < schedulers, placement < experiments
-FORBIDDEN = {"loaders": {"harness", "runtimes", "schedulers", "placement", "experiments"},
-             "harness": {"runtimes", "schedulers", "placement", "experiments"},
+PACKAGES = ("loaders", "harness", "engines", "runtimes", "schedulers", "placement", "experiments")
+# what each layer may not import: loaders < harness < engines < runtimes < schedulers, placement < experiments
+FORBIDDEN = {"loaders": {"harness", "engines", "runtimes", "schedulers", "placement", "experiments"},
+             "harness": {"engines", "runtimes", "schedulers", "placement", "experiments"},
+             "engines": {"runtimes", "schedulers", "placement", "experiments"},
              "runtimes": {"schedulers", "placement", "experiments"},
              "schedulers": {"placement", "experiments"},
              "placement": {"schedulers", "experiments"},

@@ -13,7 +13,7 @@ from packaging.version import Version
 from harness.paths import repo_root
 
 ROOT = repo_root()
-PACKAGES = ("harness", "loaders", "runtimes", "schedulers", "placement", "experiments")
+PACKAGES = ("harness", "loaders", "engines", "runtimes", "schedulers", "placement", "experiments")
 # import name → distribution name, where they differ
 DIST = {"yaml": "pyyaml", "hydra": "hydra-core"}
 

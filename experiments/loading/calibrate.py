@@ -80,9 +80,7 @@ def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: di
     for model, group in baseline.groupby("model", sort=True):
         memory = group[group["cache_state"].isin(["warm", "hot"])]
         src = memory if len(memory) else group
-        models[str(model)] = {"build_s": _sig(float(src["t_model_build_s"].median())),
-                              "first_token_s": _sig(float(src["t_first_token_s"].median())),
-                              "bytes": int(group["bytes"].iloc[0])}
+        models[str(model)] = {**_build_times(src), "bytes": int(group["bytes"].iloc[0])}
     doc: dict[str, Any] = {"machine": _machine(env), "device": str(ok["device"].iloc[0]) if len(ok) else None,
                            "tiers": tiers, "models": models, "ceilings_gbps": cell_ceilings}
     if has_runtimes:
@@ -91,6 +89,31 @@ def calibration_document(trials: pd.DataFrame, ceilings: dict[str, Any], env: di
     if gpu:
         doc["gpu"] = gpu
     return doc
+
+
+ENGINE_PHASES = {"kv_alloc_s": "t_kv_alloc_s", "compile_s": "t_compile_s", "graph_capture_s": "t_graph_capture_s"}
+
+
+def _build_times(rows: pd.DataFrame) -> dict[str, Any]:
+    """A model's ``build_s`` and ``first_token_s`` and, per engine of the run, its set-up phases and ``tpot_s``
+    (medians; never pooled across engines). With one engine, ``engine_s`` is its set-up (``ModelTimes.engine_s``);
+    with several, calibrate with the one to simulate (``engines=[compiled]``)."""
+    rows = rows.assign(engine=rows.get("engine", "eager"))
+    engines = sorted(map(str, rows["engine"].dropna().unique()))
+    base = rows[rows["engine"] == ("eager" if "eager" in engines else engines[0])]
+    out: dict[str, Any] = {"build_s": _sig(float(base["t_model_build_s"].median())),
+                           "first_token_s": _sig(float(base["t_first_token_s"].median()))}
+    per_engine: dict[str, Any] = {}
+    for name, g in rows.groupby("engine", sort=True):
+        phases = {k: _sig(float(g[c].median())) if c in g else 0.0 for k, c in ENGINE_PHASES.items()}
+        tpot = float(g["tpot_s"].median()) if "tpot_s" in g else float("nan")
+        per_engine[str(name)] = {**phases, "first_token_s": _sig(float(g["t_first_token_s"].median())),
+                                 "tpot_s": _sig(tpot) if np.isfinite(tpot) else None}
+    out["engines"] = per_engine
+    if len(engines) == 1:
+        (only,) = per_engine.values()
+        out["engine_s"] = _sig(sum(float(only[k]) for k in ENGINE_PHASES))
+    return out
 
 
 def runtimes_section(trials: pd.DataFrame, ok: pd.DataFrame, described: dict[str, Any],
@@ -123,6 +146,7 @@ def runtimes_section(trials: pd.DataFrame, ok: pd.DataFrame, described: dict[str
             entry["size"] = int(info["size"]) if info.get("size") is not None else None
             entry["worker_start_s"] = _sig(float(np.median(starts))) if starts else None
             entry["worker_starts"] = len(starts)
+            entry["prepared_engines"] = bool(info.get("prepare_engines", False))
         section[name] = entry
     return section
 

@@ -1,4 +1,5 @@
-"""The loading experiment: loaders × cache states × runtimes × trials, bounded by same-run ceilings."""
+"""The loading experiment: loaders × cache states × runtimes × engines × compile caches × trials, bounded by
+same-run ceilings."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from engines.compilecache import STATES as COMPILE_STATES
 from experiments.loading.metrics import PHASES, summarize_trials
 from harness import environment
 from harness.ceilings import STATE_CEILING, bounding_ceiling, measure_ceilings
@@ -151,9 +153,10 @@ class _Model:
 
 
 def _row_base(model: _Model, device: torch.device, cell: _LoaderCell, state: str, runtime: str,
-              trial: int) -> dict[str, Any]:
+              engine: tuple[str, str], trial: int) -> dict[str, Any]:
     return {"model": model.spec.name, "dtype": model.dtype, "device": device.type, "loader": cell.name,
-            "format": cell.fmt, "cache_state": state, "runtime": runtime, "trial": trial, **model.columns}
+            "format": cell.fmt, "cache_state": state, "runtime": runtime, "engine": engine[0],
+            "compile_cache": engine[1], "trial": trial, **model.columns}
 
 
 def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceiling: tuple[str, float | None],
@@ -167,7 +170,9 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
            "t_handoff_s": m["handoff"] - m["spawn"], "t_imports_s": m["imports"] - m["handoff"],
            "t_device_init_s": m["device_init"] - m["imports"],
            "t_weights_s": load_s, "t_model_build_s": m["model_build"] - m["weights"],
-           "t_first_token_s": m["first_token"] - m["model_build"], "cold_start_s": m["first_token"] - m["spawn"],
+           "t_kv_alloc_s": m["kv_alloc"] - m["model_build"], "t_compile_s": m["compile"] - m["kv_alloc"],
+           "t_graph_capture_s": m["graph_capture"] - m["compile"],
+           "t_first_token_s": m["first_token"] - m["graph_capture"], "cold_start_s": m["first_token"] - m["spawn"],
            "t_python_start_s": m["python"] - m["spawn"], "first_token_id": out["first_token_id"],
            "first_token_text": out.get("first_token_text", ""),
            "verified_bytes": out.get("verified_bytes", np.nan), "peak_rss_bytes": out.get("peak_rss_bytes", np.nan)}
@@ -182,6 +187,14 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
         row[f"worker_{k}"] = v
     if "retried" in out:
         row["retried"] = out["retried"]
+    if "swap_verified_bytes" in out:  # a prepared engine's parameters, checked equal to the verified tensors
+        row["swap_verified_bytes"] = out["swap_verified_bytes"]
+    steps = out.get("decode_s") or []
+    row["decode_tokens"] = len(steps)
+    row["tpot_s"] = float(np.median(steps)) if steps else np.nan  # median time per output token
+    for k, v in (out.get("engine") or {}).items():
+        if k != "name":
+            row[k] = v
     return row
 
 
@@ -195,6 +208,52 @@ def listed_runtimes(cfg: DictConfig) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"runtimes={names} lists a runtime twice")
     return names
+
+
+NO_COMPILE = "none"  # the compile_cache of an engine that compiles nothing (one cell, whatever the axis lists)
+
+
+def listed_engines(cfg: DictConfig) -> list[str]:
+    """The engines this run compares (``engines=[eager,compiled]``; default ``[eager]``)."""
+    names = name_list(cfg, "engines", ["eager"])
+    if len(set(names)) != len(names):
+        raise ValueError(f"engines={names} lists an engine twice")
+    return names
+
+
+def listed_compile_caches(cfg: DictConfig) -> list[str]:
+    """The compile-cache states this run compares (``compile_caches=[cold,warm]``; default ``[cold]``)."""
+    names = name_list(cfg, "compile_caches", ["cold"])
+    bad = [n for n in names if n not in COMPILE_STATES]
+    if bad or len(set(names)) != len(names) or not names:
+        raise ValueError(f"compile_caches={names}; list each of {COMPILE_STATES} at most once")
+    return names
+
+
+@dataclass
+class _EngineCell:
+    """A listed engine: its composed option (what a trial instantiates) and the built object (its checks)."""
+
+    name: str
+    cfg: dict[str, Any]
+    engine: Any
+
+    def states(self, compile_caches: list[str]) -> list[str]:
+        return compile_caches if self.engine.compiles else [NO_COMPILE]
+
+
+def engine_cells(cfg: DictConfig, names: list[str], device: torch.device) -> list[_EngineCell]:
+    """Build each listed ``conf/engine`` option (with the run's ``engine_args.<name>``) and refuse, before anything
+    starts, one the device cannot run (``graphs`` on CPU: ``EngineUnsupportedError``, one line, exit 2)."""
+    cells = []
+    for name in names:
+        node = listed(cfg, "engine", name)
+        engine = instantiate(node)
+        engine.check(str(device))
+        resolved = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(resolved, dict)
+        cells.append(_EngineCell(name, cast(dict[str, Any], resolved), engine))
+    return cells
 
 
 def start_runtimes(cfg: DictConfig, names: list[str], ctx: RuntimeContext) -> dict[str, Runtime]:
@@ -233,7 +292,8 @@ def listed_loaders(cfg: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
 def run(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """``experiment=loading``: the composed model, every listed loader (see conf/experiment/loading.yaml)."""
     names, variants = listed_loaders(cfg)
-    check_args(cfg, {"loader": loader_bases(names, variants), "runtime": listed_runtimes(cfg)}, singles=("model",))
+    check_args(cfg, {"loader": loader_bases(names, variants), "runtime": listed_runtimes(cfg),
+                     "engine": listed_engines(cfg)}, singles=("model",))
     return run_cell(cfg, out_dir)
 
 
@@ -247,6 +307,8 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     for s in states:
         if s not in STATES:
             raise ValueError(f"cache_states contains {s!r}; this experiment supports {', '.join(STATES)}")
+    engines = engine_cells(cfg, listed_engines(cfg), device)  # graphs on CPU refused here, before any work
+    compile_caches = listed_compile_caches(cfg)
     model = _Model.of(cfg)
     store: CheckpointStore = instantiate(cfg.storage)
     executor = instantiate(cfg.executor)
@@ -256,17 +318,19 @@ def run_cell(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     runtime_names = listed_runtimes(cfg)
     model_cfg = model.trial_config(cfg)
     ctx = RuntimeContext(executor, str(device), [c.cfg for c in cells if not c.unavailable], [model_cfg],
-                         int(cfg.trial_threads) if cfg.get("trial_threads") else None, model.dtype)
+                         int(cfg.trial_threads) if cfg.get("trial_threads") else None, model.dtype,
+                         [e.cfg for e in engines], list(model.prompt_ids), int(cfg.decode_tokens))
     runtimes = start_runtimes(cfg, runtime_names, ctx)  # forkserver refuses CUDA here, before any work
     try:
-        return _run_trials(cfg, out_dir, device, trials, states, model, store, cells, rng, runtimes, model_cfg)
+        return _run_trials(cfg, out_dir, device, trials, states, model, store, cells, rng, runtimes, model_cfg,
+                           (engines, compile_caches, executor))
     finally:
         close_runtimes(runtimes)
 
 
 def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: int, states: list[str], model: _Model,
                 store: CheckpointStore, cells: list[_LoaderCell], rng: random.Random, runtimes: dict[str, Runtime],
-                model_cfg: dict[str, Any]) -> ExperimentResult:
+                model_cfg: dict[str, Any], engine_axis: tuple[list[_EngineCell], list[str], Any]) -> ExperimentResult:
     spec = model.spec
     ckpts: dict[str, Checkpoint] = {}
     for fmt in sorted({c.fmt for c in cells if c.fmt and not c.unavailable}):
@@ -295,17 +359,23 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
 
     cold = _ColdSource(cfg.cold_method, float(cfg.max_resident_fraction), store.root / "copies" / out_dir.name)
     # distinct copies per checkpoint format: one per cold trial of the loaders reading that format
-    copies_needed = {fmt: trials * len(runtimes) * sum(1 for c in cells if c.fmt == fmt and not c.unavailable)
-                     for fmt in ckpts}
+    engines, compile_caches, executor = engine_axis
+    engine_by_name = {e.name: e for e in engines}
+    variants = [(e.name, cc) for e in engines for cc in e.states(compile_caches)]
+    copies_needed = {fmt: trials * len(runtimes) * len(variants)
+                     * sum(1 for c in cells if c.fmt == fmt and not c.unavailable) for fmt in ckpts}
     names = list(runtimes)
-    plan = [(t, s, c, r) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))
-            for r in rng.sample(names, len(names))]
+    plan = [(t, s, c, r, v) for t in range(trials) for s in states for c in rng.sample(cells, len(cells))
+            for r in rng.sample(names, len(names)) for v in rng.sample(variants, len(variants))]
+    compile_root = store.root / "compile"  # compile artifacts beside the checkpoints (engines.compilecache)
+    primed = _prime_compile_caches(cfg, executor, engines, compile_caches, model, model_cfg, ckpts, cells, device,
+                                   compile_root)
     rows: list[dict[str, Any]] = []
     stopped: BaseException | None = None
     try:
-        for trial, state, cell, rt_name in tqdm(plan, desc=f"loading {spec.name} {model.dtype}",
-                                                disable=not cfg.progress):
-            base = _row_base(model, device, cell, state, rt_name, trial)
+        for trial, state, cell, rt_name, variant in tqdm(plan, desc=f"loading {spec.name} {model.dtype}",
+                                                         disable=not cfg.progress):
+            base = _row_base(model, device, cell, state, rt_name, variant, trial)
             if cell.unavailable or cell.fmt is None:
                 rows.append(_failed_row(base, "unavailable", cell.unavailable or "no checkpoint format"))
                 continue
@@ -346,14 +416,16 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
                           "prompt_tokens": int(cfg.prompt_tokens), "prompt_ids": model.prompt_ids,
                           "verify": bool(cfg.verify), "threads": cfg.get("trial_threads"),
                           "manifest_dir": manifest_dir,
-                          "manifest": str(ckpt.manifest_file) if ckpt.manifest_file else None}
+                          "manifest": str(ckpt.manifest_file) if ckpt.manifest_file else None,
+                          **_engine_spec(cfg, engine_by_name[variant[0]], variant[1], model, compile_root)}
             try:
                 for rt in runtimes.values():  # no refill or restart runs during the measured cold start
                     rt.settle(float(cfg.trial_timeout_s))
                 out = runtimes[rt_name].run_trial(trial_spec, float(cfg.trial_timeout_s))
             except (TrialError, CheckpointError) as exc:
                 rows.append(_failed_row(base, "failed", str(exc)))
-                log.error("%s %s %s trial %d failed: %s", cell.name, state, rt_name, trial, str(exc).splitlines()[-1])
+                log.error("%s %s %s %s trial %d failed: %s", cell.name, state, rt_name, variant[0], trial,
+                          str(exc).splitlines()[-1])
                 continue
             # where the bytes landed: a pool worker's pre-faulted arena (reused memory) or memory the load faulted in
             memory = "reused" if (out.get("loader_phases_s") or {}).get("arena") else "fresh"
@@ -377,7 +449,7 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
                     and cell.fmt in ckpts:
                 cell.loader.drop_remote_copies(store.url_for(ckpts[cell.fmt]))
     trials_df = pd.DataFrame(rows)
-    for col in ("bytes", "load_s", "throughput_gbps", "ceiling_fraction", *PHASES):
+    for col in ("bytes", "load_s", "throughput_gbps", "ceiling_fraction", "tpot_s", *PHASES):
         if col not in trials_df:
             trials_df[col] = np.nan
     env = environment.collect(store.root)
@@ -385,6 +457,8 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
     env["state_ceilings"] = {s: STATE_CEILING[s] for s in states}
     env["loader_probes"] = probes
     env["runtimes"] = {name: rt.describe() for name, rt in runtimes.items()}
+    env["engines"] = {e.name: e.cfg for e in engines}
+    env["compile_caches_primed"] = primed
     env["model"] = {"name": spec.name, "dtype": model.dtype, **spec.describe_source(), **model.columns,
                     "prompt_ids": model.prompt_ids}
     result = ExperimentResult(tables={"trials": trials_df, "summary": summarize_trials(trials_df)},
@@ -392,3 +466,43 @@ def _run_trials(cfg: DictConfig, out_dir: Path, device: torch.device, trials: in
     if stopped is not None:
         raise PartialResult(result, stopped) from stopped
     return result
+
+
+def _engine_spec(cfg: DictConfig, engine: _EngineCell, compile_cache: str, model: _Model,
+                 compile_root: Path) -> dict[str, Any]:
+    """What a trial needs to run ``engine``: its option, the decode length, and where its compile cache lives."""
+    out: dict[str, Any] = {"engine": engine.cfg, "decode_tokens": int(cfg.decode_tokens)}
+    if compile_cache != NO_COMPILE:
+        out["compile_cache"] = {"state": compile_cache, "root": str(compile_root), "dtype": model.dtype,
+                                "architecture": {"name": model.spec.name, "arch": model.spec.arch,
+                                                 "hf_config": model.spec.hf_config}}
+    return out
+
+
+def _prime_compile_caches(cfg: DictConfig, executor: Any, engines: list[_EngineCell],
+                          compile_caches: list[str], model: _Model, model_cfg: dict[str, Any],
+                          ckpts: dict[str, Checkpoint], cells: list[_LoaderCell], device: torch.device,
+                          compile_root: Path) -> list[str]:
+    """Before a run that measures warm compile caches: one untimed cold start per compiling engine in a fresh process
+    (its row is not kept; a pool's prepared engine would compile nothing), so the first warm trial restores an
+    artifact this machine and torch made; the engines primed."""
+    if "warm" not in compile_caches:
+        return []
+    cell = next((c for c in cells if c.fmt in ckpts and not c.unavailable), None)
+    if cell is None or cell.fmt is None:
+        return []
+    ckpt = ckpts[cell.fmt]
+    primed = []
+    for engine in engines:
+        if not engine.engine.compiles:
+            continue
+        log.info("priming the compile cache of engine %s (an untimed cold start)", engine.name)
+        spec = {"loader": cell.cfg, "model": model_cfg, "checkpoint": str(ckpt.path), "dtype": model.dtype,
+                "device": str(device), "prompt_tokens": int(cfg.prompt_tokens), "prompt_ids": model.prompt_ids,
+                "verify": False, "threads": cfg.get("trial_threads"),
+                "manifest": str(ckpt.manifest_file) if ckpt.manifest_file else None,
+                **_engine_spec(cfg, engine, "cold", model, compile_root)}
+        spec["decode_tokens"] = 0
+        executor.run_trial(spec, float(cfg.trial_timeout_s))
+        primed.append(engine.name)
+    return primed

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state", "runtime"]
-PHASES = ["t_handoff_s", "t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_first_token_s"]
+CELL_KEYS = ["model", "dtype", "device", "loader", "cache_state", "runtime", "engine", "compile_cache"]
+# The phases of a cold start in the order they run; consecutive marks, so they sum to ``cold_start_s``.
+PHASES = ["t_handoff_s", "t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_kv_alloc_s",
+          "t_compile_s", "t_graph_capture_s", "t_first_token_s"]
 # Per-cell facts carried into the summary as they are (where the weights come from, the prompt and its first token).
-DESCRIPTIVE = ["model_source", "model_path", "source_dtype", "cast", "prompt_text", "first_token_text"]
+DESCRIPTIVE = ["model_source", "model_path", "source_dtype", "cast", "prompt_text", "first_token_text",
+               "compile_cache_status"]
 MEDIAN_COLUMNS = ["throughput_gbps", "ceiling_gbps", "ceiling_fraction", "disk_read_fraction", "cold_start_s",
-                  "resident_fraction", *PHASES, "loader_alloc_s", "loader_fault_s"]
+                  "resident_fraction", *PHASES, "loader_alloc_s", "loader_fault_s", "tpot_s"]
 # labels a cell's trials carry: which ceiling its fraction is against (and into which memory), how the native loader
 # read (its path and whether a probe chose it); a cell whose trials differ shows every value, joined by "|"
 LABEL_COLUMNS = ["ceiling_name", "ceiling_memory", "loader_path", "loader_path_source"]
@@ -42,6 +45,8 @@ def summarize_trials(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.
             if col in group:
                 values = (ok if col == "first_token_text" else group)[col].dropna()
                 row[col] = values.mode().iloc[0] if len(values) else ""
+        if "compile_cache_status" in ok:  # warm starts whose artifact was refused and rebuilt (the run says so)
+            row["compile_cache_rebuilt"] = int(ok["compile_cache_status"].astype(str).str.startswith("rebuilt").sum())
         if "tier" in ok and len(ok):
             row["tier"] = ok["tier"].mode().iloc[0]
         for col in LABEL_COLUMNS:

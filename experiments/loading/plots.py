@@ -54,17 +54,24 @@ def runtimes(rows: pd.DataFrame) -> list[str]:
     return sorted(map(str, rows["runtime"].dropna().unique())) if "runtime" in rows.columns else ["fresh"]
 
 
+BAR_KEYS = ["loader", "cache_state", "runtime", "engine", "compile_cache"]  # one bar of the breakdown each
+DEFAULTS = {"runtime": "fresh", "engine": "eager", "compile_cache": "none"}  # runs from before an axis existed
+
+
 def _breakdown(ax: Axes, ok: pd.DataFrame) -> pd.DataFrame:
-    """Median of each phase per loader, cache state and runtime, stacked (medians of phases need not sum to a
-    median). Each runtime is its own bar: their phases are never pooled."""
-    ok = ok if "runtime" in ok.columns else ok.assign(runtime="fresh")
-    several = ok["runtime"].nunique() > 1
-    med = ok.groupby(["loader", "cache_state", "runtime"], sort=False)[PHASES].median().reset_index()
+    """Median of each phase per loader, cache state, runtime, engine and compile cache, stacked (medians of phases
+    need not sum to a median). Each runtime and engine is its own bar: their phases are never pooled."""
+    ok = ok.assign(**{k: v for k, v in DEFAULTS.items() if k not in ok.columns})
+    phases = [p for p in PHASES if p in ok.columns]
+    varying = [k for k in ("runtime", "engine", "compile_cache") if ok[k].nunique() > 1]
+    several = bool(varying)
+    med = ok.groupby(BAR_KEYS, sort=False)[phases].median().reset_index()
     med["order"] = med["cache_state"].map({s: k for k, s in enumerate(STATE_ORDER)}).fillna(len(STATE_ORDER))
-    med = med.sort_values(["loader", "order", "runtime"]).reset_index(drop=True)
-    cells = (med["loader"] + "\n" + med["cache_state"] + ("\n" + med["runtime"] if several else "")).tolist()
+    med = med.sort_values(["loader", "order", *BAR_KEYS[2:]]).reset_index(drop=True)
+    cells = (med["loader"] + "\n" + med["cache_state"]
+             + sum(("\n" + med[k].astype(str) for k in varying), pd.Series("", index=med.index))).tolist()
     bottom = pd.Series(0.0, index=med.index)
-    for phase in PHASES:
+    for phase in phases:
         ax.bar(range(len(cells)), med[phase], bottom=bottom, label=style.label(phase), color=style.color(phase),
                edgecolor="white", linewidth=0.5)
         bottom += med[phase].fillna(0)
@@ -72,7 +79,7 @@ def _breakdown(ax: Axes, ok: pd.DataFrame) -> pd.DataFrame:
                   ha="center" if not several else "right")
     ax.set_ylabel("median per phase (s)")
     ax.set_title("cold-start breakdown, spawn → first token (median of each phase)"
-                 + ("" if several else f", runtime {med['runtime'].iloc[0]}"))
+                 + ("" if several else f", runtime {med['runtime'].iloc[0]}, engine {med['engine'].iloc[0]}"))
     return med.drop(columns="order")
 
 
@@ -86,9 +93,13 @@ def plot_loading(run_dir: Path) -> list[Path]:
     rows = summarize_trials(trials)
     cache_states = states(rows)
     loaders = sorted(rows["loader"].unique())
-    kinds = runtimes(rows)
-    # one runtime: a bar per loader in its colour; several: bars per loader in each runtime's colour
-    hue, hue_order = ("runtime", list[object](kinds)) if len(kinds) > 1 else ("loader", list[object](loaders))
+    rows = rows.assign(**{k: v for k, v in DEFAULTS.items() if k not in rows.columns})
+    varying = [k for k in ("runtime", "engine", "compile_cache") if rows[k].nunique() > 1]
+    if varying:  # each runtime, engine and compile cache is its own series, never pooled
+        rows["series"] = rows[varying].astype(str).agg(" · ".join, axis=1)
+    kinds = sorted(rows["series"].unique()) if varying else runtimes(rows)
+    # one series: a bar per loader in its colour; several: bars per loader in each series' colour
+    hue, hue_order = ("series", list[object](kinds)) if varying else ("loader", list[object](loaders))
     style.apply()
     cells = len(loaders) * len(kinds) * len(cache_states)
     fig = plt.figure(figsize=(max(3.0 * len(cache_states) + 3.8, 0.45 * cells + 3.8), 7.0), layout="constrained")
@@ -111,7 +122,7 @@ def plot_loading(run_dir: Path) -> list[Path]:
                          notes=[style.n_note(rows["n"]), note, CEILING_NOTE,
                                 NA_NOTE if (rows["n"] == 0).any() else ""])
     plotted = pd.concat([plotted.assign(column="load_s_median"),
-                         phases.melt(id_vars=["loader", "cache_state", "runtime"], var_name="column")],
+                         phases.melt(id_vars=BAR_KEYS, var_name="column")],
                         ignore_index=True)
     return style.save(fig, run_dir / "loading", plotted)
 

@@ -52,7 +52,8 @@ def _formats(cfg: DictConfig) -> set[str]:
 def check_cells(cfg: DictConfig, models: list[str] | None) -> None:
     """Fail before anything runs on an override the cells would ignore (``models=None``: the composed model)."""
     names, variants = loading.listed_loaders(cfg)
-    lists = {"loader": loading.loader_bases(names, variants), "runtime": loading.listed_runtimes(cfg)}
+    lists = {"loader": loading.loader_bases(names, variants), "runtime": loading.listed_runtimes(cfg),
+             "engine": loading.listed_engines(cfg)}
     if models is not None:
         lists["model"] = models
     check_args(cfg, lists, singles=() if models is not None else ("model",))

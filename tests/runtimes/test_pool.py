@@ -7,13 +7,16 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.checkpoints import CheckpointStore
+from harness.config import option_dict
 from harness.executors.base import TrialError
+from runtimes.fresh import FreshRuntime
 from runtimes.pool import PoolRuntime, reusable
 from tests.runtimes.helpers import POOL_WORKER, checkpoint, context, descendants, read_pids, trial_spec, wait_gone
 
@@ -188,3 +191,29 @@ def test_recycle_always_replaces_the_worker_after_each_trial(shared_store: Check
     finally:
         rt.close()
     assert wait_gone(descendants(POOL_WORKER) - before) == set()
+
+
+@pytest.mark.slow(seconds=90)
+def test_a_pool_with_prepared_engines_swaps_weights_and_gives_freshs_token(shared_store: CheckpointStore) -> None:
+    engine = {**option_dict("engine", "compiled"), "max_seq": 32}
+    spec = {**trial_spec(shared_store, "tiny-opt"), "engine": engine, "decode_tokens": 4}
+    spec["prompt_ids"] = list(range(1, 9))
+    ctx = replace(context(), engines=[engine], prompt_ids=spec["prompt_ids"], decode_tokens=4)
+    pool = PoolRuntime(prepare_engines=True, recycle="never")
+    pool.start(ctx)
+    try:
+        outs = [pool.run_trial(spec, 300) for _ in range(2)]
+    finally:
+        pool.close()
+    fresh = FreshRuntime()
+    fresh.start(context())
+    eager = fresh.run_trial({**spec, "engine": option_dict("engine", "eager")}, 300)
+    for out in outs:
+        assert out["engine"]["engine_prepared"] is True
+        assert out["engine"]["compile_cache_status"] == "prepared"
+        m = out["marks"]
+        assert m["kv_alloc"] == m["compile"] == m["graph_capture"] == m["model_build"]  # nothing set up per start
+        assert out["swap_verified_bytes"] == out["verified_bytes"]  # the held model is exactly the loaded tensors
+        assert out["first_token_id"] == eager["first_token_id"]
+        assert len(out["decode_s"]) == 4
+    assert outs[0]["worker"]["prepare_s"] > 0

@@ -202,3 +202,26 @@ def test_bad_runtime_entries(tmp_path: Path, entry: str, match: str) -> None:
                     f"models: {{tiny-opt: {{build_s: 0.2}}}}\nruntimes:\n  {entry}\n")
     with pytest.raises(CalibrationError, match=match):
         calibrated(str(path))
+
+
+def test_the_engine_set_up_is_paid_unless_the_pool_holds_prepared_engines() -> None:
+    times = {"tiny-opt": ModelTimes(build_s=0.2, engine_s=3.0)}
+    assert model_info("tiny-opt", Cluster(model_times=times)).build_s == pytest.approx(3.2)  # fresh: build + set-up
+    pool = RuntimeTimes("pool", pool_size=1, worker_start_s=60.0)
+    assert model_info("tiny-opt", Cluster(model_times=times, runtime=pool)).build_s == pytest.approx(3.2)
+    prepared = RuntimeTimes("pool", pool_size=1, worker_start_s=60.0, prepared_engines=True)
+    assert model_info("tiny-opt#3", Cluster(model_times=times, runtime=prepared)).build_s == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="prepared_engines=true is not allowed with kind=fresh"):
+        RuntimeTimes(prepared_engines=True)
+
+
+def test_a_calibration_carries_engine_s_and_prepared_pools(tmp_path: Path) -> None:
+    path = tmp_path / "cal.yaml"
+    path.write_text(RUNTIMES_DOC.replace("models: {tiny-opt: {build_s: 0.2}}",
+                                         "models: {tiny-opt: {build_s: 0.2, engine_s: 1.5}}")
+                    .replace("worker_start_s: 7.5,", "worker_start_s: 7.5, prepared_engines: true,"))
+    assert calibrated(str(path)).times_for("tiny-opt").engine_s == 1.5
+    pool = calibrated(str(path), runtime_name="pool")
+    assert pool.runtime.prepared_engines
+    assert pool.engine_s("tiny-opt") == 0.0
+    assert calibrated(str(path)).engine_s("tiny-opt") == 1.5

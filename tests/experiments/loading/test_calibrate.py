@@ -87,3 +87,21 @@ def test_worker_starts_of_every_cell_count() -> None:
                               {"fresh": {"name": "fresh"}, "pool": {**POOL, "start_s": [2.0, 3.0]}}])
     assert merged["pool"]["start_s"] == [1.0, 2.0, 3.0]
     assert merged["fresh"] == {"name": "fresh"}
+
+
+def test_engine_phases_per_engine_and_engine_s_for_one_engine(tmp_path: Path) -> None:
+    eager = _trials(("fresh",)).assign(engine="eager", t_kv_alloc_s=0.0, t_compile_s=0.0, t_graph_capture_s=0.0,
+                                       tpot_s=0.02)
+    compiled = _trials(("fresh",)).assign(engine="compiled", t_kv_alloc_s=0.1, t_compile_s=30.0,
+                                          t_graph_capture_s=0.0, tpot_s=0.01, t_model_build_s=9.0)
+    both = _document(pd.concat([eager, compiled], ignore_index=True), {"fresh": {"name": "fresh"}})
+    model = both["models"]["opt-125m"]
+    assert model["build_s"] == pytest.approx(0.25)  # eager's build: engines are never pooled
+    assert model["engines"]["compiled"]["compile_s"] == pytest.approx(30.0)
+    assert model["engines"]["eager"]["tpot_s"] == pytest.approx(0.02)
+    assert "engine_s" not in model  # two engines: calibrate with the one to simulate
+    one = _document(compiled, {"fresh": {"name": "fresh"}})["models"]["opt-125m"]
+    assert one["engine_s"] == pytest.approx(30.1)
+    path = tmp_path / "cal.yaml"
+    path.write_text(yaml.safe_dump(_document(compiled, {"fresh": {"name": "fresh"}})))
+    assert calibrated(str(path)).times_for("opt-125m").engine_s == pytest.approx(30.1)

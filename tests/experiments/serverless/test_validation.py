@@ -118,7 +118,7 @@ def test_sim_vs_real_simulates_the_real_runs_runtime(compose_cfg: Callable[..., 
     result = validation.run_sim_vs_real(cfg, tmp_path)
     calib = next(iter(result.documents["sim_vs_real"]["calibration"].values()))
     assert calib["runtime"] == {"kind": "pool", "handoff_s": 0.05, "pool_size": 1, "worker_start_s": 30.0,
-                                "refill": "after_load"}
+                                "refill": "after_load", "prepared_engines": False}
     assert calib["model_times"]
     assert all(t["startup_s"] == 0.0 for t in calib["model_times"].values())  # a pool pays no per-model start-up
     errors = result.tables["errors"].set_index("metric")

@@ -1,0 +1,84 @@
+"""The ``eager`` engine: the model's own forward, no compile, no static cache (transformers' growing cache)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from engines.kvcache import cache_kwarg, returned_cache
+from engines.swap import copy_weights
+
+
+class EagerRun:
+    """A built model run eagerly: the first token is today's prefill; decode extends its dynamic cache."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self._cache: Any = None
+        self._kwarg = cache_kwarg(model)
+        self._token: int | None = None
+        self.tokens: list[int] = []  # the first token and every decoded one
+
+    def alloc_kv(self) -> bool:
+        """No static cache: transformers grows one per forward."""
+        return False
+
+    def compile(self) -> bool:
+        """Nothing is compiled."""
+        return False
+
+    def capture(self) -> bool:
+        """Nothing is captured."""
+        return False
+
+    @torch.inference_mode()
+    def first_token(self, prompt: list[int]) -> int:
+        out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+        self._cache = returned_cache(out)
+        self._token = int(out.logits[0, -1].argmax().item())
+        self.tokens = [self._token]
+        return self._token
+
+    @torch.inference_mode()
+    def decode(self, tokens: int) -> list[float]:
+        if self._token is None:
+            raise RuntimeError("decode() before first_token()")
+        times = []
+        for _ in range(tokens):
+            t0 = time.perf_counter()
+            ids = torch.tensor([[self._token]], device=self.device)
+            out = self.model(input_ids=ids, use_cache=True, **{self._kwarg: self._cache})
+            self._cache = returned_cache(out)
+            self._token = int(out.logits[0, -1].argmax().item())
+            times.append(time.perf_counter() - t0)
+            self.tokens.append(self._token)
+        return times
+
+    def swap_weights(self, weights: dict[str, torch.Tensor]) -> int:
+        self._cache, self._token, self.tokens = None, None, []
+        return copy_weights(self.model, weights)
+
+    def persist(self) -> None:
+        """Nothing to keep."""
+
+    def facts(self) -> dict[str, Any]:
+        return {}
+
+
+class EagerEngine:
+    """Today's cold start: the eager transformers forward (the baseline every other engine's tokens must equal)."""
+
+    name = "eager"
+    compiles = False
+
+    def check(self, device: str) -> None:
+        """Every device runs eagerly."""
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, model: torch.nn.Module, device: torch.device, prompt_len: int, decode_tokens: int,
+                compile_cache: dict[str, Any] | None = None) -> EagerRun:
+        return EagerRun(model, device)

@@ -1,0 +1,54 @@
+"""A prepared engine takes another model's weights by copying them into its parameters: afterwards it holds exactly
+the new model's tensors (checked against that model's manifest), gives a fresh eager start's tokens of those
+weights, and its compiled code is reused, not recompiled; another architecture is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engines.compiled import CompiledEngine
+from engines.eager import EagerEngine
+from engines.swap import WeightSwapError
+from harness.checkpoints import CheckpointStore, verify_state_dict
+from loaders.safetensors import SafetensorsLoader
+from tests.conftest import model_spec
+from tests.engines.helpers import CPU, DECODE, built, greedy_reference, prompt
+
+
+def _weights(store: CheckpointStore, name: str, seed: int) -> dict[str, torch.Tensor]:
+    ckpt = store.ensure(model_spec(name), "fp16", "safetensors", seed, progress=False)
+    return SafetensorsLoader().load(ckpt.path, CPU).state_dict
+
+
+@pytest.mark.slow(seconds=40)
+def test_a_swapped_compiled_engine_is_the_new_model(shared_store: CheckpointStore) -> None:
+    from torch._dynamo.utils import counters
+
+    prepared = built(shared_store, "tiny-opt", seed=0)
+    ids = prompt(prepared)
+    run = CompiledEngine(max_seq=32).prepare(prepared, CPU, len(ids), DECODE)
+    run.alloc_kv()
+    run.compile()
+    run.first_token(ids)
+    graphs = counters["stats"]["unique_graphs"]
+    new = _weights(shared_store, "tiny-opt", seed=1)
+    copied = run.swap_weights(new)
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "safetensors", 1, progress=False)
+    assert copied == ckpt.total_bytes
+    held = {n: t for n, t in prepared.state_dict().items() if n in ckpt.tensors}
+    assert verify_state_dict(ckpt, held) == ckpt.total_bytes  # every tensor is the new model's, by checksum
+    run.first_token(ids)
+    run.decode(DECODE)
+    assert run.tokens == greedy_reference(built(shared_store, "tiny-opt", seed=1))  # a fresh eager start's tokens
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing was recompiled: the compiled code took the swap
+
+
+def test_another_architecture_is_refused(shared_store: CheckpointStore) -> None:
+    run = EagerEngine().prepare(built(shared_store, "tiny-opt"), CPU, 8, 0)
+    with pytest.raises(WeightSwapError, match="lack"):
+        run.swap_weights(_weights(shared_store, "tiny-llama", seed=0))
+    weights = _weights(shared_store, "tiny-opt", seed=0)
+    name = next(iter(weights))
+    with pytest.raises(WeightSwapError, match=name):
+        run.swap_weights({**weights, name: weights[name].float()})  # another dtype
