@@ -107,8 +107,11 @@ class HostArena:
             if self._ring_busy:
                 return None
             if self._ring is None or self._ring.numel() < need:
-                pin = self.pin_ring and torch.cuda.is_available()
-                self._ring = torch.empty(need, dtype=torch.uint8, pin_memory=pin)
+                if self.pin_ring and torch.cuda.is_available():  # page-locked pages: page-aligned
+                    self._ring = torch.empty(need, dtype=torch.uint8, pin_memory=True)
+                else:  # an anonymous mapping: page-aligned, as O_DIRECT reads into the ring need (torch.empty: 64 B)
+                    ring_map = mmap.mmap(-1, need, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                    self._ring = torch.frombuffer(ring_map, dtype=torch.uint8)  # keeps the mapping alive
                 self._ring.fill_(0)  # faulted in now, not by the first load's reads
                 self.ring_allocations += 1
             self._ring_busy = True

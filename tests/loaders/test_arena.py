@@ -128,10 +128,12 @@ def test_a_model_larger_than_the_arena_gets_fresh_memory(shared_store: Checkpoin
         small.close()
 
 
-def test_the_staging_ring_is_kept_across_loads(shared_store: CheckpointStore, installed: arena.HostArena) -> None:
+@pytest.mark.parametrize("direct_io", ["on", "off"])  # O_DIRECT reads into the kept ring need it page-aligned
+def test_the_staging_ring_is_kept_across_loads(shared_store: CheckpointStore, installed: arena.HostArena,
+                                               direct_io: str) -> None:
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "safetensors", progress=False)
     loader = NativeLoader(format="safetensors", staging="ring", chunk_bytes=32768, ring_bytes=131072,
-                          dram_dir=None)
+                          dram_dir=None, direct_io=direct_io)
     rings = []
     for _ in range(2):
         result = loader.load(ckpt.path, CPU)
