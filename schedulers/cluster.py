@@ -23,7 +23,10 @@ class ModelTimes:
     loading, first-token (prefill base) time, and optionally a measured per-token profile that replaces the
     default roofline one (``schedulers.catalog.model_info``). ``engine_s``: what the calibrated engine's set-up
     (``kv_alloc`` + ``compile`` + ``graph_capture``) adds to every cold start whose runtime does not hold a prepared
-    engine (``RuntimeTimes.prepared_engines``)."""
+    engine (``RuntimeTimes.prepared_engines``). ``startup_samples_s``: the fresh runtime's measured start-ups of
+    this architecture (``experiment=sim_vs_real`` calibrates them from its real run); when given, each simulated
+    fresh cold start draws its start-up from them (seeded), so the simulation has the measured spread, while
+    ``startup_s`` stays what the policies estimate with."""
 
     build_s: float = 0.0
     first_token_s: float | None = None
@@ -31,6 +34,14 @@ class ModelTimes:
     decode_s_per_token: float | None = None
     startup_s: float = 0.0  # the fresh runtime's process start + imports for this architecture
     engine_s: float = 0.0  # the engine's set-up after the build (KV cache, compile, graph capture; 0 for eager)
+    startup_samples_s: tuple[float, ...] = ()  # measured fresh start-ups to draw from (empty: always startup_s)
+
+    def __post_init__(self) -> None:
+        samples = tuple(float(s) for s in self.startup_samples_s)
+        if any(not 0 <= s < math.inf for s in samples):
+            raise ValueError(f"model_times.startup_samples_s={list(self.startup_samples_s)!r} is not allowed; "
+                             "every sample must be a number of seconds ≥ 0")
+        object.__setattr__(self, "startup_samples_s", samples)
 
 
 RuntimeKind = Literal["fresh", "forkserver", "pool"]
@@ -179,6 +190,12 @@ class Cluster:
             return self.times_for(model).startup_s
         return self.runtime.handoff_s
 
+    def startup_samples_s(self, model: str) -> tuple[float, ...]:
+        """Measured start-ups a simulated cold start of ``model`` draws from: the model's ``startup_samples_s``
+        under ``fresh`` (empty otherwise, and when none were measured: then every cold start pays
+        :meth:`startup_s`)."""
+        return self.times_for(model).startup_samples_s if self.runtime.kind == "fresh" else ()
+
 
 TIER_KEYS = {"dram": "dram_gbps", "ssd": "ssd_gbps", "remote": "remote_gbps"}
 
@@ -298,7 +315,7 @@ def _model_times(source: str, name: str, entry: Any) -> ModelTimes:
     """One ``models.<name>`` entry of a calibration file (unknown keys, e.g. ``bytes``, are ignored)."""
     if not isinstance(entry, Mapping):
         raise CalibrationError(f"{source}: models.{name} must be a mapping, got {entry!r}")
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     for key in ("build_s", "first_token_s", "prefill_s_per_token", "decode_s_per_token", "engine_s"):
         value = entry.get(key)
         if value is None:

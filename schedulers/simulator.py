@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from schedulers.base import KeepAlive, ModelInfo, Scheduler
@@ -39,10 +40,12 @@ class SimResult:
 class SimBackend:
     """The simulated effects: tier links shared fairly by concurrent reads (one per server and tier, or the remote
     store's shared cap), the pool runtime's ready workers per server, the profile's prefill and decode times, and
-    migration rounds from the tokens a request has produced by each round's end."""
+    migration rounds from the tokens a request has produced by each round's end. A fresh cold start's start-up is
+    the model's ``startup_s``, or a seeded draw from its measured ``startup_samples_s`` where the cluster has them."""
 
-    def __init__(self, clock: SimClock, cluster: Cluster) -> None:
+    def __init__(self, clock: SimClock, cluster: Cluster, seed: int = 0) -> None:
         self.clock, self.cluster = clock, cluster
+        self.rng = np.random.default_rng(seed)
         self.store_link = FairShareLink(clock, cluster.store_gbps * 1e9) if cluster.store_gbps else None
         self.links: dict[tuple[int, str], FairShareLink] = {}
         rt = cluster.runtime
@@ -63,7 +66,9 @@ class SimBackend:
         start = job.start_s
         info, server = job.instance.info, job.instance.server
         wait = self.pools[server.id].acquire(start) - start if self.pools is not None else 0.0
-        self.life.loads.runtime_ready(job, wait, wait + info.startup_s)
+        samples = self.cluster.startup_samples_s(info.name)
+        startup_s = float(samples[self.rng.integers(len(samples))]) if samples else info.startup_s
+        self.life.loads.runtime_ready(job, wait, wait + startup_s)
         startup = job.startup_s
         if startup > 0:
             self.clock.at(start + startup, self._transfer, job)
@@ -132,9 +137,9 @@ class Simulator:
     """Replays a workload on a cluster under one scheduler and one keep-alive policy, in simulated time."""
 
     def __init__(self, cluster: Cluster, models: Mapping[str, ModelInfo], scheduler: Scheduler,
-                 keepalive: KeepAlive, config: LifecycleConfig | None = None) -> None:
+                 keepalive: KeepAlive, config: LifecycleConfig | None = None, seed: int = 0) -> None:
         self.clock = SimClock()
-        self.backend = SimBackend(self.clock, cluster)
+        self.backend = SimBackend(self.clock, cluster, seed)  # seed: draws of measured start-ups (if any)
         self.life = Lifecycle(self.clock, cluster, models, scheduler, keepalive, self.backend, config)
         self.backend.life = self.life
 

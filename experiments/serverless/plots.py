@@ -313,8 +313,9 @@ def sim_vs_real_cdf(requests: pd.DataFrame, path: Path) -> list[Path]:
     for ax, policy in zip(axes[0], policies, strict=True):
         part = requests[requests["policy"] == policy]
         for mode, rows in part.groupby("mode", sort=False):
-            _ecdf(ax, rows["ttft_s"], str(mode))
-            plotted.append({"policy": policy, "mode": mode, "n": len(rows),
+            reps = int(rows["replicate"].nunique()) if "replicate" in rows else 1
+            _ecdf(ax, rows["ttft_s"], str(mode) if reps == 1 else f"{mode} ({reps} replicates pooled)")
+            plotted.append({"policy": policy, "mode": mode, "replicates": reps, "n": len(rows),
                             **{f"ttft_s_p{q}": rows["ttft_s"].quantile(q / 100) for q in (50, 90, 99)}})
         counts = part.groupby("mode").size()
         ax.set_title(f"{policy} ({' / '.join(f'{m} n={c}' for m, c in counts.items())})", fontsize=9)

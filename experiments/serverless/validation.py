@@ -61,10 +61,13 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
     Bandwidth of a tier = median bytes / (weights + download) seconds of its cold starts (DRAM falls back to
     SSD, SSD to remote, when a tier served none); ``startup_s`` = median hand-off + imports of the architecture's
     ``fresh`` cold starts (process start + imports; 0 when the run had none: other runtimes' start-up is
-    :func:`calibrate_runtime`'s); ``build_s`` = median of what a cold start spent besides the bytes and that
-    start-up (model build, RPC), plus the median by which requests' cold-start time exceeds the instances' own
-    (the controller taking the instance over); prefill = least-squares line of measured prefill time on prompt
-    tokens; decode = median seconds per decoded token. The controller's dispatch is :func:`simulate_calibrated`'s.
+    :func:`calibrate_runtime`'s), and ``startup_samples_s`` every one of them (a simulated cold start draws from
+    them: on a shared machine one start-up varies by tens of percent, slower where others overlap it, and a
+    constant puts every simulated cold start at the median); ``build_s`` = median of what a cold start spent
+    besides the bytes and that start-up (model build, RPC), plus the median by which requests' cold-start time
+    exceeds the instances' own (the controller taking the instance over); prefill = least-squares line of measured
+    prefill time on prompt tokens; decode = median seconds per decoded token. The controller's dispatch is
+    :func:`simulate_calibrated`'s.
     """
     gbps: dict[str, float] = {}
     if len(cold):
@@ -86,6 +89,7 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
         build = float(np.median(c["load_s"] - c["moved_s"] - c["startup_s"])) if len(c) else 0.0
         fresh = c[c["runtime"] == "fresh"] if len(c) else c
         startup = float(np.median(fresh["startup_s"])) if len(fresh) else 0.0
+        samples = tuple(sorted(max(float(x), 0.0) for x in fresh["startup_s"])) if len(fresh) else ()
         d = done[done["model"].map(base_name) == arch]
         prefill_slope, prefill_base, decode = None, None, None
         if len(d) >= 2 and d["input_tokens"].nunique() > 1:
@@ -104,7 +108,7 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
             build += max(float(cold_reqs["load_s"].median()) - float(c["load_s"].median()), 0.0)
         times[arch] = ModelTimes(build_s=max(build, 0.0), first_token_s=prefill_base,
                                  prefill_s_per_token=prefill_slope, decode_s_per_token=decode,
-                                 startup_s=max(startup, 0.0))
+                                 startup_s=max(startup, 0.0), startup_samples_s=samples)
     return gbps, times
 
 
@@ -174,32 +178,41 @@ def dispatch_overhead(real: pd.DataFrame, sim: pd.DataFrame) -> float:
 
 
 def simulate_calibrated(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...], requests: list[Any],
-                        real_df: pd.DataFrame, cold: pd.DataFrame, stats: Mapping[str, Any]
-                        ) -> tuple[Any, float, dict[str, Any]]:
+                        real_df: pd.DataFrame, cold: pd.DataFrame, stats: Mapping[str, Any], replicates: int = 1
+                        ) -> tuple[list[Any], float, dict[str, Any]]:
     """Calibrate the simulator from one real run and simulate the same trace under the same policy: (the
-    simulation, its wall seconds, the calibration). Two passes: the second adds the controller's dispatch
-    (:func:`dispatch_overhead`, measured against the first) to every prefill."""
+    simulations, one per replicate, their wall seconds, the calibration). Replicate ``r`` draws its cold starts'
+    start-ups (:func:`calibrate`'s samples) with seed ``cfg.seed + r``; the decisions' inputs are the same in all.
+    The controller's dispatch (:func:`dispatch_overhead`, measured against replicate 0 without it) is added to
+    every prefill of every replicate."""
+    if replicates < 1:
+        raise ValueError(f"experiment.replicates={replicates!r} is not allowed; it must be an integer ≥ 1")
     gbps, times = calibrate(real_df, cold)
     runtime = calibrate_runtime(cold, stats)
     arrays = as_arrays(requests, models)
     lifecycle = real_config(cfg).lifecycle  # the real run's timeout, migration rule and retries: one source
-    dispatch = 0.0
-    t0 = time.perf_counter()
-    for _ in range(2):
+    seed = int(cfg.seed)
+
+    def simulate(replicate: int, dispatch: float) -> Any:
         timed = {a: replace(t, first_token_s=(t.first_token_s or 0.0) + dispatch) for a, t in times.items()}
         cluster = real_cluster(cfg.real, model_times=timed, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
                                remote_gbps=gbps["remote"], runtime=runtime, name="calibrated-from-real")
         infos = model_infos(list(models), cluster, str(cfg.dtype))
         scheduler, keepalive = build_policy(cfg, entry)
-        sim = Simulator(cluster, infos, scheduler, keepalive, lifecycle).run(arrays)
-        if dispatch > 0 or not len(real_df):
-            break
-        dispatch = dispatch_overhead(real_df, sim.requests)
-        if dispatch == 0:
-            break
+        return Simulator(cluster, infos, scheduler, keepalive, lifecycle, seed=seed + replicate).run(arrays)
+
+    t0 = time.perf_counter()
+    first = simulate(0, 0.0)
+    dispatch = dispatch_overhead(real_df, first.requests) if len(real_df) else 0.0
+    sims = [first if dispatch == 0 and r == 0 else simulate(r, dispatch) for r in range(replicates)]
     calibration = {"gbps": gbps, "model_times": {k: vars(v) for k, v in times.items()}, "runtime": asdict(runtime),
-                   "dispatch_s": dispatch}
-    return sim, time.perf_counter() - t0, calibration
+                   "dispatch_s": dispatch, "replicates": replicates}
+    return sims, time.perf_counter() - t0, calibration
+
+
+def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each column over replicate rows (a simulation's summary over its replicates)."""
+    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 
 def metric_values(requests: pd.DataFrame, stats: dict[str, float]) -> dict[str, float]:
@@ -234,24 +247,30 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                 rows.append({**keys, "mode": "real", **summarize(real_df, real_stats, real_stats["wall_s"])})
                 interrupted = True
                 break
-            sim, sim_wall, calibration = simulate_calibrated(cfg, entry, models, requests, real_df, cold,
-                                                             real_stats)
-            sim_df = sim.requests.copy()
-            for mode, df, stats, wall in (("real", real_df, real_stats, real_stats["wall_s"]),
-                                          ("sim", sim_df, sim.stats, sim_wall)):
+            sims, sim_wall, calibration = simulate_calibrated(cfg, entry, models, requests, real_df, cold,
+                                                              real_stats, int(cfg.experiment.replicates))
+            sim_df = pd.concat([sim.requests.assign(replicate=r) for r, sim in enumerate(sims)], ignore_index=True)
+            real_df = real_df.assign(replicate=0)
+            for mode, df, row in (("real", real_df, summarize(real_df, real_stats, real_stats["wall_s"])),
+                                  ("sim", sim_df, {**median_row([summarize(s.requests, s.stats) for s in sims]),
+                                                   "wall_s": sim_wall})):
                 df.insert(0, "mode", mode)
                 df.insert(0, "runtime", rt)
                 df.insert(0, "policy", name)
                 frames.append(df)
-                rows.append({**keys, "mode": mode, **summarize(df, stats, wall)})
-            real_m, sim_m = metric_values(real_df, real_stats), metric_values(sim_df, sim.stats)
-            real_m[RUNTIME_METRIC] = runtime_s_mean(cold)
-            sim_m[RUNTIME_METRIC] = sim.stats["runtime_wait_s"] / sim.stats["loads"] if sim.stats["loads"] \
-                else math.nan
+                rows.append({**keys, "mode": mode, **row})
+            real_m = {**metric_values(real_df, real_stats), RUNTIME_METRIC: runtime_s_mean(cold)}
+            per_rep = [{**metric_values(s.requests, s.stats),
+                        RUNTIME_METRIC: s.stats["runtime_wait_s"] / s.stats["loads"] if s.stats["loads"] else math.nan}
+                       for s in sims]
             for metric in (*METRICS, RUNTIME_METRIC):
-                r, s = real_m[metric], sim_m[metric]
-                errors.append({**keys, "metric": metric, "real": r, "sim": s,
-                               "rel_error": abs(s - r) / r if r else float("nan")})
+                r = real_m[metric]
+                values = np.array([m[metric] for m in per_rep], dtype=float)
+                s_med = float(np.median(values))
+                errors.append({**keys, "metric": metric, "real": r, "sim": s_med,
+                               "rel_error": abs(s_med - r) / r if r else float("nan"),
+                               "sim_p10": float(np.percentile(values, 10)), "sim_p90": float(np.percentile(values, 90)),
+                               "replicates": len(sims)})
             if "runtime" not in cold:
                 cold.insert(0, "runtime", rt)
             cold.insert(0, "policy", name)

@@ -21,7 +21,7 @@ from schedulers.base import (
     policy_storage,
     startup_estimate_s,
 )
-from schedulers.cluster import Cluster, RuntimeTimes
+from schedulers.cluster import Cluster, ModelTimes, RuntimeTimes
 from schedulers.fixed import FixedKeepAlive
 from schedulers.hybrid_histogram import HybridHistogramKeepAlive
 from schedulers.kserve import KServeScheduler
@@ -310,6 +310,41 @@ def test_same_input_same_table() -> None:
         for _ in range(2)
     ]
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_a_fresh_cold_start_draws_its_startup_from_the_measured_ones() -> None:
+    """With measured start-ups (``ModelTimes.startup_samples_s``) each simulated fresh cold start pays one of them,
+    drawn with the simulator's seed: the same seed gives the same table, another seed other draws; a model without
+    samples pays its ``startup_s``; other runtimes ignore the samples."""
+    samples = (1.0, 4.0)
+    models = {f"m{k}": fake_model(f"m{k}", size_gb=1, startup_s=2.5) for k in range(2)}
+    cluster = small_cluster(servers=1, model_times={"m0": ModelTimes(startup_s=2.5, startup_samples_s=samples),
+                                                    "m1": ModelTimes(startup_s=2.5)})
+    n = 24
+    reqs = requests_of([20.0 * i for i in range(n)], [i % 2 for i in range(n)], tuple(models), out=1)
+
+    def run(seed: int) -> tuple[pd.DataFrame, list[tuple[str, float]]]:
+        sim = Simulator(cluster, models, ServerlessLLMScheduler(), FixedKeepAlive(0), SimConfig(record_events=True),
+                        seed=seed)
+        df = sim.run(reqs).requests
+        return df, [(e["model"], e["runtime_s"]) for e in sim.events if e["kind"] == "load"]
+
+    df, loads = run(0)
+    assert len(loads) == n  # keep-alive 0: every request is a cold start
+    assert {s for m, s in loads if m == "m0"} == set(samples)
+    assert {s for m, s in loads if m == "m1"} == {2.5}
+    pd.testing.assert_frame_equal(df, run(0)[0])
+    assert [s for m, s in run(1)[1] if m == "m0"] != [s for m, s in loads if m == "m0"]
+    pool = small_cluster(servers=1, model_times=cluster.model_times,
+                         runtime=RuntimeTimes("pool", handoff_s=0.05, pool_size=1, worker_start_s=1.0))
+    assert pool.startup_samples_s("m0") == ()
+    assert cluster.startup_samples_s("m0#3") == samples
+
+
+def test_startup_samples_must_be_seconds() -> None:
+    assert ModelTimes(startup_samples_s=[1, 2.5]).startup_samples_s == (1.0, 2.5)  # a config list: a tuple
+    with pytest.raises(ValueError, match="startup_samples_s"):
+        ModelTimes(startup_samples_s=(1.0, -0.5))
 
 
 def test_hybrid_histogram_unloads_then_prewarms_before_the_next_request() -> None:

@@ -45,6 +45,9 @@ def test_calibrate_splits_fresh_startup_from_the_build() -> None:
     assert times["tiny-opt"].build_s == pytest.approx(0.5)
     assert times["tiny-llama"].startup_s == pytest.approx(3.5)
     assert times["tiny-llama"].build_s == pytest.approx(0.25)
+    # every measured start-up, for the simulator to draw from (its spread, not only the median)
+    assert times["tiny-opt"].startup_samples_s == pytest.approx((5.0, 5.2, 5.6))
+    assert times["tiny-llama"].startup_samples_s == pytest.approx((3.5,))
 
 
 def test_calibrate_reads_runs_from_before_the_runtime_columns() -> None:
@@ -124,6 +127,27 @@ def test_sim_vs_real_simulates_the_real_runs_runtime(compose_cfg: Callable[..., 
     errors = result.tables["errors"].set_index("metric")
     assert errors.loc["runtime_s_mean", "real"] == pytest.approx(0.05)
     assert errors.loc["runtime_s_mean", "sim"] >= 0.05  # the hand-off, plus any wait for the one worker
+    # the simulation ran experiment.replicates times: every request once per replicate, the spread reported
+    reps = int(cfg.experiment.replicates)
+    assert reps > 1
+    assert calib["replicates"] == reps
+    assert (errors["replicates"] == reps).all()
+    assert (errors["sim_p10"] <= errors["sim"]).all()
+    assert (errors["sim"] <= errors["sim_p90"]).all()
+    requests = result.tables["requests"]
+    n_real = int((requests["mode"] == "real").sum())
+    sim_rows = requests[requests["mode"] == "sim"]
+    assert sorted(sim_rows["replicate"].unique()) == list(range(reps))
+    assert (sim_rows.groupby("replicate").size() == n_real).all()
+    summary = result.tables["summary"]
+    assert summary.loc[summary["mode"] == "sim", "requests"].tolist() == [n_real]  # a median over replicates
+
+
+def test_sim_vs_real_refuses_zero_replicates(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("experiment=sim_vs_real", "smoke=true", "experiment.replicates=0")
+    with pytest.raises(ValueError, match=r"experiment\.replicates=0"):
+        validation.simulate_calibrated(cfg, cfg.experiment.policies[0], (), [], pd.DataFrame(), pd.DataFrame(),
+                                       {"runtime": "fresh"}, int(cfg.experiment.replicates))
 
 
 def test_dispatch_overhead_is_what_real_queues_exceed_simulated_ones_by() -> None:
