@@ -44,6 +44,13 @@ class EngineRun(Protocol):
         """Greedy decode ``tokens`` more tokens after :meth:`first_token`; the seconds of each step."""
         ...
 
+    def feed(self, ids: list[int], reset: bool = False) -> int:
+        """Serving (a real serverless instance): run ``ids`` after what the KV cache holds (``reset``: from an empty
+        cache) and return the greedy next token. Any prompt length that fits the cache; one token after a prefill is
+        the decode step (a captured graph's replay where there is one); a compiled engine may compile a prompt
+        length other than the one it was prepared for once, at first use."""
+        ...
+
     def swap_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
         """Copy a new model's tensors into this run's parameters in place (captured graphs and compiled code keep
         their addresses) and reset the KV cache; the bytes copied."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from engines.base import KVCacheTooSmallError
 from engines.compilecache import CompileCache, compile_key
 from engines.kvcache import KVPlan, allocate, cache_kwarg, plan_kv
 from engines.swap import copy_weights
@@ -41,6 +42,7 @@ class StaticRun:
         self._persisted: set[Any] = set()
         self._cc_spec = compile_cache
         self.cc: CompileCache | None = None
+        self._held = 0  # tokens the cache holds for feed()
 
     def alloc_kv(self) -> bool:
         dtype = next(self.model.parameters()).dtype
@@ -101,12 +103,30 @@ class StaticRun:
             self.tokens.append(self._token)
         return times
 
+    @torch.inference_mode()
+    def feed(self, ids: list[int], reset: bool = False) -> int:
+        if self.cache is None or self.plan is None:
+            raise RuntimeError("feed() before alloc_kv(): the engine has no KV cache yet")
+        if reset:
+            self.cache.reset()
+            self._held = 0
+        if self._held + len(ids) > self.plan.max_seq:
+            raise KVCacheTooSmallError(
+                f"the static KV cache holds {self.plan.max_seq} tokens; {self._held} held + {len(ids)} new do not fit "
+                "(raise engine.max_seq or engine.kv_memory_fraction, or shorten the requests)")
+        if len(ids) == 1 and self._held:
+            token = self._decode_step(ids[0])
+        else:
+            token = int(self._forward(torch.tensor([ids], device=self.device))[0, -1].argmax().item())
+        self._held += len(ids)
+        return token
+
     def swap_weights(self, weights: dict[str, torch.Tensor]) -> int:
         """New weights into the same storage; the KV cache emptied in place (its addresses kept)."""
         copied = copy_weights(self.model, weights)
         if self.cache is not None:
             self.cache.reset()
-        self._token, self.tokens = None, []
+        self._token, self.tokens, self._held = None, [], 0
         return copied
 
     def persist(self) -> None:

@@ -56,6 +56,15 @@ class EagerRun:
             self.tokens.append(self._token)
         return times
 
+    @torch.inference_mode()
+    def feed(self, ids: list[int], reset: bool = False) -> int:
+        if reset:
+            self._cache = None
+        cache = {self._kwarg: self._cache} if self._cache is not None else {}
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, **cache)
+        self._cache = returned_cache(out)
+        return int(out.logits[0, -1].argmax().item())
+
     def swap_weights(self, weights: dict[str, torch.Tensor]) -> int:
         self._cache, self._token, self.tokens = None, None, []
         return copy_weights(self.model, weights)

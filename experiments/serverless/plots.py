@@ -105,6 +105,22 @@ def p99_vs_rps(summary: pd.DataFrame, path: Path) -> list[Path]:
     return style.save(fig, path, plotted[keep])
 
 
+def stacked_bars(ax: Axes, means: pd.DataFrame, names: dict[str, str], counts: pd.Series, totals: bool) -> None:
+    """One stacked bar per row of ``means`` (index: the x labels), a segment per column in ``names``' order
+    (coloured and labelled as the metric it names), each bar annotated with its n (and its total, ``totals``)."""
+    bottom = np.zeros(len(means))
+    for col, name in names.items():
+        values = means[col].fillna(0).to_numpy()
+        ax.bar(range(len(means)), values, bottom=bottom, color=style.color(name), label=style.label(name),
+               edgecolor="white", linewidth=0.5)
+        bottom += values
+    for i, count in enumerate(counts):
+        text = (f"{bottom[i]:.3g} s\nn={count}" if count else "n=0") if totals else f"n={count}"
+        ax.annotate(text, (i, bottom[i]), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=style.NOTE_SIZE)
+    ax.set_xticks(range(len(means)), list(means.index), rotation=25, ha="right")
+
+
 def cold_start_breakdown(requests: pd.DataFrame, path: Path, heading: str = "Cold-start breakdown") -> list[Path]:
     """Mean loading-queue wait, migration wait, loading and prefill of the cold starts that did not time out,
     stacked per policy, one panel per scenario at its highest rate (shared y)."""
@@ -118,16 +134,7 @@ def cold_start_breakdown(requests: pd.DataFrame, path: Path, heading: str = "Col
         policies = list(dict.fromkeys(part["policy"]))
         means = cold.groupby("policy")[list(BREAKDOWN)].mean().reindex(policies)
         counts = cold.groupby("policy").size().reindex(policies).fillna(0).astype(int)
-        bottom = np.zeros(len(policies))
-        for col in BREAKDOWN:
-            values = means[col].fillna(0).to_numpy()
-            ax.bar(range(len(policies)), values, bottom=bottom, color=style.color(col), label=style.label(col),
-                   edgecolor="white", linewidth=0.5)
-            bottom += values
-        for i, count in enumerate(counts):
-            ax.annotate(f"n={count}", (i, bottom[i]), xytext=(0, 2), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=style.NOTE_SIZE)
-        ax.set_xticks(range(len(policies)), policies, rotation=25, ha="right")
+        stacked_bars(ax, means, {c: c for c in BREAKDOWN}, counts, totals=False)
         ax.set_title(title)
         frames.append(means.assign(n=counts, panel=title).reset_index())
     axes[0][0].set_ylabel("mean time per cold start (s)")
@@ -220,14 +227,16 @@ def plot_serverless(run_dir: Path) -> list[Path]:
 # A real cold start's phases (``cold_starts.parquet``) under the loading experiment's names, so they share its colours
 # and labels; ``t_other_s`` is the rest of the load call (RPCs, waiting for the process, the tier's bookkeeping).
 REAL_PHASES = {"handoff_s": "t_handoff_s", "download_s": "t_download_s", "imports_s": "t_imports_s",
-               "device_init_s": "t_device_init_s", "weights_s": "t_weights_s", "model_build_s": "t_model_build_s"}
+               "device_init_s": "t_device_init_s", "weights_s": "t_weights_s", "model_build_s": "t_model_build_s",
+               "kv_alloc_s": "t_kv_alloc_s", "compile_s": "t_compile_s", "graph_capture_s": "t_graph_capture_s"}
 TIER_ORDER = ("dram", "ssd", "remote")
 
 
 def cold_start_phases(cold: pd.DataFrame, path: Path, setting: str) -> list[Path]:
     """Mean seconds of each phase of a real run's cold starts, stacked per policy (and runtime, when several ran),
     one panel per tier the weights came from (shared y): the hand-off and imports are what a runtime changes, the
-    weights what the tier and loader change."""
+    weights what the tier and loader change, the engine's set-up (KV cache, compile, graph capture) what
+    ``engine=`` changes."""
     df = by_runtime(cold).copy()
     phases = [c for c in REAL_PHASES if c in df.columns]
     df[phases] = df[phases].fillna(0.0)
@@ -242,17 +251,7 @@ def cold_start_phases(cold: pd.DataFrame, path: Path, setting: str) -> list[Path
         part = df[df["tier"] == tier]
         means = part.groupby("policy")[columns].mean().reindex(policies)
         counts = part.groupby("policy").size().reindex(policies).fillna(0).astype(int)
-        bottom = np.zeros(len(policies))
-        for col in columns:
-            values = means[col].fillna(0).to_numpy()
-            name = REAL_PHASES.get(col, "t_other_s")
-            ax.bar(range(len(policies)), values, bottom=bottom, color=style.color(name), label=style.label(name),
-                   edgecolor="white", linewidth=0.5)
-            bottom += values
-        for i, count in enumerate(counts):
-            ax.annotate(f"{bottom[i]:.3g} s\nn={count}" if count else "n=0", (i, bottom[i]), xytext=(0, 2),
-                        textcoords="offset points", ha="center", va="bottom", fontsize=style.NOTE_SIZE)
-        ax.set_xticks(range(len(policies)), policies, rotation=25, ha="right")
+        stacked_bars(ax, means, {c: REAL_PHASES.get(c, "t_other_s") for c in columns}, counts, totals=True)
         ax.set_title(f"weights from {tier}")
         frames.append(means.rename(columns={c: REAL_PHASES.get(c, "t_other_s") for c in columns})
                       .assign(n=counts, tier=tier).reset_index())

@@ -51,6 +51,17 @@ def real_cluster(rc: DictConfig, model_times: dict[str, ModelTimes] | None = Non
     return Cluster(**kwargs)
 
 
+def engine_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """The composed ``engine`` option (``engine=compiled engine.mode=...``) as the plain config every instance
+    builds after its model, refused here (before any process starts) on a device it cannot run on."""
+    if cfg.get("engine") is None:
+        return None
+    node = cast(dict[str, Any], OmegaConf.to_container(cfg.engine, resolve=True))
+    device = "cpu" if str(cfg.device) == "auto" else str(cfg.device)
+    instantiate(cfg.engine).check(device)
+    return node
+
+
 def real_config(cfg: DictConfig) -> RealConfig:
     """The controller's option groups from ``real.*``: the lifecycle's knobs (the same the simulator has; sim_vs_real
     simulates with exactly these) and the instance processes'."""
@@ -63,7 +74,8 @@ def real_config(cfg: DictConfig) -> RealConfig:
                             max_request_retries=int(rc.max_request_retries),
                             max_load_failures=int(rc.max_load_failures),
                             slot_threads=int(rc.slot_threads), slot_memory_bytes=int(rc.slot_memory_bytes),
-                            device=device, dtype=str(cfg.dtype))
+                            device=device, dtype=str(cfg.dtype), engine=engine_config(cfg),
+                            engine_prompt_tokens=int(rc.engine_prompt_tokens))
     drain = 0.0 if bool(cfg.get("smoke", False)) else float(rc.get("drain_s", 30.0))
     return RealConfig(lifecycle, process, drain)
 

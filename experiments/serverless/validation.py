@@ -34,6 +34,8 @@ from schedulers.simulator import Simulator
 
 log = logging.getLogger("coldstart.schedulers.real")
 
+# A real cold start's engine set-up (``schedulers/real/instance.py``; absent, or 0 s, without an engine's steps).
+ENGINE_PHASES = ("kv_alloc_s", "compile_s", "graph_capture_s")
 # The metrics compared, how each is computed from a requests table and the run's stats.
 METRICS = ("ttft_s_p50", "ttft_s_p99", "cold_starts", "gpu_seconds")
 # Also compared: mean seconds a load spent getting a ready process (real: hand-off + imports per cold start;
@@ -61,7 +63,8 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
     Bandwidth of a tier = median bytes / (weights + download) seconds of its cold starts (DRAM falls back to
     SSD, SSD to remote, when a tier served none); ``startup_s`` = median hand-off + imports of the architecture's
     ``fresh`` cold starts (process start + imports; 0 when the run had none: other runtimes' start-up is
-    :func:`calibrate_runtime`'s), and ``startup_samples_s`` every one of them (a simulated cold start draws from
+    :func:`calibrate_runtime`'s), ``engine_s`` = median engine set-up (``kv_alloc_s`` + ``compile_s`` +
+    ``graph_capture_s``), and ``startup_samples_s`` every one of them (a simulated cold start draws from
     them: on a shared machine one start-up varies by tens of percent, slower where others overlap it, and a
     constant puts every simulated cold start at the median); ``build_s`` = median of what a cold start spent
     besides the bytes and that start-up (model build, RPC), plus the median by which requests' cold-start time
@@ -72,8 +75,10 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
     gbps: dict[str, float] = {}
     if len(cold):
         cold = runtime_phases(cold)
+        engine = sum((cold[c].astype(float).fillna(0.0) for c in ENGINE_PHASES if c in cold),
+                     pd.Series(0.0, index=cold.index))
         cold = cold.assign(moved_s=cold["weights_s"] + cold["download_s"].fillna(0.0),
-                           startup_s=cold["handoff_s"] + cold["imports_s"])
+                           startup_s=cold["handoff_s"] + cold["imports_s"], engine_s=engine)
         for tier, g in cold.groupby("tier"):
             gbps[str(tier)] = float(np.median(g["bytes"] / g["moved_s"])) / 1e9
     for tier, fallback in (("ssd", "remote"), ("dram", "ssd"), ("remote", "ssd")):
@@ -86,7 +91,8 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
     arch_of_cold = cold["model"].map(base_name) if len(cold) else pd.Series(dtype=str)
     for arch in sorted({base_name(m) for m in requests["model"]}):
         c = cold[arch_of_cold == arch] if len(cold) else cold
-        build = float(np.median(c["load_s"] - c["moved_s"] - c["startup_s"])) if len(c) else 0.0
+        build = float(np.median(c["load_s"] - c["moved_s"] - c["startup_s"] - c["engine_s"])) if len(c) else 0.0
+        engine_s = float(np.median(c["engine_s"])) if len(c) else 0.0
         fresh = c[c["runtime"] == "fresh"] if len(c) else c
         startup = float(np.median(fresh["startup_s"])) if len(fresh) else 0.0
         samples = tuple(sorted(max(float(x), 0.0) for x in fresh["startup_s"])) if len(fresh) else ()
@@ -108,7 +114,7 @@ def calibrate(requests: pd.DataFrame, cold: pd.DataFrame) -> tuple[dict[str, flo
             build += max(float(cold_reqs["load_s"].median()) - float(c["load_s"].median()), 0.0)
         times[arch] = ModelTimes(build_s=max(build, 0.0), first_token_s=prefill_base,
                                  prefill_s_per_token=prefill_slope, decode_s_per_token=decode,
-                                 startup_s=max(startup, 0.0), startup_samples_s=samples)
+                                 startup_s=max(startup, 0.0), startup_samples_s=samples, engine_s=max(engine_s, 0.0))
     return gbps, times
 
 

@@ -3,7 +3,9 @@ the instance processes it starts and calls."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from schedulers.lifecycle import LifecycleConfig
 
@@ -21,12 +23,16 @@ class ProcessConfig:
     slot_memory_bytes: int | None = None
     device: str = "cpu"
     dtype: str = "fp32"
+    engine: Mapping[str, Any] | None = None  # a conf/engine config each instance sets up after the build (None: none)
+    engine_prompt_tokens: int = 16  # the prompt length an engine is prepared (compiled, captured) for at a cold start
 
     def __post_init__(self) -> None:
         if not self.call_timeout_s > 0:
             raise ValueError(f"real.call_timeout_s={self.call_timeout_s!r}; it must be > 0")
         if self.decode_chunk < 1:
             raise ValueError(f"real.decode_chunk={self.decode_chunk!r}; it must be ≥ 1")
+        if self.engine_prompt_tokens < 1:
+            raise ValueError(f"real.engine_prompt_tokens={self.engine_prompt_tokens!r}; it must be ≥ 1")
 
 
 @dataclass(frozen=True)

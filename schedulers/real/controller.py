@@ -124,6 +124,7 @@ class RealBackend:
         self.handles[inst.id] = handle
         loader, model = self.tiers.loader_cfg(site, job.tier), self.tiers.model_cfg(inst.info.name)
         self.calls.call(handle, "load", path, loader, model,
+                        dict(self.cfg.engine) if self.cfg.engine is not None else None, self.cfg.engine_prompt_tokens,
                         then=lambda _s, out, err: self._loaded(job, path, download_s, attempt, handoff_s, out, err))
 
     def _loaded(self, job: LoadJob, path: str, download_s: float, attempt: int, handoff_s: float, phases: Any,

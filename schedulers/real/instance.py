@@ -3,7 +3,8 @@
 The controller gets its process from the run's runtime (``runtimes/``): ``fresh`` starts it for this cold start
 (the process start and the imports are part of it); ``pool`` hands out one started earlier, whose construction
 imported everything, created the device context and ran a warm-up forward pass. The controller calls ``load``
-once, then serves requests token by token with a KV cache:
+once (weights, build, then the engine's set-up steps when the run names an engine: ``engines/``), then serves
+requests token by token with a KV cache (the engine's, when it has one):
 ``begin`` (prefill the prompt, first token), ``step`` (decode n more), and ``adopt`` (re-prefill tokens a
 request produced elsewhere — how a live migration's destination catches up, ServerlessLLM §5.3).
 Token timestamps are ``time.perf_counter`` offsets from the start of each call, so no clock crosses machines.
@@ -34,6 +35,8 @@ class ModelInstance:
         self.model_cfg = dict(model) if model else None
         self.dtype, self.device_name = dtype, device
         self.model: Any = None
+        self.run: Any = None  # the engine's run (engines.base.EngineRun) serving the model, when load named one
+        self.owner: int | None = None  # the request whose tokens the engine's single KV cache holds
         self.sessions: dict[int, dict[str, Any]] = {}
         self.uses = 0
         self.idle_rss_bytes: int | None = None
@@ -52,14 +55,17 @@ class ModelInstance:
             release_memory(device)
             self.idle_rss_bytes = rss_bytes()
 
-    def load(self, checkpoint: str, loader: dict[str, Any], model: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Load ``checkpoint`` with the ``loader`` config and build ``model`` (default: the constructor's); return
-        phase times (seconds)."""
+    def load(self, checkpoint: str, loader: dict[str, Any], model: dict[str, Any] | None = None,
+             engine: dict[str, Any] | None = None, prompt_tokens: int = 16) -> dict[str, Any]:
+        """Load ``checkpoint`` with the ``loader`` config and build ``model`` (default: the constructor's); then, when
+        ``engine`` (a ``conf/engine`` config) is given, its set-up steps prepared for ``prompt_tokens``-token prompts
+        (``kv_alloc_s``, ``compile_s``, ``graph_capture_s``: 0 for a step the engine lacks), after which requests
+        are served through it. Returns the phase times (seconds)."""
         t0 = time.time()
         import torch
 
         import harness.modelbuild as mb
-        from harness.trial import instantiate
+        from harness.trial import ENGINE_MARKS, instantiate
 
         cfg = model or self.model_cfg
         if cfg is None:
@@ -79,11 +85,23 @@ class ModelInstance:
             t_weights = time.time()
             self.model = mb.build_model(spec, self.dtype, result.state_dict, device).eval()
             t_built = time.time()
+            engine_phases: dict[str, Any] = {}
+            if engine is not None:
+                eng = instantiate(engine)
+                eng.check(self.device_name)
+                run = eng.prepare(self.model, device, int(prompt_tokens), 0, None)
+                last = t_built
+                for step, do in zip(ENGINE_MARKS, (run.alloc_kv, run.compile, run.capture), strict=True):
+                    now = time.time() if do() else last  # a step the engine lacks: 0 s
+                    engine_phases[f"{step}_s"], last = now - last, now
+                self.run, self.owner = run, None
+                engine_phases.update(engine=eng.name, **run.facts())
         except Exception as exc:
+            self.model = self.run = None
             raise InstanceLoadError(f"loading {checkpoint} failed: {type(exc).__name__}: {exc}") from exc
         self.device = device
         phases = {"imports_s": t_imports - t0, "device_init_s": t_device - t_imports, "weights_s": t_weights - t_device,
-                  "model_build_s": t_built - t_weights,
+                  "model_build_s": t_built - t_weights, **engine_phases,
                   "bytes": sum(int(t.numel() * t.element_size()) for t in result.state_dict.values()),
                   "bytes_by_tier": dict(result.bytes_by_tier), "uses": self.uses}
         return phases
@@ -91,13 +109,18 @@ class ModelInstance:
     def unload(self) -> dict[str, Any]:
         """Drop the model and every session, give the memory back; the RSS now beside the idle RSS."""
         self.sessions.clear()
-        self.model = None
+        self.model = self.run = self.owner = None
         release_memory(self.device_name)
         return {"idle_rss_bytes": self.idle_rss_bytes, "rss_after_unload_bytes": rss_bytes(), "uses": self.uses}
 
     def begin(self, request_id: int, prompt: list[int]) -> dict[str, Any]:
         """Prefill ``prompt`` and produce the first token; returns ``{"tokens": [t], "offsets_s": [dt]}``."""
         t0 = time.perf_counter()
+        if self.run is not None:
+            s = self.sessions[request_id] = {"ids": list(prompt), "fed": 0, "cache": None}
+            next_id = self._feed(request_id, s, len(prompt))
+            s["ids"].append(next_id)
+            return {"tokens": [next_id], "offsets_s": [time.perf_counter() - t0]}
         next_id, cache = self._forward(prompt, None)
         self.sessions[request_id] = {"ids": [*prompt, next_id], "cache": cache}
         return {"tokens": [next_id], "offsets_s": [time.perf_counter() - t0]}
@@ -108,7 +131,10 @@ class ModelInstance:
         t0 = time.perf_counter()
         tokens, offsets = [], []
         for _ in range(n):
-            next_id, s["cache"] = self._forward(s["ids"][-1:], s["cache"])
+            if self.run is not None:
+                next_id = self._feed(request_id, s, len(s["ids"]))
+            else:
+                next_id, s["cache"] = self._forward(s["ids"][-1:], s["cache"])
             s["ids"].append(next_id)
             tokens.append(next_id)
             offsets.append(time.perf_counter() - t0)
@@ -118,7 +144,15 @@ class ModelInstance:
         """Take over a request whose tokens so far are ``ids`` (prompt + generated): prefill those not yet in
         this instance's cache (all but the newest, which the next ``step`` feeds). Called in rounds."""
         t0 = time.perf_counter()
-        s = self.sessions.setdefault(request_id, {"ids": [], "cache": None})
+        s = self.sessions.setdefault(request_id, {"ids": [], "fed": 0, "cache": None})
+        if self.run is not None:
+            have = s["fed"] if self.owner == request_id else 0
+            if ids[:have] != s["ids"][:have]:
+                raise ValueError(f"request {request_id}: adopted tokens diverge from the {have} already prefilled")
+            s["ids"] = list(ids)
+            if len(ids) - 1 > have:
+                self._feed(request_id, s, len(ids) - 1)
+            return {"prefilled": max(len(ids) - 1 - have, 0), "s": time.perf_counter() - t0}
         have = max(len(s["ids"]) - 1, 0) if s["cache"] is not None else 0
         if ids[:have] != s["ids"][:have]:
             raise ValueError(f"request {request_id}: adopted tokens diverge from the {have} already prefilled")
@@ -131,10 +165,21 @@ class ModelInstance:
     def finish(self, request_id: int) -> None:
         """Drop a request's KV cache."""
         self.sessions.pop(request_id, None)
+        if self.owner == request_id:
+            self.owner = None
 
     def close(self) -> None:
         self.sessions.clear()
-        self.model = None
+        self.model = self.run = self.owner = None
+
+    def _feed(self, request_id: int, s: dict[str, Any], upto: int) -> int:
+        """Through the engine: the session's tokens up to ``upto`` into its single KV cache (the ones not in it yet;
+        all of them, from an empty cache, when it holds another request's), and the greedy next token."""
+        if self.owner != request_id:
+            s["fed"] = 0
+        token = int(self.run.feed(s["ids"][s["fed"]:upto], reset=s["fed"] == 0))
+        s["fed"], self.owner = upto, request_id
+        return token
 
     def _session(self, request_id: int) -> dict[str, Any]:
         if request_id not in self.sessions:

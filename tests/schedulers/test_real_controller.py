@@ -66,8 +66,9 @@ def _run(cfg: DictConfig, tmp_path: Path, requests: list[Request], during: Calla
 @pytest.mark.slow
 def test_serverless_real_writes_the_simulator_columns(compose_cfg: Callable[..., DictConfig],
                                                       tmp_path: Path) -> None:
+    # with an engine (torch.compile, the eager backend: Dynamo's tracing without Inductor's code generation)
     cfg = _cfg(compose_cfg, tmp_path, "workload.duration_s=60", "workload.num_requests=3", "workload.rps=0.3",
-               "real.time_scale=0.2",
+               "real.time_scale=0.2", "engine=compiled", "engine.backend=eager",
                "workload.models=['tiny-llama#0','tiny-llama#1']")
     out = run_serverless_real(cfg, tmp_path / "run")
     req, summary, cold = out.tables["requests"], out.tables["summary"], out.tables["cold_starts"]
@@ -79,6 +80,12 @@ def test_serverless_real_writes_the_simulator_columns(compose_cfg: Callable[...,
     assert req["cold_start"].sum() == len(cold) >= 1  # each cold start has its measured phases
     assert (cold["load_s"] >= cold["weights_s"] + cold["imports_s"]).all()
     assert {"handoff_s", "imports_s", "weights_s", "model_build_s", "runtime"} <= set(cold.columns)
+    # the engine's set-up steps are phases of every cold start, inside the load call
+    assert (cold["engine"] == "compiled").all()
+    assert (cold["kv_alloc_s"] > 0).all()
+    assert (cold["compile_s"] > 0).all()
+    assert (cold["graph_capture_s"] == 0).all()  # no CUDA graphs in this engine
+    assert (cold["load_s"] >= cold["weights_s"] + cold["imports_s"] + cold["compile_s"]).all()
     assert summary.loc[0, "requests"] == len(req)
     assert _no_workers_left()
 
