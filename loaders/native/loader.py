@@ -633,7 +633,7 @@ class NativeLoader(BaseLoader):
             record = self._probe_record(plan, device, self.probe.quick_bytes)
         probe_s = time.perf_counter() - t_probe if record is not None and record.get("quick") else 0.0
         choice = path_probe.choose(allowed, record, device.type, "cold" if cold else "warm",
-                                   "fresh" if dest == "ring" and device.type == "cpu" else dest)
+                                   "fresh" if dest == "ring" and device.type == "cpu" else dest, plan.total_bytes)
         if choice.path == "map":
             del lease
             result = self._map(plan, tier, t0, cold=cold)

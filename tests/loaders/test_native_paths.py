@@ -112,6 +112,19 @@ def test_choose_takes_the_fastest_measured_path_for_state_and_destination() -> N
     assert probe.choose(allowed, None, "cpu", "warm", "fresh").path == "map"
 
 
+def test_a_cold_load_bigger_than_the_probe_needs_a_clear_lead_to_go_through_the_page_cache() -> None:
+    """The probe's slice does not show a whole checkpoint filling the page cache: past its size, O_DIRECT keeps
+    a near tie (buffered 1 % ahead), and loses only to a clear lead; the slice's own size decides as measured."""
+    tie = {"gbps": {"cpu/cold/fresh/direct": 1.51, "cpu/cold/fresh/buffered": 1.53, "cpu/warm/fresh/map": 4.0,
+                    "cpu/warm/fresh/buffered": 5.0}, "probe_bytes": 512 << 20, "choice": {}}
+    allowed = probe.candidates("cpu", "auto", "auto")
+    assert probe.choose(allowed, tie, "cpu", "cold", "fresh", load_bytes=2_630_000_000).path == "direct"
+    assert probe.choose(allowed, tie, "cpu", "cold", "fresh", load_bytes=256 << 20).path == "buffered"
+    assert probe.choose(allowed, tie, "cpu", "warm", "fresh", load_bytes=2_630_000_000).path == "buffered"
+    lead = {**tie, "gbps": {**tie["gbps"], "cpu/cold/fresh/buffered": 1.51 * (1 + probe.PAGE_CACHE_MARGIN) + 0.01}}
+    assert probe.choose(allowed, lead, "cpu", "cold", "fresh", load_bytes=2_630_000_000).path == "buffered"
+
+
 def test_a_cached_measurement_decides_the_path_and_the_result_says_so(shared_store: CheckpointStore,
                                                                       tmp_path: Path) -> None:
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
