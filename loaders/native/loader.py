@@ -573,7 +573,7 @@ class NativeLoader(BaseLoader):
         if is_url(checkpoint_dir) or self.probe.bytes == 0:
             return None
         allowed = path_probe.candidates(device.type, self.staging, self.direct_io)
-        if len(allowed) < 2:
+        if not path_probe.decides(allowed, device.type):
             return None
         plan = self._plan(Path(checkpoint_dir), verify="never")
         return self._probe_record(plan, device, self.probe.bytes, use_quick=False)
@@ -629,7 +629,7 @@ class NativeLoader(BaseLoader):
         lease = arena.lease(plan.total_bytes) if arena is not None else None
         dest = "ring" if ring else ("arena" if lease is not None else "fresh")
         record, t_probe = None, time.perf_counter()
-        if len(allowed) > 1:
+        if path_probe.decides(allowed, device.type if dest != "arena" else "arena"):
             record = self._probe_record(plan, device, self.probe.quick_bytes)
         probe_s = time.perf_counter() - t_probe if record is not None and record.get("quick") else 0.0
         choice = path_probe.choose(allowed, record, device.type, "cold" if cold else "warm",

@@ -73,6 +73,13 @@ def candidates(device: str, staging: str, direct_io: str) -> tuple[str, ...]:
     return ("map", *io) if direct_io != "on" else io
 
 
+def decides(allowed: Sequence[str], device: str) -> bool:
+    """Whether the probe has a choice to make for a load: between paths, or, for O_DIRECT into fresh CPU memory
+    (``direct_io=on``), between huge and 4 KiB pages (``device``: ``cpu``, ``cuda``, or ``arena`` for a pool
+    worker's pre-faulted memory, which has no page size to choose)."""
+    return len(allowed) > 1 or (device == "cpu" and tuple(allowed) == ("direct",))
+
+
 def boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()

@@ -144,6 +144,21 @@ def test_a_cached_measurement_decides_the_path_and_the_result_says_so(shared_sto
         assert result.phases_s["probe_s"] == 0.0
         assert verify_state_dict(ckpt, result.state_dict) == ckpt.total_bytes
         del result
+    # direct_io=on leaves one path, but the page size of its fresh memory is still the probe's measured choice
+    assert probe.decides(("direct",), "cpu")
+    assert not probe.decides(("direct",), "arena")
+    assert not probe.decides(("direct",), "cuda")
+    only_direct = NativeLoader(dram_dir=None, direct_io="on", probe={"cache": str(cache)})
+    for huge in (True, False):
+        gbps = {"cpu/cold/fresh/direct": 1.0, "cpu/cold/fresh/direct-thp": 2.0 if huge else 0.5}
+        probe.ProbeCache(cache).put(key, {"gbps": gbps, "choice": probe._choices(gbps), "quick": False})
+        evict(ckpt.files)
+        result = only_direct.load(ckpt.path, CPU)
+        assert (result.info["path"], result.info["path_source"]) == (f"direct→fresh{'-thp' if huge else ''}",
+                                                                     "setting")
+        assert result.phases_s["fresh_huge"] == float(huge)
+        assert verify_state_dict(ckpt, result.state_dict) == ckpt.total_bytes
+        del result
 
 
 def test_measure_times_every_candidate_and_restores_the_page_cache(tmp_path: Path) -> None:
@@ -191,7 +206,9 @@ def test_prepare_measures_once_and_trials_read_it(shared_store: CheckpointStore,
     result = NativeLoader(dram_dir=None, probe={"cache": str(tmp_path / "p.json")}).load(big, CPU)
     assert result.info["path_source"] == "probe"
     assert len(calls) == 1
-    assert NativeLoader(dram_dir=None, direct_io="on", probe={"cache": None}).prepare(big, CPU) is None  # one path
+    assert NativeLoader(dram_dir=None, staging="map", probe={"cache": None}).prepare(big, CPU) is None  # one path
+    # O_DIRECT only (direct_io=on): still the page size of its fresh memory to measure
+    assert NativeLoader(dram_dir=None, direct_io="on", probe={"cache": None}).prepare(big, CPU) is not None
 
 
 def test_fresh_memory_is_faulted_in_ahead_of_the_readers(tmp_path: Path) -> None:
