@@ -21,13 +21,8 @@ CACHE=${COLDSTART_CACHE:-$HOME/.cache/coldstart}
 mkdir -p "$OUT"
 STEPS=${*:-1 2 3}
 FAILED=0
-run() {  # name overrides...
-  local name=$1; shift
-  echo "[cold_path_cpu] $(date +%T) $name: $*"
-  "$PY" -m harness "$@" progress=false loader_args.native.dram_dir="$DRAM_DIR" hydra.run.dir="$OUT/$name" \
-    >"$OUT/$name.log" 2>&1 || FAILED=1
-  grep -v -e WARN -e Warning "$OUT/$name.log" | tail -n 14
-}
+TAG=cold_path_cpu SHOWN=14 EXTRA=(loader_args.native.dram_dir="$DRAM_DIR")
+source benchmarks/steps.sh
 for s in $STEPS; do
   case $s in
     1) run opt-1.3b_cold experiment=loading model=opt-1.3b 'loaders=[native,native_direct]' \

@@ -17,12 +17,8 @@ mkdir -p "$OUT"
 STEPS=${*:-1 2}
 FAILED=0
 { lscpu | head -20; free -g; "$PY" -c "import torch; print('torch', torch.__version__)"; } >"$OUT/hardware.txt"
-run() {  # name overrides...
-  local name=$1; shift
-  echo "[engine_phases_cpu] $(date +%T) $name: $*"
-  "$PY" -m harness "$@" progress=false hydra.run.dir="$OUT/$name" >"$OUT/$name.log" 2>&1 || FAILED=1
-  grep -v -e WARN -e Warning "$OUT/$name.log" | tail -n 8
-}
+TAG=engine_phases_cpu SHOWN=8 EXTRA=()
+source benchmarks/steps.sh
 for s in $STEPS; do
   case $s in
     1) run compile_cache_opt-125m experiment=loading model=opt-125m loaders=[safetensors] cache_states=[warm] \

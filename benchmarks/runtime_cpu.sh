@@ -18,12 +18,8 @@ OUT=${OUT:-results/runs/runtime_cpu/$(date +%Y-%m-%d_%H-%M-%S)}
 mkdir -p "$OUT"
 STEPS=${*:-1 2 3 4}
 FAILED=0
-run() {  # name overrides...
-  local name=$1; shift
-  echo "[runtime_cpu] $(date +%T) $name: $*"
-  "$PY" -m harness "$@" progress=false hydra.run.dir="$OUT/$name" >"$OUT/$name.log" 2>&1 || FAILED=1
-  grep -v -e WARN -e Warning "$OUT/$name.log" | tail -n 12
-}
+TAG=runtime_cpu SHOWN=12 EXTRA=()
+source benchmarks/steps.sh
 for s in $STEPS; do
   case $s in
     1) run loading_opt-125m_warm experiment=loading model=opt-125m cache_states=[warm] trials=5 \
