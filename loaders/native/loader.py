@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -66,6 +67,7 @@ from loaders.native.sllm import (
     tensor_view,
 )
 from loaders.native.tiers import DramTier, TierCapacityError, clean_dead_temps, temp_entry
+from loaders.native.writebehind import WriteBehind
 from loaders.pagecache import resident_fraction
 
 __all__ = ["VERIFIED", "NativeLoader", "detect_format"]
@@ -274,6 +276,41 @@ def _sllm_plan(directory: Path, chunk_bytes: int, verify: str, max_index_bytes: 
                  sampled, cursor)
 
 
+def _open_copy(files: list[Path], fds: dict[str, int], direct: bool) -> None:
+    """Open an SSD-tier copy's files for writing into ``fds`` (with ``direct``, an O_DIRECT descriptor beside each,
+    ``<name>\\0direct``, where the file system has O_DIRECT)."""
+    fds.update({f.name: os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in files})
+    if direct:
+        with contextlib.suppress(OSError):  # a file system without O_DIRECT: buffered writes
+            fds.update({f"{f.name}\0direct": os.open(f, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT) for f in files})
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
+def _write_copy(owned: contextlib.ExitStack, lease: torch.Tensor | None, landed: list[tuple[Segment, memoryview]],
+                files: list[Path], tmp: Path, local: Path, finish: Callable[[Path], None]) -> None:
+    """Write-behind (``loaders/native/writebehind.py``): every chunk a remote load left in the arena (``landed``) into
+    the SSD-tier copy in ``tmp``, then its sums and verified mark (``finish``), then publish it as ``local``; the
+    temp entry (``owned``) is removed if anything fails. Holding ``lease`` keeps the arena's bytes until done."""
+    fds: dict[str, int] = {}
+    with owned:
+        try:
+            _open_copy(files, fds, direct=True)
+            for seg, view in landed:
+                remote_tier.write_through(fds[seg.path.name], fds.get(f"{seg.path.name}\0direct"), view,
+                                          seg.file_offset)
+        finally:
+            _close_all(fds)
+            landed.clear()
+            del lease  # the arena may be leased again once the model is gone too
+        finish(tmp)
+        publish(tmp, local, files)
+
+
 class NativeLoader(BaseLoader):
     """Our loader: reads native (or safetensors) checkpoints with parallel chunked preads into one buffer."""
 
@@ -284,7 +321,7 @@ class NativeLoader(BaseLoader):
                  dram_dir: str | None = None, dram_capacity_bytes: int = 8 << 30, ssd_dir: str | None = None,
                  remote_retries: int = 3, remote_timeout_s: float = 30.0, remote_to_dram: bool = False,
                  max_index_bytes: int = MAX_INDEX_BYTES, verify_max_age_s: float = 86400.0,
-                 probe: ProbeOptions | dict[str, object] | None = None) -> None:
+                 probe: ProbeOptions | dict[str, object] | None = None, remote_write_behind: bool = True) -> None:
         for key, value, allowed in (("format", format, FORMATS), ("direct_io", direct_io, DIRECT_IO),
                                     ("staging", staging, STAGING), ("verify", verify, VERIFY)):
             if value not in allowed:
@@ -305,6 +342,9 @@ class NativeLoader(BaseLoader):
         self.ssd_root = Path(os.path.expanduser(ssd_dir)) if ssd_dir else Path(cache) / "remote-ssd"
         self.remote_retries, self.remote_timeout_s = remote_retries, remote_timeout_s
         self.remote_to_dram = remote_to_dram
+        # into an arena, the SSD-tier copy is written after the load from the arena (loaders/native/writebehind.py)
+        self.remote_write_behind = bool(remote_write_behind)
+        self.write_behind = WriteBehind()
         if max_index_bytes < 1 or verify_max_age_s < 0:
             raise ValueError(f"loader.max_index_bytes={max_index_bytes} must be ≥ 1 and loader.verify_max_age_s="
                              f"{verify_max_age_s} ≥ 0")
@@ -465,6 +505,7 @@ class NativeLoader(BaseLoader):
         if not is_url(checkpoint_dir):
             return self._load_from(Path(checkpoint_dir), device, "ssd", direct=None)
         local = self.ssd_root / key
+        self.write_behind.wait(key)  # a copy this process is still writing: it is the SSD tier's in a moment
         if local.exists():
             return self._load_from(local, device, "ssd", direct=None)
         return self._load_remote(str(checkpoint_dir), local, device)
@@ -479,8 +520,10 @@ class NativeLoader(BaseLoader):
         self.ssd_root.mkdir(parents=True, exist_ok=True)
         clean_dead_temps(self.ssd_root)
         fds: dict[str, int] = {}
+        behind = False
         try:
-            with temp_entry(self.ssd_root, local.name) as tmp:
+            with contextlib.ExitStack() as owned:
+                tmp = owned.enter_context(temp_entry(self.ssd_root, local.name))
                 files = make_skeleton(remote, tmp, self.max_index_bytes)
                 plan = self._plan(tmp)
                 record = not any(seg.digest for seg in plan.segments) and self.verify != "never"
@@ -522,31 +565,36 @@ class NativeLoader(BaseLoader):
                               pipeline_s=t_fetch - t_plan + ph["pipeline_s"], fetch_s=stats.read_s,
                               verify_s=stats.verify_s, write_s=stats.copy_s)
                 else:
-                    # Into the pinned ring (CUDA) or a pool worker's arena (CPU), written through beside. From the
-                    # arena the SSD-tier copy is written with O_DIRECT where aligned: no fresh page-cache page is
-                    # filled for a copy the next load reads from the disk anyway (on the 2-core VM those pages, not
-                    # the network, were what held a remote load to half the download's speed).
-                    fds.update({f.name: os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in files})
-                    if lease is not None:
-                        with contextlib.suppress(OSError):  # a file system without O_DIRECT: buffered writes
-                            fds.update({f"{f.name}\0direct": os.open(f, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
-                                        for f in files})
+                    # Into the pinned ring (CUDA) or a pool worker's arena (CPU). From the arena the SSD-tier copy is
+                    # written after the load (write-behind: the arena keeps the bytes), with O_DIRECT where aligned:
+                    # no fresh page-cache page is filled for a copy the next load reads from the disk anyway. Through
+                    # the ring (whose buffers are reused at once) it is written through during the load.
+                    behind = lease is not None and self.remote_write_behind and not self.remote_to_dram
+                    landed: list[tuple[Segment, memoryview]] = []
 
                     def write_through(seg: Segment, view: memoryview) -> None:
                         direct = fds.get(f"{seg.path.name}\0direct")
                         remote_tier.write_through(fds[seg.path.name], direct, view, seg.file_offset)
 
+                    def finish(directory: Path) -> None:
+                        if record:
+                            record_sums(directory)
+                        if checksummed:
+                            mark_verified(directory, self._plan(directory, verify="never").fingerprint)
+
+                    if not behind:
+                        _open_copy(files, fds, direct=lease is not None)
                     result = self._read(plan, "remote", t0, device, False, ring, fetch=fetch,
-                                        on_segment=write_through, dest=lease)
+                                        on_segment=(lambda seg, view: landed.append((seg, view))) if behind
+                                        else write_through, dest=lease)
+                    if behind:  # the temp entry and the arena's bytes now belong to the copy's writer
+                        self.write_behind.submit(local.name, partial(_write_copy, owned.pop_all(), lease, landed,
+                                                                     files, tmp, local, finish))
                     del lease
-                    for fd in fds.values():
-                        os.close(fd)
-                    fds.clear()
-                    if record:
-                        record_sums(tmp)
-                    if checksummed:
-                        mark_verified(tmp, self._plan(tmp, verify="never").fingerprint)
-                    publish(tmp, local, files)
+                    if not behind:
+                        _close_all(fds)
+                        finish(tmp)
+                        publish(tmp, local, files)
         except BaseException as exc:
             for fd in fds.values():
                 os.close(fd)
@@ -557,7 +605,8 @@ class NativeLoader(BaseLoader):
             raise
         result.phases_s["verified"] = float(plan.verifying)
         result.phases_s["checksums_recorded"] = float(record)
-        result.phases_s["written_through"] = 1.0
+        result.phases_s["written_through"] = float(not behind)
+        result.phases_s["write_behind"] = float(behind)
         if self.remote_to_dram and self.dram is not None:
             try:
                 self._stage(local.name, local)

@@ -125,6 +125,21 @@ def test_a_cold_load_bigger_than_the_probe_needs_a_clear_lead_to_go_through_the_
     assert probe.choose(allowed, lead, "cpu", "cold", "fresh", load_bytes=2_630_000_000).path == "buffered"
 
 
+def test_fresh_huge_pages_only_for_a_load_the_probe_slice_covered() -> None:
+    """Huge pages' first touch slows as the kernel compacts memory, which a slice does not reach: a larger load
+    keeps 4 KiB pages, and its O_DIRECT rate against the other paths is the 4 KiB one."""
+    record = {"gbps": {"cpu/cold/fresh/direct": 1.33, "cpu/cold/fresh/direct-thp": 1.51,
+                       "cpu/cold/fresh/buffered": 1.45}, "probe_bytes": 512 << 20,
+              "choice": {"fresh_huge": True}}
+    allowed = probe.candidates("cpu", "auto", "auto")
+    small = probe.choose(allowed, record, "cpu", "cold", "fresh", load_bytes=256 << 20)
+    assert small == probe.PathChoice("direct", True, "probe")  # measured: thp 1.51 beats buffered 1.45
+    big = probe.choose(allowed, record, "cpu", "cold", "fresh", load_bytes=2_630_000_000)
+    assert big == probe.PathChoice("direct", False, "probe")  # 1.33 × 1.15 still ahead of buffered, on 4 KiB pages
+    assert probe.choose(("direct",), record, "cpu", "cold", "fresh", load_bytes=2_630_000_000).huge is False
+    assert probe.choose(("direct",), record, "cpu", "cold", "fresh", load_bytes=256 << 20).huge is True
+
+
 def test_a_cached_measurement_decides_the_path_and_the_result_says_so(shared_store: CheckpointStore,
                                                                       tmp_path: Path) -> None:
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
@@ -151,7 +166,8 @@ def test_a_cached_measurement_decides_the_path_and_the_result_says_so(shared_sto
     only_direct = NativeLoader(dram_dir=None, direct_io="on", probe={"cache": str(cache)})
     for huge in (True, False):
         gbps = {"cpu/cold/fresh/direct": 1.0, "cpu/cold/fresh/direct-thp": 2.0 if huge else 0.5}
-        probe.ProbeCache(cache).put(key, {"gbps": gbps, "choice": probe._choices(gbps), "quick": False})
+        probe.ProbeCache(cache).put(key, {"gbps": gbps, "choice": probe._choices(gbps), "quick": False,
+                                          "probe_bytes": 1 << 30})
         evict(ckpt.files)
         result = only_direct.load(ckpt.path, CPU)
         assert (result.info["path"], result.info["path_source"]) == (f"direct→fresh{'-thp' if huge else ''}",

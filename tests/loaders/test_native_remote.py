@@ -269,11 +269,13 @@ def test_a_killed_fetch_leaves_only_a_hidden_temp_that_the_next_fetch_removes(ng
     assert _visible(tmp_path / "ssd") == [url_key(url)]
 
 
+@pytest.mark.parametrize("behind", [True, False], ids=["write-behind", "write-through"])
 @pytest.mark.parametrize("fmt", ["native", "safetensors", "sllm"])
 def test_a_remote_load_into_an_arena_writes_the_ssd_copy_through(nginx: Nginx, shared_store: CheckpointStore,
-                                                                 tmp_path: Path, fmt: str) -> None:
+                                                                 tmp_path: Path, fmt: str, behind: bool) -> None:
     """With a pool worker's arena the chunks land in it (no fresh memory) and go to the SSD tier's files with
-    O_DIRECT where aligned; the SSD copy then serves the next load, byte for byte."""
+    O_DIRECT where aligned, after the load (write-behind, the default) or during it; the SSD copy then serves the
+    next load, byte for byte."""
     from loaders import arena
 
     ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native" if fmt == "native" else "safetensors",
@@ -286,10 +288,11 @@ def test_a_remote_load_into_an_arena_writes_the_ssd_copy_through(nginx: Nginx, s
     made = arena.HostArena(4 << 20)
     previous = arena.install(made)
     try:
-        loader = _loader(tmp_path, threads=2)
+        loader = _loader(tmp_path, threads=2, remote_write_behind=behind)
         first = loader.load(f"{nginx.url}/{served.name}", CPU)
         assert first.phases_s["arena"] == 1.0
         assert first.info["path"] == "fetch→arena"
+        assert (first.phases_s["write_behind"], first.phases_s["written_through"]) == (float(behind), float(not behind))
         assert verify_state_dict(ckpt, first.state_dict) == ckpt.total_bytes
         del first
         second = loader.load(f"{nginx.url}/{served.name}", CPU)
@@ -299,6 +302,85 @@ def test_a_remote_load_into_an_arena_writes_the_ssd_copy_through(nginx: Nginx, s
             if f.is_file() and not f.name.startswith("."):
                 copy = tmp_path / "ssd" / url_key(f"{nginx.url}/{served.name}") / f.name
                 assert copy.read_bytes() == f.read_bytes(), f.name
+        del second
+    finally:
+        arena.install(previous)
+        made.close()
+
+
+def test_the_arena_stays_leased_until_its_bytes_are_written_behind(nginx: Nginx, shared_store: CheckpointStore,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load returns with its copy still being written: the model unloaded, the arena is still not handed out
+    (a later cold start would overwrite bytes being written), and is once the copy is published."""
+    from loaders import arena
+
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
+    served = _publish(ckpt.path, nginx.root, "arena-held")
+    url = f"{nginx.url}/{served.name}"
+    go = threading.Event()
+    real_write = remote_tier.write_through
+
+    def held(*args: Any) -> None:
+        assert go.wait(60), "the test never released the writer"
+        real_write(*args)
+
+    monkeypatch.setattr(remote_tier, "write_through", held)
+    made = arena.HostArena(4 << 20)
+    previous = arena.install(made)
+    try:
+        loader = _loader(tmp_path, threads=2)
+        first = loader.load(url, CPU)
+        assert first.phases_s["write_behind"] == 1.0
+        assert verify_state_dict(ckpt, first.state_dict) == ckpt.total_bytes
+        del first
+        assert loader.write_behind.pending() == [url_key(url)]
+        assert made.lease(1 << 20) is None  # the writer still reads the arena
+        assert _visible(tmp_path / "ssd")[0].startswith(".")  # only a hidden temp entry so far
+        go.set()
+        assert loader.write_behind.wait(timeout_s=60)
+        assert loader.write_behind.written_s[url_key(url)] > 0
+        again = made.lease(1 << 20)
+        assert again is not None
+        del again
+        second = loader.load(url, CPU)
+        assert set(second.bytes_by_tier) == {"ssd"}
+        assert verify_state_dict(ckpt, second.state_dict) == ckpt.total_bytes
+        del second
+    finally:
+        go.set()
+        arena.install(previous)
+        made.close()
+
+
+def test_a_failed_write_behind_keeps_nothing_and_the_next_load_fetches_again(
+        nginx: Nginx, shared_store: CheckpointStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from loaders import arena
+
+    ckpt = shared_store.ensure(model_spec("tiny-opt"), "fp16", "native", progress=False)
+    served = _publish(ckpt.path, nginx.root, "arena-full")
+    url = f"{nginx.url}/{served.name}"
+
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    made = arena.HostArena(4 << 20)
+    previous = arena.install(made)
+    try:
+        loader = _loader(tmp_path, threads=2)
+        with monkeypatch.context() as m:
+            m.setattr(remote_tier, "write_through", full)
+            first = loader.load(url, CPU)  # the load itself is whole: its bytes are in the arena
+            assert verify_state_dict(ckpt, first.state_dict) == ckpt.total_bytes
+            del first
+            assert loader.write_behind.wait(timeout_s=60)
+        assert "No space left" in loader.write_behind.failed[url_key(url)]
+        assert "was not kept" in caplog.text
+        assert _visible(tmp_path / "ssd") == []  # no entry, no temp left behind
+        second = loader.load(url, CPU)
+        assert set(second.bytes_by_tier) == {"remote"}
+        assert verify_state_dict(ckpt, second.state_dict) == ckpt.total_bytes
         del second
     finally:
         arena.install(previous)
