@@ -135,7 +135,7 @@ def test_fresh_huge_pages_only_for_a_load_the_probe_slice_covered() -> None:
     small = probe.choose(allowed, record, "cpu", "cold", "fresh", load_bytes=256 << 20)
     assert small == probe.PathChoice("direct", True, "probe")  # measured: thp 1.51 beats buffered 1.45
     big = probe.choose(allowed, record, "cpu", "cold", "fresh", load_bytes=2_630_000_000)
-    assert big == probe.PathChoice("direct", False, "probe")  # 1.33 × 1.15 still ahead of buffered, on 4 KiB pages
+    assert big == probe.PathChoice("direct", False, "probe")  # 1.33 with the margin ahead of buffered, on 4 KiB pages
     assert probe.choose(("direct",), record, "cpu", "cold", "fresh", load_bytes=2_630_000_000).huge is False
     assert probe.choose(("direct",), record, "cpu", "cold", "fresh", load_bytes=256 << 20).huge is True
 
