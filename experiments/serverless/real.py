@@ -75,7 +75,7 @@ def real_config(cfg: DictConfig) -> RealConfig:
                             max_load_failures=int(rc.max_load_failures),
                             slot_threads=int(rc.slot_threads), slot_memory_bytes=int(rc.slot_memory_bytes),
                             device=device, dtype=str(cfg.dtype), engine=engine_config(cfg),
-                            engine_prompt_tokens=int(rc.engine_prompt_tokens))
+                            engine_prompt_tokens=int(rc.get("engine_prompt_tokens", 16)))  # runs from before it: 16
     drain = 0.0 if bool(cfg.get("smoke", False)) else float(rc.get("drain_s", 30.0))
     return RealConfig(lifecycle, process, drain)
 
