@@ -11,7 +11,6 @@ of a run with the fresh runtime.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +28,20 @@ def errors(cfg: Any, run: Path, replicates: int, draw: bool) -> list[dict[str, A
     requests, models = trace(cfg)
     real_all = pd.read_parquet(run / "requests.parquet")
     cold_all = pd.read_parquet(run / "cold_starts.parquet")
-    calibrate = validation.calibrate
-
-    def constant(*args: Any) -> Any:
-        gbps, times = calibrate(*args)
-        return gbps, {arch: replace(t, startup_samples_s=()) for arch, t in times.items()}
-
     rows = []
-    try:
-        if not draw:
-            validation.calibrate = constant  # the one seam: the calibration without its samples
-        for name, entry in policies_of(cfg):
-            real = real_all[(real_all["policy"] == name) & (real_all["mode"] == "real")]
-            real = real.drop(columns=["policy", "runtime", "mode", "replicate"], errors="ignore").reset_index(drop=True)
-            cold = cold_all[cold_all["policy"] == name].drop(columns=["policy"]).reset_index(drop=True)
-            sims, _, _ = validation.simulate_calibrated(cfg, entry, models, requests, real, cold, {"runtime": "fresh"},
-                                                        replicates if draw else 1)
-            want = validation.metric_values(real, {})
-            got = [validation.metric_values(s.requests, s.stats) for s in sims]
-            for metric in ("ttft_s_p50", "ttft_s_p99", "cold_starts"):
-                sim = float(np.median([g[metric] for g in got]))
-                rows.append({"policy": name, "start-up": "draw" if draw else "constant", "metric": metric,
-                             "real": want[metric], "sim": sim,
-                             "error_pct": 100 * abs(sim - want[metric]) / want[metric] if want[metric] else np.nan})
-    finally:
-        validation.calibrate = calibrate
+    for name, entry in policies_of(cfg):
+        real = real_all[(real_all["policy"] == name) & (real_all["mode"] == "real")]
+        real = real.drop(columns=["policy", "runtime", "mode", "replicate"], errors="ignore").reset_index(drop=True)
+        cold = cold_all[cold_all["policy"] == name].drop(columns=["policy"]).reset_index(drop=True)
+        sims, _, _ = validation.simulate_calibrated(cfg, entry, models, requests, real, cold, {"runtime": "fresh"},
+                                                    replicates if draw else 1, draw=draw)
+        want = validation.metric_values(real, {})
+        got = [validation.metric_values(s.requests, s.stats) for s in sims]
+        for metric in ("ttft_s_p50", "ttft_s_p99", "cold_starts"):
+            sim = float(np.median([g[metric] for g in got]))
+            rows.append({"policy": name, "start-up": "draw" if draw else "constant", "metric": metric,
+                         "real": want[metric], "sim": sim,
+                         "error_pct": 100 * abs(sim - want[metric]) / want[metric] if want[metric] else np.nan})
     return rows
 
 

@@ -107,13 +107,14 @@ class StaticRun:
     def feed(self, ids: list[int], reset: bool = False) -> int:
         if self.cache is None or self.plan is None:
             raise RuntimeError("feed() before alloc_kv(): the engine has no KV cache yet")
+        held = 0 if reset else self._held
+        if held + len(ids) > self.plan.max_seq:  # before anything changes: a refused feed leaves the cache as it was
+            raise KVCacheTooSmallError(
+                f"the static KV cache holds {self.plan.max_seq} tokens; {held} held + {len(ids)} new do not fit "
+                "(raise engine.max_seq or engine.kv_memory_fraction, or shorten the requests)")
         if reset:
             self.cache.reset()
             self._held = 0
-        if self._held + len(ids) > self.plan.max_seq:
-            raise KVCacheTooSmallError(
-                f"the static KV cache holds {self.plan.max_seq} tokens; {self._held} held + {len(ids)} new do not fit "
-                "(raise engine.max_seq or engine.kv_memory_fraction, or shorten the requests)")
         if len(ids) == 1 and self._held:
             token = self._decode_step(ids[0])
         else:

@@ -116,6 +116,7 @@ def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = 
         out["engine"] = {"name": engine.name, **run.facts(), "engine_prepared": held is not None}
         if held is not None:  # nothing was compiled in this start: the engine was prepared at the worker's start
             out["engine"]["compile_cache_status"] = "prepared"
+    out["loader_settle_s"] = result.settle()  # work the load left running (a copy written behind), waited out here
     if spec.get("verify", True):  # outside every timed phase
         t0 = time.time()
         manifest_dir = Path(spec.get("manifest_dir") or spec["checkpoint"])  # a remote load: the store's copy

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -31,12 +33,24 @@ class LoadResult:
     ``phases_s``: the loader's own sub-phases (e.g. ``read_s``, ``h2d_s``, ``wait_s``), seconds.
     ``bytes_by_tier``: which storage tier served how many bytes (``ssd``, ``dram``, ``remote``, ``page_cache``).
     ``info``: labels the loader reports about how it loaded (the native loader's ``path``, e.g. ``direct→arena``).
+    ``pending``: work the load left running after it returned (the native loader's SSD-tier copy written behind a
+    remote load); a caller waits for it with :meth:`settle` outside its timed region, before the next load.
     """
 
     state_dict: dict[str, torch.Tensor]
     phases_s: dict[str, float] = field(default_factory=dict)
     bytes_by_tier: dict[str, int] = field(default_factory=dict)
     info: dict[str, str] = field(default_factory=dict)
+    pending: Callable[[], object] | None = None
+
+    def settle(self) -> float:
+        """Wait for the work the load left running (none: return at once); the seconds waited."""
+        if self.pending is None:
+            return 0.0
+        t0 = time.perf_counter()
+        self.pending()
+        self.pending = None
+        return time.perf_counter() - t0
 
 
 @runtime_checkable

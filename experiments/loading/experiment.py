@@ -175,7 +175,8 @@ def _trial_row(base: dict[str, Any], out: dict[str, Any], ckpt: Checkpoint, ceil
            "t_first_token_s": m["first_token"] - m["graph_capture"], "cold_start_s": m["first_token"] - m["spawn"],
            "t_python_start_s": m["python"] - m["spawn"], "first_token_id": out["first_token_id"],
            "first_token_text": out.get("first_token_text", ""),
-           "verified_bytes": out.get("verified_bytes", np.nan), "peak_rss_bytes": out.get("peak_rss_bytes", np.nan)}
+           "verified_bytes": out.get("verified_bytes", np.nan), "peak_rss_bytes": out.get("peak_rss_bytes", np.nan),
+           "loader_settle_s": out.get("loader_settle_s", 0.0)}
     row["ceiling_fraction"] = row["throughput_gbps"] / row["ceiling_gbps"] if row["ceiling_gbps"] else np.nan
     for k, v in out.get("loader_phases_s", {}).items():
         row[f"loader_{k}"] = v

@@ -183,24 +183,34 @@ def dispatch_overhead(real: pd.DataFrame, sim: pd.DataFrame) -> float:
     return max(float((both["queue_s_real"] - both["queue_s_sim"]).median()), 0.0)
 
 
+def check_replicates(replicates: int) -> int:
+    """``experiment.replicates`` as a count ≥ 1 (checked before any real run starts)."""
+    if isinstance(replicates, bool) or int(replicates) != replicates or replicates < 1:
+        raise ValueError(f"experiment.replicates={replicates!r} is not allowed; it must be an integer ≥ 1")
+    return int(replicates)
+
+
 def simulate_calibrated(cfg: DictConfig, entry: DictConfig, models: tuple[str, ...], requests: list[Any],
-                        real_df: pd.DataFrame, cold: pd.DataFrame, stats: Mapping[str, Any], replicates: int = 1
-                        ) -> tuple[list[Any], float, dict[str, Any]]:
+                        real_df: pd.DataFrame, cold: pd.DataFrame, stats: Mapping[str, Any], replicates: int = 1,
+                        draw: bool = True) -> tuple[list[Any], float, dict[str, Any]]:
     """Calibrate the simulator from one real run and simulate the same trace under the same policy: (the
     simulations, one per replicate, their wall seconds, the calibration). Replicate ``r`` draws its cold starts'
-    start-ups (:func:`calibrate`'s samples) with seed ``cfg.seed + r``; the decisions' inputs are the same in all.
-    The controller's dispatch (:func:`dispatch_overhead`, measured against replicate 0 without it) is added to
-    every prefill of every replicate."""
-    if replicates < 1:
-        raise ValueError(f"experiment.replicates={replicates!r} is not allowed; it must be an integer ≥ 1")
+    start-ups (:func:`calibrate`'s samples) with seed ``cfg.seed + r`` (``draw=False``: every cold start takes the
+    median, the calibration before the draw); the decisions' inputs are the same in all. The controller's dispatch
+    (:func:`dispatch_overhead`) is measured against a pass with median start-ups and no dispatch (not against one
+    random draw) and added to every prefill of every replicate."""
+    replicates = check_replicates(replicates)
     gbps, times = calibrate(real_df, cold)
+    if not draw:
+        times = {arch: replace(t, startup_samples_s=()) for arch, t in times.items()}
     runtime = calibrate_runtime(cold, stats)
     arrays = as_arrays(requests, models)
     lifecycle = real_config(cfg).lifecycle  # the real run's timeout, migration rule and retries: one source
     seed = int(cfg.seed)
 
-    def simulate(replicate: int, dispatch: float) -> Any:
-        timed = {a: replace(t, first_token_s=(t.first_token_s or 0.0) + dispatch) for a, t in times.items()}
+    def simulate(replicate: int, dispatch: float, samples: bool = True) -> Any:
+        timed = {a: replace(t, first_token_s=(t.first_token_s or 0.0) + dispatch,
+                            startup_samples_s=t.startup_samples_s if samples else ()) for a, t in times.items()}
         cluster = real_cluster(cfg.real, model_times=timed, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
                                remote_gbps=gbps["remote"], runtime=runtime, name="calibrated-from-real")
         infos = model_infos(list(models), cluster, str(cfg.dtype))
@@ -208,9 +218,8 @@ def simulate_calibrated(cfg: DictConfig, entry: DictConfig, models: tuple[str, .
         return Simulator(cluster, infos, scheduler, keepalive, lifecycle, seed=seed + replicate).run(arrays)
 
     t0 = time.perf_counter()
-    first = simulate(0, 0.0)
-    dispatch = dispatch_overhead(real_df, first.requests) if len(real_df) else 0.0
-    sims = [first if dispatch == 0 and r == 0 else simulate(r, dispatch) for r in range(replicates)]
+    dispatch = dispatch_overhead(real_df, simulate(0, 0.0, samples=False).requests) if len(real_df) else 0.0
+    sims = [simulate(r, dispatch) for r in range(replicates)]
     calibration = {"gbps": gbps, "model_times": {k: vars(v) for k, v in times.items()}, "runtime": asdict(runtime),
                    "dispatch_s": dispatch, "replicates": replicates}
     return sims, time.perf_counter() - t0, calibration
@@ -231,6 +240,7 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
     """For each policy × runtime: real run → calibration → simulation of the same trace → per-metric relative
     error."""
     check_real(cfg)
+    replicates = check_replicates(cfg.experiment.replicates)
     requests, models = trace(cfg)
     frames, rows, colds = [], [], []
     interrupted = False
@@ -254,7 +264,7 @@ def run_sim_vs_real(cfg: DictConfig, out_dir: Path) -> ExperimentResult:
                 interrupted = True
                 break
             sims, sim_wall, calibration = simulate_calibrated(cfg, entry, models, requests, real_df, cold,
-                                                              real_stats, int(cfg.experiment.replicates))
+                                                              real_stats, replicates)
             sim_df = pd.concat([sim.requests.assign(replicate=r) for r, sim in enumerate(sims)], ignore_index=True)
             real_df = real_df.assign(replicate=0)
             for mode, df, row in (("real", real_df, summarize(real_df, real_stats, real_stats["wall_s"])),

@@ -22,7 +22,7 @@ import xxhash
 from loaders import arena as host_arena
 from loaders.base import BaseLoader, LoadResult, UnsupportedCheckpointError
 from loaders.native import probe as path_probe
-from loaders.native import remote_tier
+from loaders.native import remote_tier, writebehind
 from loaders.native.convert import read_safetensors_header
 from loaders.native.format import (
     ALIGNMENT,
@@ -67,7 +67,6 @@ from loaders.native.sllm import (
     tensor_view,
 )
 from loaders.native.tiers import DramTier, TierCapacityError, clean_dead_temps, temp_entry
-from loaders.native.writebehind import WriteBehind
 from loaders.pagecache import resident_fraction
 
 __all__ = ["VERIFIED", "NativeLoader", "detect_format"]
@@ -306,9 +305,9 @@ def _write_copy(owned: contextlib.ExitStack, lease: torch.Tensor | None, landed:
         finally:
             _close_all(fds)
             landed.clear()
-            del lease  # the arena may be leased again once the model is gone too
         finish(tmp)
         publish(tmp, local, files)
+    # the lease ends once the thread that ran this lets go of its arguments (and the model is gone)
 
 
 class NativeLoader(BaseLoader):
@@ -344,7 +343,7 @@ class NativeLoader(BaseLoader):
         self.remote_to_dram = remote_to_dram
         # into an arena, the SSD-tier copy is written after the load from the arena (loaders/native/writebehind.py)
         self.remote_write_behind = bool(remote_write_behind)
-        self.write_behind = WriteBehind()
+        self.write_behind = writebehind.PENDING  # the process's copies: every loader object waits for the same ones
         if max_index_bytes < 1 or verify_max_age_s < 0:
             raise ValueError(f"loader.max_index_bytes={max_index_bytes} must be ≥ 1 and loader.verify_max_age_s="
                              f"{verify_max_age_s} ≥ 0")
@@ -381,9 +380,11 @@ class NativeLoader(BaseLoader):
         return current(src, stored, self.max_index_bytes) == stored
 
     def drop_remote_copies(self, url: str) -> None:
-        """Forget a remote checkpoint's SSD-tier and DRAM-tier copies (the ``remote`` cache state)."""
+        """Forget a remote checkpoint's SSD-tier and DRAM-tier copies (the ``remote`` cache state); a copy this
+        process is still writing is waited for first (else it would be published after the drop)."""
         key = url_key(url)
         local = self.ssd_root / key
+        self.write_behind.wait(str(local))
         if local.exists():
             victim = self.ssd_root / f".{key}.evicting-{uuid.uuid4().hex[:8]}"
             local.rename(victim)
@@ -505,7 +506,7 @@ class NativeLoader(BaseLoader):
         if not is_url(checkpoint_dir):
             return self._load_from(Path(checkpoint_dir), device, "ssd", direct=None)
         local = self.ssd_root / key
-        self.write_behind.wait(key)  # a copy this process is still writing: it is the SSD tier's in a moment
+        self.write_behind.wait(str(local))  # a copy this process is still writing: the SSD tier's in a moment
         if local.exists():
             return self._load_from(local, device, "ssd", direct=None)
         return self._load_remote(str(checkpoint_dir), local, device)
@@ -588,7 +589,7 @@ class NativeLoader(BaseLoader):
                                         on_segment=(lambda seg, view: landed.append((seg, view))) if behind
                                         else write_through, dest=lease)
                     if behind:  # the temp entry and the arena's bytes now belong to the copy's writer
-                        self.write_behind.submit(local.name, partial(_write_copy, owned.pop_all(), lease, landed,
+                        self.write_behind.submit(str(local), partial(_write_copy, owned.pop_all(), lease, landed,
                                                                      files, tmp, local, finish))
                     del lease
                     if not behind:
@@ -607,6 +608,8 @@ class NativeLoader(BaseLoader):
         result.phases_s["checksums_recorded"] = float(record)
         result.phases_s["written_through"] = float(not behind)
         result.phases_s["write_behind"] = float(behind)
+        if behind:
+            result.pending = partial(self.write_behind.wait, str(local))
         if self.remote_to_dram and self.dram is not None:
             try:
                 self._stage(local.name, local)
@@ -628,8 +631,9 @@ class NativeLoader(BaseLoader):
         return self._probe_record(plan, device, self.probe.bytes, use_quick=False)
 
     def _probe_record(self, plan: _Plan, device: torch.device, nbytes: int,
-                      use_quick: bool = True) -> dict[str, object] | None:
-        """The cached measurement for this plan's disk and device, else measure ``nbytes`` now and cache it."""
+                      use_quick: bool = True, measure: bool = True) -> dict[str, object] | None:
+        """The cached measurement for this plan's disk and device, else (``measure``) measure ``nbytes`` now and
+        cache it."""
         files = [p for p in plan.files if p.stat().st_size]
         if not files or nbytes == 0:
             return None
@@ -639,7 +643,7 @@ class NativeLoader(BaseLoader):
         record = self.probes.get(key)
         if record is not None and (use_quick or not record.get("quick")):
             return record
-        if min(nbytes, biggest.stat().st_size) < path_probe.MIN_PROBE_BYTES:
+        if not measure or min(nbytes, biggest.stat().st_size) < path_probe.MIN_PROBE_BYTES:
             return None  # too small a file to tell the paths apart: the default order
         record = path_probe.measure(biggest, device, self.threads, chunk, nbytes, repeats=1 if use_quick else 3,
                                     fresh_processes=not use_quick)
@@ -678,8 +682,12 @@ class NativeLoader(BaseLoader):
         lease = arena.lease(plan.total_bytes) if arena is not None else None
         dest = "ring" if ring else ("arena" if lease is not None else "fresh")
         record, t_probe = None, time.perf_counter()
-        if path_probe.decides(allowed, device.type if dest != "arena" else "arena"):
+        if len(allowed) > 1:
             record = self._probe_record(plan, device, self.probe.quick_bytes)
+        elif path_probe.decides(allowed, device.type if dest != "arena" else "arena"):
+            # one path: only the page size to take from a measurement already made; none is made for it here (a
+            # quick probe's slice is smaller than any load it would decide for, and such a load keeps 4 KiB pages)
+            record = self._probe_record(plan, device, self.probe.quick_bytes, measure=False)
         probe_s = time.perf_counter() - t_probe if record is not None and record.get("quick") else 0.0
         choice = path_probe.choose(allowed, record, device.type, "cold" if cold else "warm",
                                    "fresh" if dest == "ring" and device.type == "cpu" else dest, plan.total_bytes)

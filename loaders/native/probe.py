@@ -170,7 +170,7 @@ def measure(path: Path, device: torch.device, threads: int, chunk_bytes: int, pr
     return {"path": str(path), "probe_bytes": sum(s.length for s in cold_segs), "repeats": repeats,
             "threads": threads, "chunk_bytes": chunk_bytes, "fresh_processes": fresh_processes,
             "probe_s": time.perf_counter() - t_start, "at": time.time(), "gbps": gbps, "samples_gbps": samples,
-            "choice": _choices(gbps)}
+            "choice": path_choices(gbps)}
 
 
 def _in_fresh_process(kind: str, path: Path, threads: int, chunk_bytes: int, nbytes: int) -> float:
@@ -209,7 +209,7 @@ def _with_huge(gbps: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _choices(gbps: dict[str, float]) -> dict[str, Any]:
+def path_choices(gbps: dict[str, float]) -> dict[str, Any]:
     """The fastest path per ``device/state/dest`` (and whether fresh memory should be huge)."""
     best: dict[str, tuple[str, float]] = {}
     for name, rate in _with_huge(gbps).items():

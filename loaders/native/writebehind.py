@@ -7,7 +7,10 @@ until the model is unloaded, so the copy can be written from it afterwards: the 
 memory, and a thread writes the SSD-tier files (O_DIRECT where aligned), records the chunk sums, marks the copy
 verified and publishes it. The lease on the arena lasts until that thread lets go of its views, so a later cold
 start never overwrites bytes still being written. A failed copy is logged and removed (the next load fetches the
-checkpoint again); a load of the same checkpoint in this process first waits for its copy.
+checkpoint again). Copies are registered per process (``PENDING``, by the entry's path): every loader object of the
+process waits for a copy of the entry it is about to read or drop, and the load's result carries a ``pending``
+wait that callers (``harness.trial``, the serverless instance) run outside their timed region before reporting, so
+no trial's copy is still being written while the next one loads.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ log = logging.getLogger("coldstart.loaders.native")
 
 
 class WriteBehind:
-    """Copies being written in the background, one thread each, by tier key; ``wait`` joins them."""
+    """Copies being written in the background, one thread each, by the entry's path; ``wait`` joins them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -32,10 +35,16 @@ class WriteBehind:
     def submit(self, key: str, write: Callable[[], None]) -> None:
         """Run ``write`` (which writes and publishes the copy of ``key``) on a thread of its own. Not a daemon: a
         process that ends right after its load still finishes the copy before it exits."""
-        thread = threading.Thread(target=self._run, args=(key, write), name=f"write-behind-{key[:40]}", daemon=False)
+        thread = threading.Thread(target=self._run, args=(key, write), name=f"write-behind-{key[-40:]}", daemon=False)
         with self._lock:
             self._threads[key] = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had: write the copy now, inline
+            with self._lock:
+                self._threads.pop(key, None)
+            log.warning("could not start a thread to write %s behind the load (%s): writing it now", key, exc)
+            self._run(key, write)
 
     def _run(self, key: str, write: Callable[[], None]) -> None:
         t0 = time.perf_counter()
@@ -65,3 +74,6 @@ class WriteBehind:
         for t in threads:
             t.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
         return not any(t.is_alive() for t in threads)
+
+
+PENDING = WriteBehind()  # this process's copies being written (every NativeLoader object shares it)

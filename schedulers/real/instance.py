@@ -104,6 +104,7 @@ class ModelInstance:
                   "model_build_s": t_built - t_weights, **engine_phases,
                   "bytes": sum(int(t.numel() * t.element_size()) for t in result.state_dict.values()),
                   "bytes_by_tier": dict(result.bytes_by_tier), "uses": self.uses}
+        phases["settle_s"] = result.settle()  # after every phase: a copy the loader still writes behind the load
         return phases
 
     def unload(self) -> dict[str, Any]:
@@ -177,6 +178,7 @@ class ModelInstance:
         all of them, from an empty cache, when it holds another request's), and the greedy next token."""
         if self.owner != request_id:
             s["fed"] = 0
+        self.owner = None  # a feed that fails midway leaves no request owning the cache
         token = int(self.run.feed(s["ids"][s["fed"]:upto], reset=s["fed"] == 0))
         s["fed"], self.owner = upto, request_id
         return token

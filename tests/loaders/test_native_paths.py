@@ -166,7 +166,7 @@ def test_a_cached_measurement_decides_the_path_and_the_result_says_so(shared_sto
     only_direct = NativeLoader(dram_dir=None, direct_io="on", probe={"cache": str(cache)})
     for huge in (True, False):
         gbps = {"cpu/cold/fresh/direct": 1.0, "cpu/cold/fresh/direct-thp": 2.0 if huge else 0.5}
-        probe.ProbeCache(cache).put(key, {"gbps": gbps, "choice": probe._choices(gbps), "quick": False,
+        probe.ProbeCache(cache).put(key, {"gbps": gbps, "choice": probe.path_choices(gbps), "quick": False,
                                           "probe_bytes": 1 << 30})
         evict(ckpt.files)
         result = only_direct.load(ckpt.path, CPU)
