@@ -91,6 +91,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_host_arena_left_installed() -> Iterator[None]:
+    """A test that leaves a host arena installed in this process (``loaders.arena``: a pool worker's, built in-process)
+    fails, and the arena is removed, so no later test's load reads into it (found by a shuffled run: remote loads
+    took the arena's path in tests that expect the SSD-tier files mapped)."""
+    from loaders import arena
+
+    before = arena.current()
+    yield
+    after = arena.current()
+    if after is not before:
+        arena.install(before)
+        if after is not None:
+            after.close()
+        pytest.fail(f"the test left a host arena installed ({after!r}); close what installed it "
+                    "(runtimes.warm.stop_arena, ModelInstance.close, TrialWorker.close)")
+
+
 def model_spec(name: str) -> ModelSpec:
     spec = instantiate_option("model", name)
     assert isinstance(spec, ModelSpec)

@@ -150,9 +150,9 @@ def runtimes_of(cfg: DictConfig) -> list[str | None]:
 
 
 def check_real(cfg: DictConfig) -> None:
-    """Fail before anything runs on an override a real run would ignore (policies, loader, runtime)."""
+    """Fail before anything runs on an override a real run would ignore (policies, loader, runtime, engine)."""
     named = [n for n in runtimes_of(cfg) if n is not None]
-    check_policies(cfg, singles=("loader",) if named else ("loader", "runtime"),
+    check_policies(cfg, singles=("loader", "engine") if named else ("loader", "runtime", "engine"),
                    lists={"runtime": named} if named else None)
 
 

@@ -16,7 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtimes.warm import init_device, prebuild_models, preimport, release_memory, rss_bytes, start_arena, warm_forward
+from runtimes.warm import (
+    init_device,
+    prebuild_models,
+    preimport,
+    release_memory,
+    rss_bytes,
+    start_arena,
+    stop_arena,
+    warm_forward,
+)
 
 
 class InstanceLoadError(RuntimeError):
@@ -40,6 +49,7 @@ class ModelInstance:
         self.sessions: dict[int, dict[str, Any]] = {}
         self.uses = 0
         self.idle_rss_bytes: int | None = None
+        self.arena: Any = None  # a pool worker's host arena, released by close()
         if modules or models:  # a pool worker: everything a cold start would import, now
             preimport(modules or [], models or [])
             if threads:  # the slot's thread budget, as a fresh instance gets it from its worker's start
@@ -51,7 +61,7 @@ class ModelInstance:
                 warm_forward(models or [], warmup_dtype, device)
             if prebuild_dtype:
                 prebuild_models(models or [], prebuild_dtype)
-            start_arena(arena_bytes, arena_ring_bytes, device)  # a pool's host arena (runtimes/warm.py)
+            self.arena = start_arena(arena_bytes, arena_ring_bytes, device)  # a pool's host arena (runtimes/warm.py)
             release_memory(device)
             self.idle_rss_bytes = rss_bytes()
 
@@ -170,8 +180,11 @@ class ModelInstance:
             self.owner = None
 
     def close(self) -> None:
+        """Give everything up, the process's host arena too (a worker that ends leaves no arena installed)."""
         self.sessions.clear()
         self.model = self.run = self.owner = None
+        stop_arena(self.arena)
+        self.arena = None
 
     def _feed(self, request_id: int, s: dict[str, Any], upto: int) -> int:
         """Through the engine: the session's tokens up to ``upto`` into its single KV cache (the ones not in it yet;

@@ -72,9 +72,14 @@ class InProcessWorker:
 
     def _stop(self, why: str) -> None:
         with self._lock:
-            if self._dead is None:
-                self._dead = why
+            if self._dead is not None:
+                return
+            self._dead = why
         self._pool.shutdown(wait=False, cancel_futures=True)
+        # What a real worker's end frees with its process (its host arena): this "process" is the test's own.
+        close = getattr(self._obj, "close", None)
+        if callable(close):
+            close()
 
 
 class InProcessExecutor:

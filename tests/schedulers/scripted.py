@@ -74,7 +74,8 @@ class ScriptedHandle:
     def _answer(self, fut: Future[Any], after_s: float, value: Any) -> None:
         self.clock.after(after_s, fut.set_result, value)
 
-    def _load(self, fut: Future[Any], path: str, loader: dict[str, Any], model: dict[str, Any]) -> None:
+    def _load(self, fut: Future[Any], path: str, loader: dict[str, Any], model: dict[str, Any],
+              engine: dict[str, Any] | None = None, prompt_tokens: int = 16) -> None:
         info = self.models[str(model["name"])]
         tier = "remote" if "/.download/" in path else "dram" if loader.get("dram_dir") else "ssd"
         gbps = {"dram": self.cluster.dram_gbps, "ssd": self.cluster.ssd_gbps, "remote": self.cluster.remote_gbps}
