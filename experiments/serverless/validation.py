@@ -201,14 +201,12 @@ def simulate_calibrated(cfg: DictConfig, entry: DictConfig, models: tuple[str, .
     random draw) and added to every prefill of every replicate."""
     replicates = check_replicates(replicates)
     gbps, times = calibrate(real_df, cold)
-    if not draw:
-        times = {arch: replace(t, startup_samples_s=()) for arch, t in times.items()}
     runtime = calibrate_runtime(cold, stats)
     arrays = as_arrays(requests, models)
     lifecycle = real_config(cfg).lifecycle  # the real run's timeout, migration rule and retries: one source
     seed = int(cfg.seed)
 
-    def simulate(replicate: int, dispatch: float, samples: bool = True) -> Any:
+    def simulate(replicate: int, dispatch: float, samples: bool) -> Any:
         timed = {a: replace(t, first_token_s=(t.first_token_s or 0.0) + dispatch,
                             startup_samples_s=t.startup_samples_s if samples else ()) for a, t in times.items()}
         cluster = real_cluster(cfg.real, model_times=timed, dram_gbps=gbps["dram"], ssd_gbps=gbps["ssd"],
@@ -219,7 +217,7 @@ def simulate_calibrated(cfg: DictConfig, entry: DictConfig, models: tuple[str, .
 
     t0 = time.perf_counter()
     dispatch = dispatch_overhead(real_df, simulate(0, 0.0, samples=False).requests) if len(real_df) else 0.0
-    sims = [simulate(r, dispatch) for r in range(replicates)]
+    sims = [simulate(r, dispatch, samples=draw) for r in range(replicates)]
     calibration = {"gbps": gbps, "model_times": {k: vars(v) for k, v in times.items()}, "runtime": asdict(runtime),
                    "dispatch_s": dispatch, "replicates": replicates}
     return sims, time.perf_counter() - t0, calibration
