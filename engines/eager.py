@@ -33,25 +33,18 @@ class EagerRun:
         """Nothing is captured."""
         return False
 
-    @torch.inference_mode()
     def first_token(self, prompt: list[int]) -> int:
-        out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
-        self._cache = returned_cache(out)
-        self._token = int(out.logits[0, -1].argmax().item())
+        self._token = self.feed(prompt, reset=True)
         self.tokens = [self._token]
         return self._token
 
-    @torch.inference_mode()
     def decode(self, tokens: int) -> list[float]:
         if self._token is None:
             raise RuntimeError("decode() before first_token()")
         times = []
         for _ in range(tokens):
             t0 = time.perf_counter()
-            ids = torch.tensor([[self._token]], device=self.device)
-            out = self.model(input_ids=ids, use_cache=True, **{self._kwarg: self._cache})
-            self._cache = returned_cache(out)
-            self._token = int(out.logits[0, -1].argmax().item())
+            self._token = self.feed([self._token])
             times.append(time.perf_counter() - t0)
             self.tokens.append(self._token)
         return times
