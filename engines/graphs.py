@@ -36,12 +36,13 @@ class GraphsRun(CompiledRun):
                 self._forward(ids)
         torch.cuda.current_stream(self.device).wait_stream(side)
         sync(self.device)
-        self.cache.reset()
+        self._reset()
+        mask, position = self._inputs(1)  # static buffers, written outside the graph: each replay reads them anew
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
-            logits = self._forward(ids)
+            logits = self._call(ids, mask, position)
         sync(self.device)
-        self.cache.reset()  # capture records the step's work without running it; the cache is emptied anyway
+        self._reset()  # capture records the step's work without running it; the cache is emptied anyway
         self.graph, self._ids, self._logits = graph, ids, logits
         return True
 
@@ -49,7 +50,9 @@ class GraphsRun(CompiledRun):
         if self.graph is None or self._ids is None or self._logits is None:
             return super()._decode_step(token)
         self._ids.fill_(token)
+        self._inputs(1)  # the step's position and mask, in place
         self.graph.replay()
+        self._held += 1
         return int(self._logits[0, -1].argmax().item())
 
 
@@ -61,10 +64,10 @@ class GraphsEngine(CompiledEngine):
 
     def __init__(self, compile: bool = False, mode: str = "default", backend: str = "inductor",
                  fullgraph: bool = False, max_batch: int = 1, max_seq: int = 256,
-                 kv_memory_fraction: float = 0.5, dynamic: bool | None = None) -> None:
+                 kv_memory_fraction: float = 0.5, dynamic: bool | None = None, precompile: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"engine.mode={mode!r}; choose one of {MODES}")
-        super().__init__(mode, backend, fullgraph, max_batch, max_seq, kv_memory_fraction, dynamic)
+        super().__init__(mode, backend, fullgraph, max_batch, max_seq, kv_memory_fraction, dynamic, precompile)
         self.compile = bool(compile)
         self.compiles = self.compile
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from engines.compilecache import ARTIFACT, META, CompileCache, compile_key, folder_name
+from engines.compilecache import ARTIFACT, KERNELS, META, PRECOMPILED, CompileCache, compile_key, folder_name
 from harness.checkpoints import CheckpointStore
 from harness.config import option_dict
 from harness.executors.local import LocalExecutor
@@ -30,7 +30,8 @@ def _store(root: Path, key: dict[str, Any], blob: bytes, checksum: str | None = 
     folder = root / folder_name(key)
     folder.mkdir(parents=True)
     (folder / ARTIFACT).write_bytes(blob)
-    (folder / META).write_text(json.dumps({"key": key, "sha256": checksum or hashlib.sha256(blob).hexdigest()}))
+    files = {ARTIFACT: checksum or hashlib.sha256(blob).hexdigest()}
+    (folder / META).write_text(json.dumps({"key": key, "files": files}))
     return folder
 
 
@@ -106,7 +107,11 @@ def test_warm_restores_what_cold_saved_and_a_corrupted_one_is_rebuilt(shared_sto
     (folder,) = root.iterdir()
     warm = _compiled_trial(shared_store, root, "warm")
     assert warm["engine"]["compile_cache_status"] == "hit"
-    assert warm["engine"]["compile_cache_restored_bytes"] == (folder / ARTIFACT).stat().st_size
+    meta = json.loads((folder / META).read_text())
+    # the portable artifacts, the kernels Inductor built and a whole-graph forward per served shape (prefill, decode)
+    assert set(meta["files"]) == {ARTIFACT, KERNELS, f"{PRECOMPILED}/forward-1.bin", f"{PRECOMPILED}/forward-8.bin"}
+    restored = warm["engine"]["compile_cache_restored_bytes"]
+    assert restored == meta["bytes"] == cold["engine"]["compile_cache_saved_bytes"]
     assert warm["first_token_id"] == cold["first_token_id"]
     assert len(warm["decode_s"]) == 4
     blob = bytearray((folder / ARTIFACT).read_bytes())
@@ -118,3 +123,122 @@ def test_warm_restores_what_cold_saved_and_a_corrupted_one_is_rebuilt(shared_sto
     assert rebuilt["first_token_id"] == cold["first_token_id"]
     assert rebuilt["engine"]["compile_cache_saved_bytes"] > 0  # replaced: the next warm start is a hit again
     assert _compiled_trial(shared_store, root, "warm")["engine"]["compile_cache_status"] == "hit"
+
+
+def _store_files(root: Path, key: dict[str, Any], files: dict[str, bytes]) -> Path:
+    """An artifact folder holding ``files`` (by name) with their right checksums."""
+    folder = root / folder_name(key)
+    for name, blob in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(blob)
+    sums = {name: hashlib.sha256(blob).hexdigest() for name, blob in files.items()}
+    (folder / META).write_text(json.dumps({"key": key, "files": sums}))
+    return folder
+
+
+def _kernels_tar(tmp_path: Path) -> bytes:
+    import tarfile
+
+    src = tmp_path / "kernels-src"
+    src.mkdir()
+    (src / "kernel.so").write_bytes(b"built code")
+    with tarfile.open(tmp_path / "k.tar", "w") as tar:
+        tar.add(src, arcname=".")
+    return (tmp_path / "k.tar").read_bytes()
+
+
+def test_an_artifact_without_a_needed_forward_is_refused(tmp_path: Path) -> None:
+    _store_files(tmp_path / "root", _key(), {ARTIFACT: b"x", f"{PRECOMPILED}/forward-8.bin": b"y"})
+    cc = CompileCache(tmp_path / "root", "warm", _key())
+    try:
+        cc.begin(functions=["forward-1", "forward-8"])
+    finally:
+        cc.end()
+    assert cc.status == f"rebuilt: corrupt artifact ({PRECOMPILED}/forward-1.bin is missing)"
+    assert cc.functions == {}
+
+
+def test_a_half_restored_artifact_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The kernels unpack before the portable artifacts load: when those are then refused, the cold compile that
+    follows starts from an empty Inductor directory, not from the refused artifact's kernels."""
+    _store_files(tmp_path / "root", _key(), {KERNELS: _kernels_tar(tmp_path), ARTIFACT: b"\x00garbage"})
+    cc = CompileCache(tmp_path / "root", "warm", _key())
+    cc.begin()
+    try:
+        assert cc.status.startswith("rebuilt: corrupt artifact (torch could not load it"), cc.status
+        assert not any(Path(cc._scratch or "").iterdir())
+    finally:
+        cc.end()
+
+
+def test_an_unreadable_kernels_archive_or_forward_is_refused(tmp_path: Path) -> None:
+    _store_files(tmp_path / "a", _key(), {KERNELS: b"not a tar archive", ARTIFACT: b""})
+    assert _restore(tmp_path / "a", _key()).status == f"rebuilt: corrupt artifact ({KERNELS}: ReadError)"
+    _store_files(tmp_path / "b", _key(), {ARTIFACT: b"", f"{PRECOMPILED}/forward-1.bin": b"\x00not a function"})
+    status = _restore(tmp_path / "b", _key()).status
+    assert status.startswith(f"rebuilt: corrupt artifact (torch could not load {PRECOMPILED}/forward-1.bin"), status
+
+
+def _run_engine(model: torch.nn.Module, spec: dict[str, Any], **knobs: Any) -> tuple[list[int], Any]:
+    from engines.compiled import CompiledEngine
+    from tests.engines.helpers import DECODE, prompt
+
+    ids = prompt(model)
+    run = CompiledEngine(max_seq=32, **knobs).prepare(model, CPU, len(ids), DECODE, spec)
+    run.alloc_kv()
+    run.compile()
+    run.first_token(ids)
+    run.decode(DECODE)
+    run.persist()
+    return list(run.tokens), run
+
+
+@pytest.mark.slow(seconds=90)
+def test_a_warm_start_traces_nothing(shared_store: CheckpointStore, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cold: each served shape precompiled as one graph and stored; warm: those forwards restored and run, Dynamo
+    never called (its whole-graph capture and its frame conversion are made to fail), the same tokens."""
+    from torch._dynamo import convert_frame
+
+    from tests.engines.helpers import built
+
+    model = built(shared_store, "tiny-opt")
+    spec = {"state": "cold", "root": str(tmp_path), "dtype": "fp16", "architecture": ARCH}
+    cold_tokens, cold = _run_engine(model, spec)
+    assert cold.cc.status == "cold"
+    assert sorted(cold.precompiled) == [1, 8]
+    assert cold.saved_bytes > 0
+
+    def no_tracing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Dynamo traced on a warm start")
+
+    monkeypatch.setattr(convert_frame, "fullgraph_capture", no_tracing)
+    monkeypatch.setattr(convert_frame.ConvertFrameAssert, "__call__", no_tracing)
+    monkeypatch.setattr(convert_frame.ConvertFrame, "__call__", no_tracing)
+    warm_tokens, warm = _run_engine(built(shared_store, "tiny-opt"), {**spec, "state": "warm"})
+    assert warm.cc.status == "hit"
+    assert sorted(warm.precompiled) == [1, 8]
+    assert warm.saved_bytes == 0  # a hit keeps the stored artifact
+    assert warm_tokens == cold_tokens
+
+
+def test_a_backend_whose_output_cannot_be_stored_is_named(shared_store: CheckpointStore, tmp_path: Path) -> None:
+    from torch._dynamo.backends.registry import register_backend
+
+    from engines.compiled import PrecompileError
+    from tests.engines.helpers import built
+
+    @register_backend(name="coldstart_test_unstorable")
+    def unstorable(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+        return lambda *args: gm(*args)  # a plain function: nothing torch can serialize
+
+    spec = {"state": "cold", "root": str(tmp_path), "dtype": "fp16", "architecture": ARCH}
+    with pytest.raises(PrecompileError, match=r"backend 'coldstart_test_unstorable' compiles nothing that can be "
+                                              r"stored.*precompile=false"):
+        _run_engine(built(shared_store, "tiny-opt"), spec, backend="coldstart_test_unstorable")
+    model = built(shared_store, "tiny-opt")
+    tokens, run = _run_engine(model, spec, backend="coldstart_test_unstorable", precompile=False)
+    assert run.precompiled == {}
+    from tests.engines.helpers import greedy_reference
+
+    assert tokens == greedy_reference(model)  # Dynamo's graphs run as they are: exact
