@@ -6,7 +6,9 @@
 #   2. experiment=loading, opt-125m, cold, native, runtimes=[pool] with prepared engines,
 #      engines=[compiled], 3 trials (target: spawn -> first token <= 1.5 x the weights phase)
 #   3. the same with opt-1.3b
-# Usage: OUT=results/reference/engine_phases_cpu bash benchmarks/engine_phases_cpu.sh [steps, default "1 2 3"]
+#   4. step 1's compiled cells with engine.precompile=false: Dynamo traces at first use, the compile cache restores
+#      Inductor's artifacts and kernels only (what the precompiled forwards add)
+# Usage: OUT=results/reference/engine_phases_cpu bash benchmarks/engine_phases_cpu.sh [steps, default "1 2"]
 # Run it alone (under flock -x /tmp/coldstart-heavy.lock on a shared machine). Each step's run directory is
 # $OUT/<step>/; benchmarks/engine_phases_summary.py prints the targets from them.
 set -uo pipefail
@@ -29,6 +31,9 @@ for s in $STEPS; do
     3) run pool_prepared_opt-1.3b experiment=loading model=opt-1.3b loaders=[native] cache_states=[cold] \
          trials=3 engines=[compiled] runtimes=[pool] runtime_args.pool.prepare_engines=true \
          runtime_args.pool.start_timeout_s=1200 runtime_args.pool.recycle=never ;;
+    4) run compile_cache_opt-125m_precompile_off experiment=loading model=opt-125m loaders=[safetensors] \
+         cache_states=[warm] trials=3 'engines=[compiled]' 'compile_caches=[cold,warm]' \
+         engine_args.compiled.precompile=false ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done

@@ -38,6 +38,8 @@ def compile_cache(run: Path) -> None:
     statuses = compiled.groupby("compile_cache")["compile_cache_status"].agg(lambda s: sorted(set(s)))
     print(f"compile-cache status per cell: {statuses.to_dict()}")
     eager = t[t["engine"] == "eager"]
+    if eager.empty:  # a run of the compiled engine alone (another of its knobs)
+        return
     same = set(compiled["first_token_id"]) == set(eager["first_token_id"]) and t["first_token_id"].nunique() == 1
     print(f"first token of every compiled start equals eager's: {same} ({sorted(set(t['first_token_id']))})")
     te, tc = eager["tpot_s"].median(), compiled["tpot_s"].median()

@@ -40,6 +40,17 @@ def engine_key(model_cfg: dict[str, Any], dtype: str, engine_cfg: dict[str, Any]
     return json.dumps([arch, dtype, engine_cfg, prompt_len, device], sort_keys=True, default=str)
 
 
+def prepared_key(spec: dict[str, Any]) -> str | None:
+    """The :func:`engine_key` of the prepared engine a trial of ``spec`` would use; None where none can serve it (no
+    engine named, or int8: quantized weights are not swapped into a prepared model)."""
+    if not spec.get("engine") or spec["dtype"] == "int8":
+        return None
+    import torch
+
+    prompt_len = len(spec.get("prompt_ids") or []) or int(spec.get("prompt_tokens", 16))
+    return engine_key(spec["model"], spec["dtype"], spec["engine"], prompt_len, str(torch.device(spec["device"])))
+
+
 def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = None,
               prepared: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """Load, build and prefill as ``spec`` says; the marks, first token, loader phases and (outside every timed
@@ -78,8 +89,8 @@ def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = 
     prompt = list(spec.get("prompt_ids") or mb.fixed_prompt(int(spec_model.config().vocab_size),
                                                             int(spec.get("prompt_tokens", 16))))
     decode_tokens = int(spec.get("decode_tokens") or 0)
-    key = engine_key(spec["model"], spec["dtype"], spec.get("engine"), len(prompt), str(device))
-    held = prepared.get(key) if prepared is not None and engine is not None and spec["dtype"] != "int8" else None
+    key = prepared_key(spec)
+    held = prepared.get(key) if prepared is not None and key is not None else None
     swapped: dict[str, Any] | None = None
     if held is not None:  # a prepared engine: the new weights copied into its storage, nothing else to set up
         model, run = held

@@ -1,5 +1,9 @@
 """The ``pool`` runtime: N pre-started workers (imports done, device context created) each take one cold start,
-then are reused only if their memory came back after unload, else recycled. Works on CUDA (no fork)."""
+then are reused only if their memory came back after unload, else recycled. Works on CUDA (no fork).
+
+With ``prepare_engines``, each worker holds a prepared engine per architecture of the run; a cold start that none
+of them fits (another architecture, another engine, int8) takes a worker started for it alone, so a prepared
+worker's compiled state is never disturbed and the start pays what an unprepared one costs."""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from typing import Any
 
 from harness.executors.base import TrialError
 from harness.executors.workers import WorkerDiedError, WorkerError, WorkerTimeoutError, start_worker
+from harness.trial import prepared_key
 from runtimes.base import RuntimeContext, RuntimeUnsupportedError
-from runtimes.warm import BASE_MODULES, arena_size, modules_of, ring_size
+from runtimes.warm import BASE_MODULES, arena_size, modules_of, prepared_keys, ring_size
 from runtimes.workerpool import PoolError, WorkerPool
 
+WORKER = "runtimes.worker:TrialWorker"
 RECYCLE = ("always", "rss", "never")
 REFILL = ("after_load", "on_acquire")
 
@@ -69,6 +75,9 @@ class PoolRuntime:
         self.arena = bool(arena)
         self.pool: WorkerPool | None = None
         self.retried = 0
+        self.fresh_starts = 0  # cold starts no prepared engine fitted, each on a worker of its own
+        self._prepared: set[str] = set()  # the engine keys every worker prepared
+        self._start_fresh: Callable[[str], Any] | None = None
 
     def host_kwargs(self, ctx: RuntimeContext) -> dict[str, Any]:
         """What each worker imports and initializes at start (``runtimes.worker.TrialWorker``'s arguments, and
@@ -105,8 +114,17 @@ class PoolRuntime:
         cpus = ctx.threads or os.cpu_count() or 1
 
         def start_one(name: str) -> Any:
-            return start_worker(ctx.executor, "runtimes.worker:TrialWorker", kwargs, name=name,
-                                num_cpus=cpus, num_gpus=num_gpus)
+            return start_worker(ctx.executor, WORKER, kwargs, name=name, num_cpus=cpus, num_gpus=num_gpus)
+
+        if "engines" in kwargs:
+            self._prepared = prepared_keys(kwargs["models"], kwargs["engines"], ctx.dtype, ctx.device,
+                                           len(kwargs["prompt_ids"]))
+            bare = {"device": ctx.device, "modules": kwargs["modules"], "threads": ctx.threads}
+
+            def start_fresh(name: str) -> Any:  # nothing prepared, prebuilt or pre-faulted: a plain ready process
+                return start_worker(ctx.executor, WORKER, bare, name=name, num_cpus=cpus, num_gpus=num_gpus)
+
+            self._start_fresh = start_fresh
 
         # a handed-out worker's replacement starts after its trial: no start shares the CPU with a measured one
         self.pool = WorkerPool(start_one, self.size, name="pool", refill_on_acquire=not self.wait_full)
@@ -141,6 +159,8 @@ class PoolRuntime:
         replaced and the trial retried (``retries``)."""
         if self.pool is None:
             raise RuntimeError("PoolRuntime.start() was not called")
+        if self._start_fresh is not None and spec.get("engine") and prepared_key(spec) not in self._prepared:
+            return self._run_fresh(spec, timeout_s, self._start_fresh)
         attempts = self.retries + 1
         for attempt in range(attempts):
             try:
@@ -165,10 +185,34 @@ class PoolRuntime:
                 self.pool.discard(handle)
                 raise
             out["worker"]["reused"] = self.reusable(out["worker"])
+            out["worker"]["fresh_start"] = False
             out["retried"] = attempt
             self.pool.release(handle, out["worker"]["reused"])
             return out
         raise AssertionError("unreachable")
+
+    def _run_fresh(self, spec: dict[str, Any], timeout_s: float, start: Callable[[str], Any]) -> dict[str, Any]:
+        """A cold start no prepared engine fits, on a worker started for it and closed after: its start (process,
+        imports, device init) lies inside the measured cold start, between spawn and hand-off."""
+        self.fresh_starts += 1
+        spawn_ts = time.time()
+        name = f"pool-fresh-{self.fresh_starts}"
+        handle = start(name)
+        try:
+            out: dict[str, Any] = handle.call("trial", spec, spawn_ts, timeout_s=timeout_s + self.start_timeout_s)
+        except WorkerTimeoutError:
+            handle.kill()
+            raise TrialError(f"trial timed out after {timeout_s:g} s on {name}") from None
+        except WorkerError as exc:
+            handle.kill()
+            raise TrialError(f"{name}: {str(exc)[-2000:]}") from None
+        except BaseException:
+            handle.kill()
+            raise
+        handle.close()
+        out["worker"].update({"reused": False, "fresh_start": True})
+        out["retried"] = 0
+        return out
 
     def describe(self) -> dict[str, Any]:
         stats = dict(self.pool.stats) if self.pool is not None else {}
@@ -176,7 +220,7 @@ class PoolRuntime:
                 "max_uses": self.max_uses, "preimport": self.preimport, "warmup": self.warmup,
                 "prebuild": self.prebuild, "refill": self.refill, "arena": self.arena,
                 "prepare_engines": self.prepare_engines,
-                "retried": self.retried, **stats}
+                "retried": self.retried, "fresh_starts": self.fresh_starts, **stats}
 
     def close(self) -> None:
         if self.pool is not None:

@@ -132,6 +132,18 @@ def stop_arena(made: Any) -> None:
         made.close()
 
 
+def prepared_keys(models: Iterable[dict[str, Any]], engines: Iterable[dict[str, Any]], dtype: str, device: str,
+                  prompt_len: int) -> set[str]:
+    """The ``harness.trial.engine_key`` of every engine :func:`prepare_engines` prepares for these arguments."""
+    import torch
+
+    from harness.trial import engine_key
+
+    engines = list(engines)
+    dev = str(torch.device(device))
+    return {engine_key(cfg, dtype, engine_cfg, prompt_len, dev) for cfg in models for engine_cfg in engines}
+
+
 def prepare_engines(models: Iterable[dict[str, Any]], engines: Iterable[dict[str, Any]], dtype: str, device: str,
                     prompt_ids: list[int], decode_tokens: int) -> tuple[dict[str, tuple[Any, Any]], float]:
     """For each architecture × engine: the model built on the device (its weights are placeholders a cold start

@@ -217,3 +217,38 @@ def test_a_pool_with_prepared_engines_swaps_weights_and_gives_freshs_token(share
         assert out["first_token_id"] == eager["first_token_id"]
         assert len(out["decode_s"]) == 4
     assert outs[0]["worker"]["prepare_s"] > 0
+
+
+@pytest.mark.slow(seconds=90)
+def test_an_architecture_no_worker_prepared_takes_a_fresh_worker(shared_store: CheckpointStore) -> None:
+    """The pool prepared tiny-opt: a tiny-llama start (or int8, or another engine) runs on a worker started for it
+    alone, whose start lies inside the measured cold start; the prepared worker serves tiny-opt on, untouched."""
+    engine = {**option_dict("engine", "compiled"), "max_seq": 32, "backend": "eager"}
+    ids = list(range(1, 9))
+    ctx = replace(context(), engines=[engine], prompt_ids=ids, decode_tokens=2)
+    opt = {**trial_spec(shared_store, "tiny-opt"), "engine": engine, "decode_tokens": 2, "prompt_ids": ids}
+    llama = {**trial_spec(shared_store, "tiny-llama"), "engine": engine, "decode_tokens": 2, "prompt_ids": ids}
+    before = descendants(POOL_WORKER)
+    pool = PoolRuntime(prepare_engines=True, recycle="never", warmup=False)
+    pool.start(ctx)
+    try:
+        (prepared_worker,) = descendants(POOL_WORKER) - before
+        other = pool.run_trial(llama, 300)
+        assert descendants(POOL_WORKER) - before == {prepared_worker}  # the fresh worker is gone, the pool's stays
+        again = pool.run_trial(opt, 300)
+        other_engine = pool.run_trial({**opt, "engine": {**engine, "max_seq": 48}}, 300)
+        stats = pool.describe()
+    finally:
+        pool.close()
+    assert other["worker"]["fresh_start"] is True
+    assert other["engine"]["engine_prepared"] is False
+    m = other["marks"]
+    assert m["handoff"] - m["spawn"] > 0.5  # a process started and imported inside the cold start
+    assert m["compile"] > m["kv_alloc"]  # it compiled its own engine
+    assert other["worker"]["prepare_s"] == 0
+    assert other["worker"]["prebuild_s"] == 0
+    assert again["worker"]["fresh_start"] is False
+    assert again["engine"]["engine_prepared"] is True
+    assert again["marks"]["compile"] == again["marks"]["model_build"]  # still prepared: nothing compiled
+    assert other_engine["worker"]["fresh_start"] is True
+    assert stats["fresh_starts"] == 2
