@@ -8,6 +8,8 @@
 #   3. the same with opt-1.3b
 #   4. step 1's compiled cells with engine.precompile=false: Dynamo traces at first use, the compile cache restores
 #      Inductor's artifacts and kernels only (what the precompiled forwards add)
+#   5, 6. steps 2 and 3 in bf16: on a CPU that computes fp16 without native instructions (AMD Zen 4: no
+#      AVX512-FP16/AMX) the fp16 prefill alone outweighs the weights; bf16 is what such a CPU serves
 # Usage: OUT=results/reference/engine_phases_cpu bash benchmarks/engine_phases_cpu.sh [steps, default "1 2"]
 # Run it alone (under flock -x /tmp/coldstart-heavy.lock on a shared machine). Each step's run directory is
 # $OUT/<step>/; benchmarks/engine_phases_summary.py prints the targets from them.
@@ -34,6 +36,12 @@ for s in $STEPS; do
     4) run compile_cache_opt-125m_precompile_off experiment=loading model=opt-125m loaders=[safetensors] \
          cache_states=[warm] trials=3 'engines=[compiled]' 'compile_caches=[cold,warm]' \
          engine_args.compiled.precompile=false ;;
+    5) run pool_prepared_opt-125m_bf16 experiment=loading model=opt-125m dtype=bf16 loaders=[native] \
+         cache_states=[cold] trials=3 engines=[compiled] runtimes=[pool] runtime_args.pool.prepare_engines=true \
+         runtime_args.pool.start_timeout_s=1200 runtime_args.pool.recycle=never ;;
+    6) run pool_prepared_opt-1.3b_bf16 experiment=loading model=opt-1.3b dtype=bf16 loaders=[native] \
+         cache_states=[cold] trials=3 engines=[compiled] runtimes=[pool] runtime_args.pool.prepare_engines=true \
+         runtime_args.pool.start_timeout_s=1200 runtime_args.pool.recycle=never ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done

@@ -10,7 +10,7 @@ import pandas as pd
 
 PHASES = ["t_handoff_s", "t_imports_s", "t_device_init_s", "t_weights_s", "t_model_build_s", "t_kv_alloc_s",
           "t_compile_s", "t_graph_capture_s", "t_first_token_s", "cold_start_s", "tpot_s"]
-KEYS = ["model", "cache_state", "loader", "runtime", "engine", "compile_cache"]
+KEYS = ["model", "dtype", "cache_state", "loader", "runtime", "engine", "compile_cache"]
 
 
 def _ok(run: Path) -> pd.DataFrame:
@@ -51,11 +51,11 @@ def pool(run: Path) -> None:
     """Targets 2 and 3: with a prepared engine, spawn → first token ≤ 1.5 × the weights phase."""
     t = _ok(run)
     medians(run)
-    for (model, state), g in t.groupby(["model", "cache_state"]):
+    for (model, dtype, state), g in t.groupby(["model", "dtype", "cache_state"]):
         cs, w = g["cold_start_s"].median(), g["t_weights_s"].median()
         ratios = (g["cold_start_s"] / g["t_weights_s"]).median()
         swap = bool((g["swap_verified_bytes"] > 0).all()) if "swap_verified_bytes" in g else "not recorded"
-        print(f"{model} {state}: cold start {cs:.3f} s, weights {w:.3f} s -> ratio of medians {cs / w:.3f}, median "
+        print(f"{model} {dtype} {state}: cold start {cs:.3f} s, weights {w:.3f} s -> ratio of medians {cs / w:.3f}, median "
               f"of per-trial ratios {ratios:.3f} (target <= 1.5); prepared in every trial: "
               f"{bool(g['engine_prepared'].all())}; swap verified: {swap}")
 

@@ -242,3 +242,30 @@ def test_a_backend_whose_output_cannot_be_stored_is_named(shared_store: Checkpoi
     from tests.engines.helpers import greedy_reference
 
     assert tokens == greedy_reference(model)  # Dynamo's graphs run as they are: exact
+
+
+def test_precompiled_forwards_survive_another_models_compile(shared_store: CheckpointStore, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool worker prepares one engine per architecture: preparing the second (which resets Dynamo) must leave
+    the first's precompiled forwards serving, without tracing again."""
+    from torch._dynamo import convert_frame
+
+    from tests.engines.helpers import built, greedy_reference
+
+    spec = {"state": "cold", "root": str(tmp_path), "dtype": "fp16", "save": False}
+    opt = built(shared_store, "tiny-opt")
+    opt_tokens, opt_run = _run_engine(opt, {**spec, "architecture": ARCH}, backend="aot_eager")
+    _run_engine(built(shared_store, "tiny-llama"), {**spec, "architecture": {"name": "tiny-llama"}},
+                backend="aot_eager")
+
+    def no_tracing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Dynamo traced a prepared engine again")
+
+    monkeypatch.setattr(convert_frame.ConvertFrameAssert, "__call__", no_tracing)
+    monkeypatch.setattr(convert_frame.ConvertFrame, "__call__", no_tracing)
+    opt_run.swap_weights(dict(opt.state_dict()))
+    from tests.engines.helpers import DECODE, prompt
+
+    opt_run.first_token(prompt(opt))
+    opt_run.decode(DECODE)
+    assert opt_run.tokens == opt_tokens == greedy_reference(opt)
