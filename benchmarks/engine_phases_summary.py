@@ -55,9 +55,10 @@ def pool(run: Path) -> None:
         cs, w = g["cold_start_s"].median(), g["t_weights_s"].median()
         ratios = (g["cold_start_s"] / g["t_weights_s"]).median()
         swap = bool((g["swap_verified_bytes"] > 0).all()) if "swap_verified_bytes" in g else "not recorded"
-        print(f"{model} {dtype} {state}: cold start {cs:.3f} s, weights {w:.3f} s -> ratio of medians {cs / w:.3f}, median "
-              f"of per-trial ratios {ratios:.3f} (target <= 1.5); prepared in every trial: "
-              f"{bool(g['engine_prepared'].all())}; swap verified: {swap}")
+        mode = sorted(set(g["swap_mode"])) if "swap_mode" in g else "not recorded"
+        print(f"{model} {dtype} {state}: cold start {cs:.3f} s, weights {w:.3f} s -> ratio of medians "
+              f"{cs / w:.3f}, median of per-trial ratios {ratios:.3f} (target <= 1.5); prepared in every trial: "
+              f"{bool(g['engine_prepared'].all())}; swap verified: {swap}; swap mode: {mode}")
 
 
 def main() -> None:

@@ -52,8 +52,13 @@ class EngineRun(Protocol):
         ...
 
     def swap_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
-        """Copy a new model's tensors into this run's parameters in place (captured graphs and compiled code keep
-        their addresses) and reset the KV cache; the bytes copied."""
+        """Give this run a new model's tensors and reset the KV cache; the bytes swapped in. Where code holds the
+        parameters' addresses (a captured graph) they are copied into the same storage; elsewhere the parameters
+        may point at the loaded tensors themselves (``facts()['swap_mode']``: ``copy`` or ``bind``)."""
+        ...
+
+    def release_weights(self) -> None:
+        """At unload (a pool worker, after the cold start): let go of loaded memory a swap bound."""
         ...
 
     def persist(self) -> None:

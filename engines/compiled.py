@@ -18,7 +18,7 @@ import torch
 from engines.base import KVCacheTooSmallError
 from engines.compilecache import CompileCache, compile_key
 from engines.kvcache import KVPlan, allocate, cache_kwarg, plan_kv
-from engines.swap import copy_weights
+from engines.swap import bind_weights, can_bind, copy_weights, release_weights
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WARMUP_DECODE = 2
@@ -73,6 +73,8 @@ class StaticRun:
         self.cc: CompileCache | None = None
         self._held = 0  # tokens the cache holds
         self._fresh_aot = False  # whole-graph forwards compiled by this start (saved with its compile cache)
+        self._bound: list[torch.Tensor] = []  # the model's tensors a swap pointed at loaded memory
+        self.swap_mode: str | None = None  # how the last swap brought the weights in: bind or copy
 
     def alloc_kv(self) -> bool:
         dtype = next(self.model.parameters()).dtype
@@ -179,12 +181,27 @@ class StaticRun:
             return self._decode_step(ids[0])
         return int(self._forward(torch.tensor([ids], device=self.device))[0, -1].argmax().item())
 
+    def binds(self) -> bool:
+        """Whether a swap may point the parameters at the loaded tensors: no CUDA graph holds their addresses
+        (``reduce-overhead`` records them in Inductor's graph trees)."""
+        return self.engine.mode != "reduce-overhead"
+
     def swap_weights(self, weights: dict[str, torch.Tensor]) -> int:
-        """New weights into the same storage; the KV cache emptied in place (its addresses kept)."""
-        copied = copy_weights(self.model, weights)
+        """New weights: bound in place of the old ones where nothing holds their addresses and the tensors are
+        aligned, else copied into the same storage; the KV cache emptied in place (its addresses kept)."""
+        self.release_weights()  # a copy never writes into memory an earlier swap bound
+        if self.binds() and can_bind(self.model, weights):
+            self._bound = bind_weights(self.model, weights)
+            self.swap_mode, done = "bind", sum(t.numel() * t.element_size() for t in self._bound)
+        else:
+            self.swap_mode, done = "copy", copy_weights(self.model, weights)
         self._reset()
         self._token, self.tokens = None, []
-        return copied
+        return done
+
+    def release_weights(self) -> None:
+        release_weights(self._bound)
+        self._bound = []
 
     def persist(self) -> None:
         """After the first token, outside every timed phase: save what was compiled (a cold or rebuilt cache), once."""
@@ -197,7 +214,7 @@ class StaticRun:
                 self.cc.end()
 
     def facts(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"swap_mode": self.swap_mode} if self.swap_mode else {}
         if self.plan is not None:
             out.update({"kv_cache_tokens": self.plan.max_seq, "kv_cache_batch": self.plan.max_batch,
                         "kv_cache_bytes": self.plan.nbytes})

@@ -46,6 +46,10 @@ class GraphsRun(CompiledRun):
         self.graph, self._ids, self._logits = graph, ids, logits
         return True
 
+    def binds(self) -> bool:
+        """Never: the captured graph reads the parameters at the addresses it recorded."""
+        return False
+
     def _decode_step(self, token: int) -> int:
         if self.graph is None or self._ids is None or self._logits is None:
             return super()._decode_step(token)

@@ -136,6 +136,8 @@ def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = 
         if swapped is not None:  # the prepared model now holds exactly the loaded (verified) tensors
             out["swap_verified_bytes"] = _same_tensors(model, swapped)
         out["verify_s"] = time.time() - t0
+    if held is not None and run is not None:  # unload: the prepared model lets go of the loaded memory it bound
+        run.release_weights()
     return out
 
 

@@ -52,3 +52,47 @@ def test_another_architecture_is_refused(shared_store: CheckpointStore) -> None:
     name = next(iter(weights))
     with pytest.raises(WeightSwapError, match=name):
         run.swap_weights({**weights, name: weights[name].float()})  # another dtype
+
+
+def _aligned(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor in an allocation of its own (torch's CPU allocator aligns to 64 bytes), as a native load's are."""
+    return {n: t.clone() for n, t in weights.items()}
+
+
+@pytest.mark.parametrize("engine", [EagerEngine(), CompiledEngine(max_seq=32, backend="aot_eager")],
+                         ids=["eager", "compiled"])
+def test_aligned_weights_are_bound_not_copied_and_let_go_at_unload(shared_store: CheckpointStore,
+                                                                   engine: EagerEngine | CompiledEngine) -> None:
+    prepared = built(shared_store, "tiny-opt", seed=0)
+    ids = prompt(prepared)
+    run = engine.prepare(prepared, CPU, len(ids), DECODE)
+    run.alloc_kv()
+    run.compile()
+    new = _aligned(_weights(shared_store, "tiny-opt", seed=1))
+    run.swap_weights(new)
+    assert run.facts()["swap_mode"] == "bind"
+    params = dict(prepared.named_parameters())
+    assert all(params[n].data_ptr() == new[n].data_ptr() for n in params)  # the loaded memory itself, no copy
+    run.first_token(ids)
+    run.decode(DECODE)
+    assert run.tokens == greedy_reference(built(shared_store, "tiny-opt", seed=1))
+    run.release_weights()
+    assert not any(params[n].data_ptr() == new[n].data_ptr() for n in params)  # the loaded memory is free to go
+    unaligned = dict(_aligned(_weights(shared_store, "tiny-opt", seed=0)))
+    first = next(iter(params))
+    storage = torch.empty(unaligned[first].numel() + 1, dtype=unaligned[first].dtype)
+    unaligned[first] = storage[1:].view(unaligned[first].shape)  # one element off the allocator's alignment
+    unaligned[first].copy_(_weights(shared_store, "tiny-opt", seed=0)[first])
+    run.swap_weights(unaligned)
+    assert run.facts()["swap_mode"] == "copy"  # a misaligned tensor: copied into the model's own storage
+    run.first_token(ids)
+    run.decode(DECODE)
+    assert run.tokens == greedy_reference(built(shared_store, "tiny-opt", seed=0))
+
+
+def test_code_that_holds_the_addresses_always_copies(shared_store: CheckpointStore) -> None:
+    prepared = built(shared_store, "tiny-opt", seed=0)
+    run = CompiledEngine(max_seq=32, mode="reduce-overhead").prepare(prepared, CPU, 8, DECODE)
+    run.alloc_kv()
+    run.swap_weights(_aligned(_weights(shared_store, "tiny-opt", seed=1)))
+    assert run.facts()["swap_mode"] == "copy"

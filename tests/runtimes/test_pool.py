@@ -252,3 +252,27 @@ def test_an_architecture_no_worker_prepared_takes_a_fresh_worker(shared_store: C
     assert again["marks"]["compile"] == again["marks"]["model_build"]  # still prepared: nothing compiled
     assert other_engine["worker"]["fresh_start"] is True
     assert stats["fresh_starts"] == 2
+
+
+@pytest.mark.slow(seconds=90)
+def test_a_prepared_engine_binds_native_loads_and_frees_the_arena_for_the_next(shared_store: CheckpointStore) -> None:
+    """A native load lands in the worker's arena, 4 KiB-aligned: the prepared model's parameters point at it (no
+    copy), and at unload they let it go, so the next cold start reads into the arena again."""
+    engine = {**option_dict("engine", "compiled"), "max_seq": 32, "backend": "aot_eager"}
+    ids = list(range(1, 9))
+    reads = {**option_dict("loader", "native"), "direct_io": "on"}  # read (as a cold cache is), not mapped
+    spec = {**trial_spec(shared_store, "tiny-opt", loader="native", loader_cfg=reads), "engine": engine,
+            "decode_tokens": 2, "prompt_ids": ids}
+    ctx = replace(context(loaders=(), extra_loaders=[reads]), engines=[engine], prompt_ids=ids, decode_tokens=2)
+    pool = PoolRuntime(prepare_engines=True, recycle="never", warmup=False)
+    pool.start(ctx)
+    try:
+        outs = [pool.run_trial(spec, 300) for _ in range(3)]
+    finally:
+        pool.close()
+    for out in outs:
+        assert out["engine"]["engine_prepared"] is True
+        assert out["engine"]["swap_mode"] == "bind"
+        assert out["loader_phases_s"]["arena"] == 1.0  # the arena was free again: the lease ended at unload
+        assert out["swap_verified_bytes"] == out["verified_bytes"]
+    assert len({out["first_token_id"] for out in outs}) == 1
