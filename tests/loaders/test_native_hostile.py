@@ -27,10 +27,10 @@ import pytest
 import torch
 
 from loaders.native import format as fmt
-from loaders.native import loader as native_loader
-from loaders.native import tiers
+from loaders.native import reads, tiers
 from loaders.native.integrity import SOURCE, VERIFIED
 from loaders.native.loader import NativeLoader
+from loaders.native.plan import SAMPLE_FRACTION
 from loaders.native.remote import RemoteHTTPError, RemoteTooLargeError
 from loaders.native.sllm import SLLM_INDEX, write_sllm
 from loaders.native.tiers import LOCKS, DramTier, TierCapacityError
@@ -68,12 +68,12 @@ def _within(fn: Callable[[], Any], fifo: Path | None = None, bound_s: float = BO
 
 @pytest.fixture
 def no_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if any tensor byte is read (both read engines of the loader are spied on)."""
+    """Fail the test if any tensor byte is read (both read engines of the loader's read paths are spied on)."""
     def refuse(*args: object, **kw: object) -> None:
         raise AssertionError("a tensor byte was read before the checkpoint was rejected")
 
-    monkeypatch.setattr(native_loader, "populate", refuse)
-    monkeypatch.setattr(native_loader, "run_pipeline", refuse)
+    monkeypatch.setattr(reads, "populate", refuse)
+    monkeypatch.setattr(reads, "run_pipeline", refuse)
 
 
 def _load(path: Path | str, **kw: Any) -> dict[str, torch.Tensor]:
@@ -522,7 +522,7 @@ def test_an_aged_verification_samples_chunks_until_it_finds_a_bad_one(tmp_path: 
     sampled: list[float] = []
 
     def aged_loads() -> None:  # each aged load checks the next eighth of the chunks, until the bad one
-        for _ in range(native_loader.SAMPLE_FRACTION + 1):
+        for _ in range(SAMPLE_FRACTION + 1):
             sampled.append(aged.load(src, CPU).phases_s["verify_sampled_chunks"])
 
     with pytest.raises(fmt.ChunkChecksumError):
