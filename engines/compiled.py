@@ -126,8 +126,8 @@ class StaticRun:
     def _warm_up(self) -> None:
         """Run what the engine serves on zeros (a prefill at the prompt's length, then ``WARMUP_DECODE`` decode
         steps), then empty the cache: what a compiler traces happens here, not in the first token or the decode.
-        Two decode steps, because a position that changes between steps is specialized once, then made dynamic
-        (Dynamo's automatic dynamic shapes: one recompile, then none)."""
+        Two decode steps: the second runs at another position, which compiles nothing more (positions are data)
+        but would show here, not in the decode, if a model made them shapes again."""
         if self.cache is None:
             raise RuntimeError("the KV cache must be allocated before the engine warms up")
         with torch.inference_mode():
