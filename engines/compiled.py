@@ -18,7 +18,7 @@ import torch
 from engines.base import KVCacheTooSmallError
 from engines.compilecache import CompileCache, compile_key
 from engines.kvcache import KVPlan, allocate, cache_kwarg, plan_kv
-from engines.swap import bind_weights, can_bind, copy_weights, release_weights
+from engines.swap import WeightSwap
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WARMUP_DECODE = 2
@@ -73,8 +73,7 @@ class StaticRun:
         self.cc: CompileCache | None = None
         self._held = 0  # tokens the cache holds
         self._fresh_aot = False  # whole-graph forwards compiled by this start (saved with its compile cache)
-        self._bound: list[torch.Tensor] = []  # the model's tensors a swap pointed at loaded memory
-        self.swap_mode: str | None = None  # how the last swap brought the weights in: bind or copy
+        self.swapper = WeightSwap(model)
 
     def alloc_kv(self) -> bool:
         dtype = next(self.model.parameters()).dtype
@@ -189,19 +188,13 @@ class StaticRun:
     def swap_weights(self, weights: dict[str, torch.Tensor]) -> int:
         """New weights: bound in place of the old ones where nothing holds their addresses and the tensors are
         aligned, else copied into the same storage; the KV cache emptied in place (its addresses kept)."""
-        self.release_weights()  # a copy never writes into memory an earlier swap bound
-        if self.binds() and can_bind(self.model, weights):
-            self._bound = bind_weights(self.model, weights)
-            self.swap_mode, done = "bind", sum(t.numel() * t.element_size() for t in self._bound)
-        else:
-            self.swap_mode, done = "copy", copy_weights(self.model, weights)
+        done = self.swapper.swap(weights, may_bind=self.binds())
         self._reset()
         self._token, self.tokens = None, []
         return done
 
     def release_weights(self) -> None:
-        release_weights(self._bound)
-        self._bound = []
+        self.swapper.release()
 
     def persist(self) -> None:
         """After the first token, outside every timed phase: save what was compiled (a cold or rebuilt cache), once."""
@@ -214,7 +207,7 @@ class StaticRun:
                 self.cc.end()
 
     def facts(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"swap_mode": self.swap_mode} if self.swap_mode else {}
+        out: dict[str, Any] = {"swap_mode": self.swapper.mode} if self.swapper.mode else {}
         if self.plan is not None:
             out.update({"kv_cache_tokens": self.plan.max_seq, "kv_cache_batch": self.plan.max_batch,
                         "kv_cache_bytes": self.plan.nbytes})

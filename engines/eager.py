@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from engines.kvcache import cache_kwarg, returned_cache
-from engines.swap import bind_weights, can_bind, copy_weights, release_weights
+from engines.swap import WeightSwap
 
 
 class EagerRun:
@@ -20,8 +20,7 @@ class EagerRun:
         self._kwarg = cache_kwarg(model)
         self._token: int | None = None
         self.tokens: list[int] = []  # the first token and every decoded one
-        self._bound: list[torch.Tensor] = []
-        self.swap_mode: str | None = None
+        self.swapper = WeightSwap(model)
 
     def alloc_kv(self) -> bool:
         """No static cache: transformers grows one per forward."""
@@ -64,22 +63,16 @@ class EagerRun:
         """Bound where the loaded tensors are aligned (the eager forward reads the parameters at every call), else
         copied."""
         self._cache, self._token, self.tokens = None, None, []
-        self.release_weights()
-        if can_bind(self.model, weights):
-            self._bound, self.swap_mode = bind_weights(self.model, weights), "bind"
-            return sum(t.numel() * t.element_size() for t in self._bound)
-        self.swap_mode = "copy"
-        return copy_weights(self.model, weights)
+        return self.swapper.swap(weights, may_bind=True)
 
     def release_weights(self) -> None:
-        release_weights(self._bound)
-        self._bound = []
+        self.swapper.release()
 
     def persist(self) -> None:
         """Nothing to keep."""
 
     def facts(self) -> dict[str, Any]:
-        return {"swap_mode": self.swap_mode} if self.swap_mode else {}
+        return {"swap_mode": self.swapper.mode} if self.swapper.mode else {}
 
 
 class EagerEngine:

@@ -1,8 +1,8 @@
-"""Swapping a new model's weights into a prepared engine. ``copy_weights`` copies into the parameters' existing
-storage, so captured CUDA graphs, which hold those addresses, stay valid. ``bind_weights`` points the parameters at
+"""Swapping a new model's weights into a prepared engine (:class:`WeightSwap`). A copy goes into the parameters'
+existing storage, so captured CUDA graphs, which hold those addresses, stay valid. A bind points the parameters at
 the loaded tensors themselves (no copy), for engines whose code takes the parameters as inputs at every call (eager,
-Inductor without CUDA graphs); ``release_weights`` lets the loaded memory go again at unload (a pool worker's host
-arena is leased until the last tensor on it is freed)."""
+Inductor without CUDA graphs); releasing lets the loaded memory go again at unload (a pool worker's host arena is
+leased until the last tensor on it is freed)."""
 
 from __future__ import annotations
 
@@ -41,12 +41,8 @@ def _pairs(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[tup
     return pairs
 
 
-@torch.no_grad()
-def copy_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> int:
-    """Copy ``weights`` (the model's own parameter and buffer names, tied aliases optional) into ``model`` in place;
-    the bytes copied. Every persistent tensor of the model must be given, with its shape and dtype."""
+def _copy(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
     copied = 0
-    pairs = _pairs(model, weights)
     for dst, src in pairs:
         dst.copy_(src, non_blocking=src.device.type == "cpu" and dst.device.type == "cuda")
         copied += dst.numel() * dst.element_size()
@@ -55,31 +51,42 @@ def copy_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> in
     return copied
 
 
-def can_bind(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> bool:
-    """Whether :func:`bind_weights` may take ``weights`` as they are: every tensor on the model's device,
-    contiguous and ``ALIGN_BYTES``-aligned (a native loader's views are; a safetensors mmap's need not be)."""
+def _bindable(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Every new tensor on its model tensor's device, contiguous and ``ALIGN_BYTES``-aligned (a native loader's
+    views are; a safetensors mmap's need not be)."""
     return all(src.device == dst.device and src.is_contiguous() and src.data_ptr() % ALIGN_BYTES == 0
-               for dst, src in _pairs(model, weights))
+               for dst, src in pairs)
 
 
-@torch.no_grad()
-def bind_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Point ``model``'s tensors at ``weights`` (checked as :func:`copy_weights` checks them), copying nothing; the
-    model's tensors now bound. Only for code that reads the parameters at every call: a captured graph keeps the old
-    addresses."""
-    bound = []
-    for dst, src in _pairs(model, weights):
-        dst.data = src
-        bound.append(dst)
-    return bound
+class WeightSwap:
+    """One prepared run's swaps: the new tensors bound in place of the model's where the run allows it and they are
+    aligned, else copied into the model's own storage; what a swap bound is let go at :meth:`release`."""
 
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.mode: str | None = None  # how the last swap brought the weights in: bind or copy
+        self._bound: list[torch.Tensor] = []  # the model's tensors pointing at loaded memory
 
-@torch.no_grad()
-def release_weights(bound: list[torch.Tensor]) -> None:
-    """Let the loaded memory ``bound`` tensors point at go: each gets storage of its own again, allocated and not
-    touched (no resident memory until a later copy fills it, and none when the next swap binds)."""
-    for t in bound:
-        t.data = torch.empty_like(t, memory_format=torch.contiguous_format)
+    @torch.no_grad()
+    def swap(self, weights: dict[str, torch.Tensor], may_bind: bool) -> int:
+        """The bytes swapped in. ``may_bind``: nothing holds the parameters' addresses (no captured graph)."""
+        self.release()  # a copy never writes into memory an earlier swap bound
+        pairs = _pairs(self.model, weights)
+        if not (may_bind and _bindable(pairs)):
+            self.mode = "copy"
+            return _copy(pairs)
+        for dst, src in pairs:
+            dst.data = src
+        self._bound, self.mode = [dst for dst, _ in pairs], "bind"
+        return sum(src.numel() * src.element_size() for _, src in pairs)
+
+    @torch.no_grad()
+    def release(self) -> None:
+        """Let the loaded memory go: each bound tensor gets storage of its own again, allocated and not touched (no
+        resident memory until a later copy fills it, and none when the next swap binds)."""
+        for t in self._bound:
+            t.data = torch.empty_like(t, memory_format=torch.contiguous_format)
+        self._bound = []
 
 
 def require_cuda(engine: str, device: str, alternatives: str) -> None:

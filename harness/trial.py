@@ -92,7 +92,7 @@ def run_trial(spec: dict[str, Any], spawn_ts: float, handoff_ts: float | None = 
     key = prepared_key(spec)
     held = prepared.get(key) if prepared is not None and key is not None else None
     swapped: dict[str, Any] | None = None
-    if held is not None:  # a prepared engine: the new weights copied into its storage, nothing else to set up
+    if held is not None:  # a prepared engine: the new weights swapped into it, nothing else to set up
         model, run = held
         swapped = spec_model.model_names(result.state_dict, model)
         run.swap_weights(swapped)
